@@ -1,0 +1,556 @@
+"""The preference store: one embedded SQLite file (WAL mode), append-only, schema-versioned.
+
+What it holds
+- ``queries``: a pair to compare. Either text (a prompt and two responses) or two trajectory
+  segments (compressed numpy arrays: observations, actions, the hidden true rewards and,
+  optionally, rgb frames). Each side carries a content hash and the id of the policy or
+  model that produced it.
+- ``answers``: left, right, tie or skip, with the annotator, whether the annotator is a
+  synthetic teacher, when the pair was shown and answered, an optional rationale and the
+  interface version. Answers are never deleted or changed.
+- ``events``: undo (supersedes one answer), session start/stop, imports, notes.
+- ``claims``: short leases so that two people labelling at once are not shown the same
+  pair. A claim is coordination, not a record: it may expire or be released.
+
+Concurrency: every write is one ``BEGIN IMMEDIATE`` transaction; SQLite serialises writers
+across processes and WAL lets readers go on. Each answer carries a unique token, so a retry
+after a crash never duplicates it. ``synchronous=FULL`` makes an acknowledged answer
+survive a crash of the process (and of the machine).
+
+This module imports nothing of ours and no torch: the store knows no trainer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserInputError
+
+SCHEMA_VERSION = 1
+APP_ID = "rlhf_hgt.feedback"
+DEFAULT_STORE = Path("feedback") / "preferences.db"
+ANSWERS = ("left", "right", "tie", "skip")
+KINDS = ("text", "segment")
+CLAIM_SECONDS = 15 * 60.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS queries (
+    id INTEGER PRIMARY KEY,
+    uid TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL CHECK (kind IN ('text', 'segment')),
+    prompt TEXT,
+    left_payload BLOB NOT NULL,
+    right_payload BLOB NOT NULL,
+    left_hash TEXT NOT NULL,
+    right_hash TEXT NOT NULL,
+    left_source TEXT,
+    right_source TEXT,
+    env_id TEXT,
+    round INTEGER,
+    gold TEXT CHECK (gold IS NULL OR gold IN ('left', 'right', 'tie')),
+    meta TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS answers (
+    id INTEGER PRIMARY KEY,
+    query_id INTEGER NOT NULL REFERENCES queries(id),
+    annotator TEXT NOT NULL,
+    synthetic INTEGER NOT NULL DEFAULT 0,
+    answer TEXT NOT NULL CHECK (answer IN ('left', 'right', 'tie', 'skip')),
+    shown_at REAL,
+    answered_at REAL NOT NULL,
+    rationale TEXT,
+    interface TEXT NOT NULL,
+    token TEXT NOT NULL UNIQUE
+);
+CREATE INDEX IF NOT EXISTS answers_query ON answers(query_id);
+CREATE INDEX IF NOT EXISTS answers_annotator ON answers(annotator);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    annotator TEXT,
+    answer_id INTEGER REFERENCES answers(id),
+    token TEXT UNIQUE,
+    data TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_answer ON events(answer_id);
+CREATE TABLE IF NOT EXISTS claims (
+    query_id INTEGER NOT NULL REFERENCES queries(id),
+    annotator TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (query_id, annotator)
+);
+CREATE VIEW IF NOT EXISTS active_answers AS
+    SELECT a.* FROM answers a
+    WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.kind = 'undo' AND e.answer_id = a.id);
+"""
+
+
+class StoreError(UserInputError):
+    """A store that cannot be used as asked; the message says why and how to fix it."""
+
+
+# ----------------------------------------------------------------------------- payloads
+
+
+def encode_arrays(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """Numpy arrays as compressed .npz bytes (no pickles: object arrays are refused)."""
+    buf = io.BytesIO()
+    clean = {}
+    for name, value in arrays.items():
+        arr = np.asarray(value)
+        if arr.dtype == object:
+            raise StoreError(f"segment field {name!r} is not numeric; store numbers only")
+        clean[name] = arr
+    np.savez_compressed(buf, **clean)
+    return buf.getvalue()
+
+
+def decode_arrays(blob: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+def content_hash(data: bytes | str) -> str:
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return hashlib.sha256(data).hexdigest()
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclass
+class Query:
+    """One pair to compare, as read back from the store."""
+
+    id: int
+    uid: str
+    kind: str
+    prompt: str | None
+    left: Any  # str for text, dict of arrays for segments
+    right: Any
+    left_hash: str
+    right_hash: str
+    left_source: str | None
+    right_source: str | None
+    env_id: str | None
+    round: int | None
+    gold: str | None
+    meta: dict = field(default_factory=dict)
+    created_at: float = 0.0
+
+
+@dataclass
+class Answer:
+    id: int
+    query_id: int
+    annotator: str
+    synthetic: bool
+    answer: str
+    shown_at: float | None
+    answered_at: float
+    rationale: str | None
+    interface: str
+
+
+@dataclass
+class TextPair:
+    """A pending text comparison to add (prompt with responses a and b)."""
+
+    prompt: str
+    a: str
+    b: str
+    source_a: str | None = None
+    source_b: str | None = None
+    gold: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- the store
+
+
+def _check_answer(answer: str) -> str:
+    if answer not in ANSWERS:
+        raise StoreError(f"answer must be one of {', '.join(ANSWERS)}, got {answer!r}")
+    return answer
+
+
+class PreferenceStore:
+    """A handle on one store file. Cheap to open; safe to use from many processes at once.
+
+    One handle belongs to one thread. Open a new handle in each process.
+    """
+
+    def __init__(self, path: str | os.PathLike, create: bool = True, timeout: float = 60.0):
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: is a folder; give the path of a store file, "
+                             f"e.g. {self.path / 'preferences.db'}")
+        exists = self.path.exists() and self.path.stat().st_size > 0
+        if not exists and not create:
+            raise StoreError(f"{self.path}: no such store; create one with "
+                             "`rlhf-hgt feedback import` or give the right path")
+        if not exists:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif not _looks_like_sqlite(self.path):
+            raise StoreError(f"{self.path}: not a preference store (not an SQLite file); "
+                             "give the path of a store, or a new path to create one")
+        try:
+            self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+            self.conn.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
+            if not exists:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = FULL")
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            self._init_schema(exists)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot be opened as a preference store ({exc})") \
+                from None
+
+    # -- schema
+
+    def _init_schema(self, exists: bool) -> None:
+        tables = {r[0] for r in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")}
+        if exists and tables and "meta" not in tables:
+            raise StoreError(f"{self.path}: an SQLite file, but not a preference store "
+                             "(no meta table); give the path of a store")
+        if "meta" in tables:
+            meta = dict(self.conn.execute("SELECT key, value FROM meta"))
+            if meta.get("app") != APP_ID:
+                raise StoreError(f"{self.path}: an SQLite file made by something else "
+                                 f"(app={meta.get('app')!r}); give the path of a store")
+            version = int(meta.get("schema_version", "0"))
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: store schema version {version} is newer than this "
+                    f"rlhf_hgt understands ({SCHEMA_VERSION}); upgrade rlhf_hgt")
+            return
+        with self.transaction() as cur:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    cur.execute(statement)
+            cur.execute("INSERT OR IGNORE INTO meta VALUES ('app', ?)", (APP_ID,))
+            cur.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                        (str(SCHEMA_VERSION),))
+            cur.execute("INSERT OR IGNORE INTO meta VALUES ('created_at', ?)", (str(time.time()),))
+            cur.execute("INSERT OR IGNORE INTO meta VALUES ('annotators_per_query', '1')")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> PreferenceStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transactions
+
+    class _Tx:
+        def __init__(self, conn: sqlite3.Connection):
+            self.conn = conn
+
+        def __enter__(self) -> sqlite3.Cursor:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.cur = self.conn.cursor()
+            return self.cur
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            if exc_type is None:
+                self.conn.execute("COMMIT")
+            else:
+                self.conn.execute("ROLLBACK")
+
+    def transaction(self) -> PreferenceStore._Tx:
+        """One write transaction: everything inside lands together or not at all."""
+        return PreferenceStore._Tx(self.conn)
+
+    # -- settings
+
+    def get_setting(self, key: str, default: str | None = None) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self.transaction() as cur:
+            cur.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    @property
+    def annotators_per_query(self) -> int:
+        return int(self.get_setting("annotators_per_query", "1") or 1)
+
+    # -- adding queries
+
+    def add_text_queries(self, pairs: Iterable[TextPair], cur: sqlite3.Cursor | None = None,
+                         round: int | None = None) -> list[int]:
+        """Add pending text comparisons; a pair already in the store is reused, not duplicated."""
+        rows = []
+        for p in pairs:
+            lh, rh = content_hash(p.a), content_hash(p.b)
+            uid = _query_uid("text", p.prompt, lh, rh)
+            rows.append((uid, "text", p.prompt, p.a.encode("utf-8"), p.b.encode("utf-8"), lh, rh,
+                         p.source_a, p.source_b, None, round, p.gold, json.dumps(p.meta)))
+        return self._insert_queries(rows, cur)
+
+    def add_segment_query(self, left: Mapping[str, np.ndarray], right: Mapping[str, np.ndarray],
+                          env_id: str | None = None, left_source: str | None = None,
+                          right_source: str | None = None, round: int | None = None,
+                          meta: dict | None = None, cur: sqlite3.Cursor | None = None) -> int:
+        """Add a pair of trajectory segments (each a dict of arrays, e.g. obs, actions,
+        true_rewards, frames)."""
+        return self.add_segment_queries([(left, right)], env_id, left_source, right_source,
+                                        round, meta, cur)[0]
+
+    def add_segment_queries(self, pairs: Iterable[tuple[Mapping, Mapping]],
+                            env_id: str | None = None, left_source: str | None = None,
+                            right_source: str | None = None, round: int | None = None,
+                            meta: dict | None = None,
+                            cur: sqlite3.Cursor | None = None) -> list[int]:
+        rows = []
+        for left, right in pairs:
+            lb, rb = encode_arrays(left), encode_arrays(right)
+            lh, rh = _arrays_hash(left), _arrays_hash(right)
+            uid = _query_uid("segment", env_id or "", lh, rh)
+            rows.append((uid, "segment", None, lb, rb, lh, rh, left_source, right_source,
+                         env_id, round, None, json.dumps(meta or {})))
+        return self._insert_queries(rows, cur)
+
+    def _insert_queries(self, rows: list[tuple], cur: sqlite3.Cursor | None) -> list[int]:
+        def run(c: sqlite3.Cursor) -> list[int]:
+            ids = []
+            now = time.time()
+            for row in rows:
+                c.execute("INSERT OR IGNORE INTO queries (uid, kind, prompt, left_payload, "
+                          "right_payload, left_hash, right_hash, left_source, right_source, "
+                          "env_id, round, gold, meta, created_at) "
+                          "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", (*row, now))
+                ids.append(c.execute("SELECT id FROM queries WHERE uid = ?",
+                                     (row[0],)).fetchone()[0])
+            return ids
+
+        if cur is not None:
+            return run(cur)
+        with self.transaction() as c:
+            return run(c)
+
+    # -- reading queries
+
+    def get_query(self, query_id: int) -> Query:
+        row = self.conn.execute("SELECT * FROM queries WHERE id = ?", (query_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"{self.path}: no query with id {query_id}")
+        return self._row_to_query(row)
+
+    def queries(self, kind: str | None = None, since_id: int = 0) -> Iterator[Query]:
+        sql = "SELECT * FROM queries WHERE id > ?"
+        args: list[Any] = [since_id]
+        if kind is not None:
+            sql += " AND kind = ?"
+            args.append(kind)
+        for row in self.conn.execute(sql + " ORDER BY id", args).fetchall():
+            yield self._row_to_query(row)
+
+    def _row_to_query(self, row: tuple) -> Query:
+        (qid, uid, kind, prompt, lp, rp, lh, rh, ls, rs, env_id, rnd, gold, meta, created) = row
+        if kind == "text":
+            left, right = lp.decode("utf-8"), rp.decode("utf-8")
+        else:
+            left, right = decode_arrays(lp), decode_arrays(rp)
+        return Query(qid, uid, kind, prompt, left, right, lh, rh, ls, rs, env_id, rnd, gold,
+                     json.loads(meta), created)
+
+    def count_queries(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM queries").fetchone()[0]
+
+    # -- pending work and claims
+
+    def pending_ids(self, annotator: str, per_query: int | None = None,
+                    kind: str | None = None) -> list[int]:
+        """Queries this annotator has not answered and that still need answers, oldest first.
+
+        Claimed by someone else (a live lease) counts as taken."""
+        need = per_query or self.annotators_per_query
+        now = time.time()
+        sql = """
+            SELECT q.id FROM queries q
+            WHERE NOT EXISTS (SELECT 1 FROM active_answers a
+                              WHERE a.query_id = q.id AND a.annotator = ?)
+              AND (SELECT COUNT(*) FROM active_answers a WHERE a.query_id = q.id)
+                + (SELECT COUNT(*) FROM claims c WHERE c.query_id = q.id
+                   AND c.annotator != ? AND c.expires_at > ?) < ?
+        """
+        args: list[Any] = [annotator, annotator, now, need]
+        if kind:
+            sql += " AND q.kind = ?"
+            args.append(kind)
+        return [r[0] for r in self.conn.execute(sql + " ORDER BY q.id", args)]
+
+    def count_pending(self, annotator: str, per_query: int | None = None) -> int:
+        return len(self.pending_ids(annotator, per_query))
+
+    def claim_next(self, annotator: str, per_query: int | None = None,
+                   lease_seconds: float = CLAIM_SECONDS, exclude: Iterable[int] = (),
+                   kind: str | None = None) -> int | None:
+        """Take a lease on the next pending query for this annotator (or None when done)."""
+        excluded = set(exclude)
+        with self.transaction() as cur:
+            for qid in self.pending_ids(annotator, per_query, kind):
+                if qid in excluded:
+                    continue
+                cur.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)",
+                            (qid, annotator, time.time() + lease_seconds))
+                return qid
+        return None
+
+    def release_claims(self, annotator: str, query_ids: Iterable[int] | None = None) -> None:
+        with self.transaction() as cur:
+            if query_ids is None:
+                cur.execute("DELETE FROM claims WHERE annotator = ?", (annotator,))
+            else:
+                cur.executemany("DELETE FROM claims WHERE annotator = ? AND query_id = ?",
+                                [(annotator, q) for q in query_ids])
+
+    # -- answers
+
+    def record_answer(self, query_id: int, answer: str, annotator: str, *,
+                      synthetic: bool = False, shown_at: float | None = None,
+                      answered_at: float | None = None, rationale: str | None = None,
+                      interface: str = "api/1", token: str | None = None,
+                      per_query: int | None = None, enforce_quota: bool = True) -> int | None:
+        """Save one answer, durably, and return its id.
+
+        Returns None (and writes nothing) when the query already has all the answers it needs
+        from others, or this annotator already answered it. A repeated ``token`` returns the
+        id of the answer saved the first time."""
+        _check_answer(answer)
+        token = token or uuid.uuid4().hex
+        need = per_query or self.annotators_per_query
+        with self.transaction() as cur:
+            row = cur.execute("SELECT id FROM answers WHERE token = ?", (token,)).fetchone()
+            if row:
+                return row[0]
+            if cur.execute("SELECT 1 FROM queries WHERE id = ?", (query_id,)).fetchone() is None:
+                raise StoreError(f"{self.path}: no query with id {query_id}")
+            if enforce_quota:
+                mine = cur.execute("SELECT COUNT(*) FROM active_answers WHERE query_id = ? "
+                                   "AND annotator = ?", (query_id, annotator)).fetchone()[0]
+                total = cur.execute("SELECT COUNT(*) FROM active_answers WHERE query_id = ?",
+                                    (query_id,)).fetchone()[0]
+                if mine or total >= need:
+                    return None
+            cur.execute("INSERT INTO answers (query_id, annotator, synthetic, answer, shown_at, "
+                        "answered_at, rationale, interface, token) VALUES (?,?,?,?,?,?,?,?,?)",
+                        (query_id, annotator, int(synthetic), answer, shown_at,
+                         answered_at if answered_at is not None else time.time(),
+                         rationale, interface, token))
+            answer_id = cur.lastrowid
+            cur.execute("DELETE FROM claims WHERE query_id = ? AND annotator = ?",
+                        (query_id, annotator))
+            return answer_id
+
+    def undo(self, answer_id: int, annotator: str | None = None, reason: str = "") -> None:
+        """Supersede an answer with an undo event (nothing is deleted)."""
+        with self.transaction() as cur:
+            if cur.execute("SELECT 1 FROM answers WHERE id = ?", (answer_id,)).fetchone() is None:
+                raise StoreError(f"{self.path}: no answer with id {answer_id}")
+            cur.execute("INSERT INTO events (at, kind, annotator, answer_id, data) "
+                        "VALUES (?, 'undo', ?, ?, ?)",
+                        (time.time(), annotator, answer_id, json.dumps({"reason": reason})))
+
+    def answers(self, include_undone: bool = False, kind: str | None = None) -> list[Answer]:
+        table = "answers" if include_undone else "active_answers"
+        sql = (f"SELECT a.id, a.query_id, a.annotator, a.synthetic, a.answer, a.shown_at, "
+               f"a.answered_at, a.rationale, a.interface FROM {table} a")
+        args: list[Any] = []
+        if kind:
+            sql += " JOIN queries q ON q.id = a.query_id WHERE q.kind = ?"
+            args.append(kind)
+        return [Answer(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6], r[7], r[8])
+                for r in self.conn.execute(sql + " ORDER BY a.id", args)]
+
+    def labelled(self, kind: str | None = None,
+                 include_skips: bool = False) -> Iterator[tuple[Query, Answer]]:
+        """Every active answer with its query, oldest first (what training reads)."""
+        cache: dict[int, Query] = {}
+        for ans in self.answers(kind=kind):
+            if ans.answer == "skip" and not include_skips:
+                continue
+            if ans.query_id not in cache:
+                cache[ans.query_id] = self.get_query(ans.query_id)
+            yield cache[ans.query_id], ans
+
+    # -- events
+
+    def log_event(self, kind: str, annotator: str | None = None, data: dict | None = None,
+                  token: str | None = None, cur: sqlite3.Cursor | None = None) -> None:
+        args = (time.time(), kind, annotator, token, json.dumps(data or {}))
+        sql = "INSERT OR IGNORE INTO events (at, kind, annotator, token, data) VALUES (?,?,?,?,?)"
+        if cur is not None:
+            cur.execute(sql, args)
+            return
+        with self.transaction() as c:
+            c.execute(sql, args)
+
+    def events(self, kind: str | None = None) -> list[dict]:
+        sql = "SELECT id, at, kind, annotator, answer_id, data FROM events"
+        args: list[Any] = []
+        if kind:
+            sql += " WHERE kind = ?"
+            args.append(kind)
+        return [{"id": r[0], "at": r[1], "kind": r[2], "annotator": r[3], "answer_id": r[4],
+                 "data": json.loads(r[5])} for r in self.conn.execute(sql + " ORDER BY id", args)]
+
+    def has_event_token(self, token: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM events WHERE token = ?",
+                                 (token,)).fetchone() is not None
+
+    def integrity_check(self) -> str:
+        return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _looks_like_sqlite(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
+def _arrays_hash(arrays: Mapping[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(np.asarray(arrays[name]))
+        h.update(name.encode())
+        h.update(str(arr.dtype).encode())
+        h.update(str(arr.shape).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _query_uid(kind: str, context: str, left_hash: str, right_hash: str) -> str:
+    """The same two sides in either order are the same query."""
+    a, b = sorted((left_hash, right_hash))
+    return content_hash(f"{kind}\x00{context}\x00{a}\x00{b}")
+
+
+def open_store(path: str | os.PathLike, create: bool = True) -> PreferenceStore:
+    return PreferenceStore(path, create=create)

@@ -1,0 +1,30 @@
+# Shared set-up, sourced by demo.sh and test.sh: a virtualenv, a CPU torch first, the project.
+# Uses the active virtualenv when there is one; otherwise creates .venv at the repo root.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+if [[ -n "${VIRTUAL_ENV:-}" ]]; then
+  PY="$VIRTUAL_ENV/bin/python"
+else
+  PYTHON="${PYTHON:-python3}"
+  if [[ ! -x .venv/bin/python ]]; then
+    echo "[setup] creating .venv with $($PYTHON --version)"
+    "$PYTHON" -m venv .venv
+  fi
+  PY="$ROOT/.venv/bin/python"
+fi
+export PATH="$(dirname "$PY"):$PATH"
+# One torch thread: on small shared CPUs two threads were far slower under load.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+  # A bare `torch` requirement would pull a multi-GB CUDA build; take the CPU wheel.
+  echo "[setup] installing a CPU torch"
+  "$PY" -m pip install -q "torch==${RLHF_HGT_TORCH:-2.13.0}" \
+    || "$PY" -m pip install -q --index-url https://download.pytorch.org/whl/cpu torch
+fi
+EXTRAS="${1:-}"
+echo "[setup] installing rlhf-hgt${EXTRAS}"
+"$PY" -m pip install -q -e ".${EXTRAS}" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+"$PY" -c "import rlhf_hgt, torch, trl, peft, stable_baselines3, gymnasium" \
+  || { echo "[setup] install failed" >&2; exit 1; }
