@@ -1,0 +1,119 @@
+"""Many processes on one store: nothing lost, nothing answered twice; SIGKILL at random moments."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from rlhf_hgt.feedback.store import PreferenceStore, TextPair
+
+WORKER = Path(__file__).parent / "helpers" / "store_worker.py"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _make_store(path: Path, n: int) -> list[int]:
+    with PreferenceStore(path) as store:
+        return store.add_text_queries(
+            [TextPair(f"prompt {i}", f"answer a {i}", f"answer b {i}") for i in range(n)])
+
+
+def _spawn(path: Path, annotator: str, per_query: int = 1, delay: float = 0.0,
+           gate: Path | None = None):
+    args = [sys.executable, str(WORKER), str(path), annotator, str(per_query), str(delay)]
+    if gate is not None:
+        args.append(str(gate))
+    return subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=ENV)
+
+
+@pytest.mark.parametrize("per_query", [1, 2])
+def test_four_processes_lose_nothing_and_answer_once(tmp_path, per_query):
+    path = tmp_path / "s.db"
+    ids = _make_store(path, 120)
+    gate = tmp_path / "go"
+    procs = [_spawn(path, f"worker{i}", per_query, 0.001, gate) for i in range(4)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "READY"
+    gate.touch()
+    acks = []
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0
+        acks += [line.split()[1:] for line in out.splitlines() if line.startswith("ACK")]
+    with PreferenceStore(path) as store:
+        answers = store.answers()
+        assert store.integrity_check() == "ok"
+    assert len(answers) == len(ids) * per_query == len(acks)
+    per_q = Counter(a.query_id for a in answers)
+    assert set(per_q.values()) == {per_query}
+    # no annotator answered the same query twice
+    assert len({(a.query_id, a.annotator) for a in answers}) == len(answers)
+    # work was shared between the processes
+    assert len({a.annotator for a in answers}) >= 2
+
+
+def test_sigkill_labelling_loses_no_acknowledged_answer(tmp_path):
+    path = tmp_path / "s.db"
+    _make_store(path, 400)
+    rng = random.Random(0)
+    acked: dict[int, tuple[int, str]] = {}
+    for round_ in range(12):
+        proc = _spawn(path, f"ann{round_ % 3}", 1, delay=0.002)
+        assert proc.stdout.readline().strip() == "READY"
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+        reader.start()
+        time.sleep(rng.uniform(0.05, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        reader.join(timeout=10)
+        for line in lines:
+            if line.startswith("ACK"):
+                _, aid, qid, ans = line.split()
+                acked[int(aid)] = (int(qid), ans)
+    assert acked, "the workers never got to answer"
+    with PreferenceStore(path) as store:
+        assert store.integrity_check() == "ok"
+        got = {a.id: (a.query_id, a.answer) for a in store.answers()}
+    for aid, want in acked.items():
+        assert got.get(aid) == want
+    # nothing duplicated: one active answer per query at most
+    assert max(Counter(q for q, _ in got.values()).values()) == 1
+
+
+def test_sigkill_import_is_all_or_nothing(tmp_path):
+    path = tmp_path / "s.db"
+    data = tmp_path / "pairs.jsonl"
+    n = 3000
+    with open(data, "w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"prompt": f"p{i}", "chosen": f"good {i} " * 20,
+                                 "rejected": f"bad {i} " * 20}) + "\n")
+    cmd = [sys.executable, "-m", "rlhf_hgt.cli", "feedback", "import", str(path), str(data)]
+    rng = random.Random(1)
+    for _ in range(6):
+        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(0.2, 2.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if path.exists():
+            with PreferenceStore(path) as store:
+                assert store.integrity_check() == "ok"
+                assert len(store.answers()) in (0, n)
+                assert store.count_queries() in (0, n)
+    # a final complete import, then a repeat: nothing is duplicated
+    for _ in range(2):
+        done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    with PreferenceStore(path) as store:
+        assert store.integrity_check() == "ok"
+        assert len(store.answers()) == n and store.count_queries() == n
