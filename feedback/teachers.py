@@ -1,0 +1,478 @@
+"""Synthetic teachers: simulated people who answer queries from hidden true rewards.
+
+The six teacher models of B-Pref (Lee et al. 2021, "B-Pref: Benchmarking Preference-Based
+Reinforcement Learning"), each a small config dataclass with one method::
+
+    answer_batch(left_rewards, right_rewards, rng) -> ["left" | "right" | "tie" | "skip", ...]
+
+where ``left_rewards[i]`` and ``right_rewards[i]`` are the true per-step rewards of the two
+sides of query ``i`` (the segment's ``true_rewards`` array; for a text query, the one-step
+"reward" is ``score(prompt, response)``). The return of a side is the sum of its rewards.
+
+``oracle``      prefers the higher return; equal returns give a tie.
+``stochastic``  Bradley–Terry: P(left) = sigmoid(beta * (R_left - R_right)); never ties.
+``mistake``     the oracle's answer, then each left/right answer is flipped with
+                probability ``eps`` (ties stay ties).
+``skip``        answers skip when both returns are small: max(R_left, R_right) < threshold;
+                otherwise the oracle's answer.
+``equal``       answers tie when |R_left - R_right| < margin; otherwise the oracle's answer.
+``myopic``      weighs the reward of step t (of T) by gamma^(T-1-t), so the last steps weigh
+                most; then the oracle's answer on the weighted returns.
+
+Thresholds (``skip``'s threshold, ``equal``'s margin) are absolute when given. Otherwise
+they are relative to the returns the teacher sees in the batch it answers, which works
+for any sign of reward (B-Pref scales by the mean episode return, which breaks when
+returns are negative):
+
+    lo, hi = min and max of all returns of both sides in the batch
+    skip threshold = lo + fraction * (hi - lo)   (both returns in the bottom ``fraction``
+                                                  of the observed range -> skip)
+    equal margin   = fraction * (hi - lo)
+
+So relative thresholds need a batch: :func:`answer_pending` answers all the queries it
+takes in one call to ``answer_batch``. When every return is the same, the spread is 0:
+nothing is skipped, and the oracle's tie-on-equal applies.
+
+Returns count as equal when they differ by at most 1e-12 relative to their size (so two
+sums of the same rewards in a different order still tie).
+
+This module imports nothing of ours but the feedback package, and no torch: a teacher
+simulates a person in numpy, while rlhf_hgt.preference models one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import UserInputError
+from .store import PreferenceStore, StoreError
+
+INTERFACE = "teacher/1"
+_EQUAL_RTOL = 1e-12
+_WRITE_BATCH = 500
+
+ScoreFn = Callable[[str, str], float]
+
+
+class Teacher(Protocol):
+    """The one interface every synthetic teacher has."""
+
+    @property
+    def name(self) -> str: ...
+
+    def answer_batch(self, left_rewards: Sequence[np.ndarray], right_rewards: Sequence[np.ndarray],
+                     rng: np.random.Generator) -> list[str]: ...
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _as_rewards(x: Any, where: str) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim > 1:
+        if all(d == 1 for d in arr.shape[1:]):
+            arr = arr.reshape(arr.shape[0])
+        else:
+            raise ValueError(f"{where}: rewards must be one number per step (shape (T,)), "
+                             f"got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{where}: rewards contain NaN or infinity; store finite rewards")
+    return arr
+
+
+def _check_pair_lists(left: Sequence, right: Sequence) -> tuple[list[np.ndarray],
+                                                                list[np.ndarray]]:
+    if len(left) != len(right):
+        raise ValueError(f"answer_batch needs as many left sides as right sides, got "
+                         f"{len(left)} and {len(right)}")
+    return ([_as_rewards(x, f"left side {i}") for i, x in enumerate(left)],
+            [_as_rewards(x, f"right side {i}") for i, x in enumerate(right)])
+
+
+def _oracle(ret_l: np.ndarray, ret_r: np.ndarray) -> list[str]:
+    scale = np.maximum(1.0, np.maximum(np.abs(ret_l), np.abs(ret_r)))
+    diff = ret_l - ret_r
+    tie = np.abs(diff) <= _EQUAL_RTOL * scale
+    return ["tie" if t else ("left" if d > 0 else "right") for t, d in zip(tie, diff, strict=True)]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    out = np.empty_like(x, dtype=np.float64)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    ex = np.exp(x[~pos])
+    out[~pos] = ex / (1.0 + ex)
+    return out
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} is a fraction of the spread of returns in the batch: "
+                         f"use 0 <= {name} <= 1, got {value}")
+
+
+def _check_finite(name: str, value: float | None) -> None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number (or left unset for a relative "
+                         f"threshold), got {value}")
+
+
+class _ReturnTeacher:
+    """Shared steps: returns of each side, then a decision (one level of subclassing)."""
+
+    def _returns(self, rewards: list[np.ndarray]) -> np.ndarray:
+        return np.array([float(np.sum(r)) for r in rewards], dtype=np.float64)
+
+    def _decide(self, ret_l: np.ndarray, ret_r: np.ndarray,
+                rng: np.random.Generator) -> list[str]:
+        return _oracle(ret_l, ret_r)
+
+    def answer_batch(self, left_rewards: Sequence[np.ndarray], right_rewards: Sequence[np.ndarray],
+                     rng: np.random.Generator) -> list[str]:
+        """Answer each pair: "left", "right", "tie" or "skip"."""
+        left, right = _check_pair_lists(left_rewards, right_rewards)
+        if not left:
+            return []
+        return self._decide(self._returns(left), self._returns(right), rng)
+
+
+def _spread(ret_l: np.ndarray, ret_r: np.ndarray) -> tuple[float, float]:
+    both = np.concatenate([ret_l, ret_r])
+    return float(both.min()), float(both.max())
+
+
+# ----------------------------------------------------------------------------- the teachers
+
+
+@dataclass
+class OracleTeacher(_ReturnTeacher):
+    """Perfectly rational: prefers the side with the higher true return; equal -> tie."""
+
+    @property
+    def name(self) -> str:
+        return "oracle"
+
+
+@dataclass
+class StochasticTeacher(_ReturnTeacher):
+    """Bradley–Terry: answers left with probability sigmoid(beta * (R_left - R_right))."""
+
+    beta: float = field(default=1.0, metadata={
+        "help": "rationality: larger is closer to the oracle, near 0 is a coin flip (> 0)"})
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"beta (rationality) must be a finite number > 0, got {self.beta}; "
+                             "use the oracle teacher for a perfectly rational one")
+
+    @property
+    def name(self) -> str:
+        return f"stochastic(beta={_fmt(self.beta)})"
+
+    def prob_left(self, ret_l: np.ndarray, ret_r: np.ndarray) -> np.ndarray:
+        return _sigmoid(self.beta * (np.asarray(ret_l, float) - np.asarray(ret_r, float)))
+
+    def _decide(self, ret_l: np.ndarray, ret_r: np.ndarray,
+                rng: np.random.Generator) -> list[str]:
+        left = rng.random(len(ret_l)) < self.prob_left(ret_l, ret_r)
+        return ["left" if x else "right" for x in left]
+
+
+@dataclass
+class MistakeTeacher(_ReturnTeacher):
+    """The oracle, but each left/right answer is flipped with probability eps."""
+
+    eps: float = field(default=0.1, metadata={
+        "help": "probability of flipping each left/right answer (0 <= eps <= 1); ties stay"})
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.eps) and 0.0 <= self.eps <= 1.0):
+            raise ValueError(f"eps is a probability of a mistake: use 0 <= eps <= 1, "
+                             f"got {self.eps}")
+
+    @property
+    def name(self) -> str:
+        return f"mistake(eps={_fmt(self.eps)})"
+
+    def _decide(self, ret_l: np.ndarray, ret_r: np.ndarray,
+                rng: np.random.Generator) -> list[str]:
+        answers = _oracle(ret_l, ret_r)
+        flip = rng.random(len(answers)) < self.eps
+        swap = {"left": "right", "right": "left", "tie": "tie"}
+        return [swap[a] if f else a for a, f in zip(answers, flip, strict=True)]
+
+
+@dataclass
+class SkipTeacher(_ReturnTeacher):
+    """Skips a pair when both returns are small: max(R_left, R_right) < threshold."""
+
+    threshold: float | None = field(default=None, metadata={
+        "help": "absolute return below which both sides count as small; unset: relative"})
+    fraction: float = field(default=0.1, metadata={
+        "help": "relative threshold: min + fraction * (max - min) of the batch's returns"})
+
+    def __post_init__(self) -> None:
+        _check_finite("threshold", self.threshold)
+        _check_fraction("fraction", self.fraction)
+
+    @property
+    def name(self) -> str:
+        if self.threshold is not None:
+            return f"skip(threshold={_fmt(self.threshold)})"
+        return f"skip(fraction={_fmt(self.fraction)})"
+
+    def threshold_for(self, ret_l: np.ndarray, ret_r: np.ndarray) -> float:
+        if self.threshold is not None:
+            return float(self.threshold)
+        lo, hi = _spread(ret_l, ret_r)
+        return lo + self.fraction * (hi - lo)
+
+    def _decide(self, ret_l: np.ndarray, ret_r: np.ndarray,
+                rng: np.random.Generator) -> list[str]:
+        thr = self.threshold_for(ret_l, ret_r)
+        skip = np.maximum(ret_l, ret_r) < thr
+        return ["skip" if s else a for s, a in zip(skip, _oracle(ret_l, ret_r), strict=True)]
+
+
+@dataclass
+class EqualTeacher(_ReturnTeacher):
+    """Answers tie when the returns differ by less than a margin; else the oracle."""
+
+    margin: float | None = field(default=None, metadata={
+        "help": "absolute return difference below which the sides tie; unset: relative"})
+    fraction: float = field(default=0.1, metadata={
+        "help": "relative margin: fraction * (max - min) of the batch's returns"})
+
+    def __post_init__(self) -> None:
+        _check_finite("margin", self.margin)
+        if self.margin is not None and self.margin < 0:
+            raise ValueError(f"margin is a difference of returns: use margin >= 0, "
+                             f"got {self.margin}")
+        _check_fraction("fraction", self.fraction)
+
+    @property
+    def name(self) -> str:
+        if self.margin is not None:
+            return f"equal(margin={_fmt(self.margin)})"
+        return f"equal(fraction={_fmt(self.fraction)})"
+
+    def margin_for(self, ret_l: np.ndarray, ret_r: np.ndarray) -> float:
+        if self.margin is not None:
+            return float(self.margin)
+        lo, hi = _spread(ret_l, ret_r)
+        return self.fraction * (hi - lo)
+
+    def _decide(self, ret_l: np.ndarray, ret_r: np.ndarray,
+                rng: np.random.Generator) -> list[str]:
+        margin = self.margin_for(ret_l, ret_r)
+        tie = np.abs(ret_l - ret_r) < margin
+        return ["tie" if t else a for t, a in zip(tie, _oracle(ret_l, ret_r), strict=True)]
+
+
+@dataclass
+class MyopicTeacher(_ReturnTeacher):
+    """Weighs step t of T by gamma^(T-1-t) (recent steps most), then answers as the oracle."""
+
+    gamma: float = field(default=0.9, metadata={
+        "help": "weight decay towards the start of a segment (0 < gamma <= 1; 1 = oracle)"})
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.gamma) and 0.0 < self.gamma <= 1.0):
+            raise ValueError(f"gamma must be in (0, 1] (1 weighs all steps alike), "
+                             f"got {self.gamma}")
+
+    @property
+    def name(self) -> str:
+        return f"myopic(gamma={_fmt(self.gamma)})"
+
+    def _returns(self, rewards: list[np.ndarray]) -> np.ndarray:
+        out = []
+        for r in rewards:
+            weights = self.gamma ** np.arange(len(r) - 1, -1, -1, dtype=np.float64)
+            out.append(float(np.dot(weights, r)))
+        return np.array(out, dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------- factory
+
+TEACHERS: dict[str, type] = {
+    "oracle": OracleTeacher,
+    "stochastic": StochasticTeacher,
+    "mistake": MistakeTeacher,
+    "skip": SkipTeacher,
+    "equal": EqualTeacher,
+    "myopic": MyopicTeacher,
+}
+
+
+def teacher_help() -> str:
+    """The valid teacher specs, one line per teacher, with their parameters."""
+    lines = []
+    for key, cls in TEACHERS.items():
+        params = []
+        for f in fields(cls):
+            default = "unset (relative)" if f.default is None else _fmt(f.default)
+            params.append(f"{f.name}=... ({f.metadata.get('help', '')}; default {default})")
+        lines.append(f"  {key}" + (": " + "; ".join(params) if params else ""))
+    return "\n".join(lines)
+
+
+def _spec_error(spec: str, why: str) -> UserInputError:
+    return UserInputError(f"teacher spec {spec!r}: {why}. Use NAME or NAME:PARAM=VALUE[,...] "
+                          f"with one of:\n{teacher_help()}")
+
+
+def make_teacher(spec: str) -> Teacher:
+    """Build a teacher from a spec such as "oracle", "stochastic:beta=0.5", "mistake:eps=0.2",
+    "skip:threshold=1", "equal:fraction=0.2", "myopic:gamma=0.8"."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise _spec_error(str(spec), "empty")
+    name, _, rest = spec.strip().partition(":")
+    name = name.strip().lower()
+    cls = TEACHERS.get(name)
+    if cls is None:
+        raise _spec_error(spec, f"unknown teacher {name!r}")
+    valid = {f.name for f in fields(cls)}
+    kwargs: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq:
+            raise _spec_error(spec, f"parameter {part!r} has no value (write {key}=VALUE)")
+        if key not in valid:
+            allowed = ", ".join(sorted(valid)) or "none"
+            raise _spec_error(spec, f"{name} has no parameter {key!r} (its parameters: {allowed})")
+        try:
+            kwargs[key] = float(value)
+        except ValueError:
+            raise _spec_error(spec, f"{key}={value.strip()!r} is not a number") from None
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise _spec_error(spec, str(exc)) from None
+
+
+# ----------------------------------------------------------------------------- answering a store
+
+
+def answer_pending(store: PreferenceStore | str | Path, teacher: Teacher,
+                   annotator: str | None = None, score_fn: ScoreFn | None = None,
+                   rng: np.random.Generator | None = None, limit: int | None = None,
+                   per_query: int | None = None) -> int:
+    """Answer the store's pending queries with a synthetic teacher; return how many it answered.
+
+    Segment queries are judged on the ``true_rewards`` stored with each side; text queries on
+    ``score_fn(prompt, response)`` (a one-step reward per side; required when text queries are
+    pending). All the queries taken are answered in one ``answer_batch`` call (so relative
+    thresholds see the whole batch) and written in a few transactions, each answer marked
+    synthetic, annotator ``teacher:<name>`` unless given, interface ``teacher/1``. A query
+    that filled up meanwhile (another annotator answered it) is left alone and not counted.
+    """
+    if limit is not None and limit < 0:
+        raise UserInputError(f"limit must be >= 0 (or unset for all), got {limit}")
+    if per_query is not None and per_query < 1:
+        raise UserInputError(f"per_query must be >= 1 (or unset for the store's setting), "
+                             f"got {per_query}")
+    own = not isinstance(store, PreferenceStore)
+    st = PreferenceStore(store, create=False) if own else store
+    try:
+        return _answer_pending(st, teacher, annotator or f"teacher:{teacher.name}", score_fn,
+                               rng if rng is not None else np.random.default_rng(), limit,
+                               per_query)
+    finally:
+        if own:
+            st.close()
+
+
+def _answer_pending(store: PreferenceStore, teacher: Teacher, annotator: str,
+                    score_fn: ScoreFn | None, rng: np.random.Generator, limit: int | None,
+                    per_query: int | None) -> int:
+    ids = store.pending_ids(annotator, per_query)
+    if limit is not None:
+        ids = ids[:limit]
+    if not ids:
+        return 0
+    lefts, rights = [], []
+    for qid in ids:
+        q = store.get_query(qid)
+        if q.kind == "segment":
+            for side, arrays in (("left", q.left), ("right", q.right)):
+                if "true_rewards" not in arrays:
+                    raise StoreError(f"{store.path}: query {qid}, {side} side: no 'true_rewards' "
+                                     "array, so a synthetic teacher cannot judge it; answer it "
+                                     "by hand (`rlhf-hgt label`) or store segments with "
+                                     "true_rewards")
+            lefts.append(arrays_rewards(q.left))
+            rights.append(arrays_rewards(q.right))
+        else:
+            if score_fn is None:
+                raise UserInputError(f"{store.path}: query {qid} is a text query; a teacher "
+                                     "needs a score function score(prompt, response) -> float "
+                                     "to answer text (pass score_fn)")
+            lefts.append(np.array([_score(score_fn, q.prompt or "", q.left, qid)]))
+            rights.append(np.array([_score(score_fn, q.prompt or "", q.right, qid)]))
+    answers = teacher.answer_batch(lefts, rights, rng)
+    if len(answers) != len(ids):
+        raise RuntimeError(f"teacher {teacher.name} gave {len(answers)} answers for "
+                           f"{len(ids)} queries")
+    need = per_query or store.annotators_per_query
+    written = 0
+    for start in range(0, len(ids), _WRITE_BATCH):
+        end = start + _WRITE_BATCH
+        chunk = list(zip(ids[start:end], answers[start:end], strict=True))
+        written += _write_answers(store, chunk, annotator, need)
+    store.log_event("teacher", annotator=annotator,
+                    data={"teacher": teacher.name, "answered": written, "taken": len(ids)})
+    return written
+
+
+def arrays_rewards(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """The per-step true rewards of one stored segment side."""
+    return _as_rewards(arrays["true_rewards"], "true_rewards")
+
+
+def _score(score_fn: ScoreFn, prompt: str, response: str, qid: int) -> float:
+    value = float(score_fn(prompt, response))
+    if not math.isfinite(value):
+        raise ValueError(f"score function returned {value} for query {qid}; it must return "
+                         "a finite number")
+    return value
+
+
+def _write_answers(store: PreferenceStore, chunk: list[tuple[int, str]], annotator: str,
+                   need: int) -> int:
+    """One transaction: the same checks as PreferenceStore.record_answer, for many answers."""
+    written = 0
+    with store.transaction() as cur:
+        for qid, answer in chunk:
+            if answer not in ("left", "right", "tie", "skip"):
+                raise RuntimeError(f"teacher answered {answer!r}; teachers answer "
+                                   "left, right, tie or skip")
+            mine = cur.execute("SELECT COUNT(*) FROM active_answers WHERE query_id = ? "
+                               "AND annotator = ?", (qid, annotator)).fetchone()[0]
+            total = cur.execute("SELECT COUNT(*) FROM active_answers WHERE query_id = ?",
+                                (qid,)).fetchone()[0]
+            if mine or total >= need:
+                continue
+            now = time.time()
+            cur.execute("INSERT INTO answers (query_id, annotator, synthetic, answer, shown_at, "
+                        "answered_at, rationale, interface, token) VALUES (?,?,?,?,?,?,?,?,?)",
+                        (qid, annotator, 1, answer, now, now, None, INTERFACE, uuid.uuid4().hex))
+            cur.execute("DELETE FROM claims WHERE query_id = ? AND annotator = ?",
+                        (qid, annotator))
+            written += 1
+    return written

@@ -1,0 +1,217 @@
+"""Stable-baselines3 agents for the control loop: construction, a rollout recorder, evaluation.
+
+The agent never sees the env's own reward: its vector env hides it (the true reward is kept
+in ``info["true_reward"]`` for teachers and evaluation) and the learned reward is swapped in
+for all envs at once, one batched model call per vector step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecEnvWrapper
+
+ALGOS = ("ppo", "sac")
+
+
+@dataclass
+class AgentConfig:
+    """How the policy is trained on the (learned) reward."""
+
+    algo: str = field(default="auto", metadata={
+        "help": "ppo, sac, or auto (PPO for discrete actions, SAC for continuous ones, "
+                "which learns continuous control in far fewer steps)"})
+    n_envs: int = field(default=4, metadata={"help": "parallel envs (PPO)"})
+    subprocess: bool = field(default=False, metadata={
+        "help": "run envs in subprocesses (SubprocVecEnv): worth it for slow envs only"})
+    learning_rate: float = field(default=3e-4, metadata={"help": "optimiser step size"})
+    gamma: float = field(default=0.99, metadata={"help": "discount factor"})
+    n_steps: int = field(default=256, metadata={"help": "PPO: steps per env per update"})
+    batch_size: int = field(default=64, metadata={"help": "minibatch size (PPO) / batch (SAC)"})
+    n_epochs: int = field(default=10, metadata={"help": "PPO: epochs per update"})
+    gae_lambda: float = field(default=0.95, metadata={"help": "PPO: GAE lambda"})
+    ent_coef: float = field(default=0.0, metadata={"help": "PPO: entropy bonus"})
+    learning_starts: int = field(default=1000, metadata={
+        "help": "SAC: random steps before learning starts"})
+    net_arch: tuple[int, ...] = field(default=(64, 64), metadata={
+        "help": "hidden layer sizes of policy and value networks"})
+
+    def __post_init__(self) -> None:
+        if self.algo not in (*ALGOS, "auto"):
+            raise ValueError(f"algo must be one of auto, {', '.join(ALGOS)}; got {self.algo!r}")
+        if self.n_envs < 1:
+            raise ValueError(f"n_envs must be >= 1, got {self.n_envs}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be greater than 1, got {self.batch_size}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must lie in (0, 1], got {self.gamma}")
+
+    def resolve_algo(self, action_space: gym.Space) -> str:
+        if self.algo != "auto":
+            if self.algo == "sac" and not isinstance(action_space, gym.spaces.Box):
+                raise ValueError("SAC needs continuous (Box) actions; use --agent-algo ppo")
+            return self.algo
+        return "sac" if isinstance(action_space, gym.spaces.Box) else "ppo"
+
+
+def make_vec_env(env_fn: Callable[[], gym.Env], n_envs: int, seed: int,
+                 subprocess: bool = False) -> VecEnv:
+    fns = [env_fn for _ in range(n_envs)]
+    venv: VecEnv = SubprocVecEnv(fns) if subprocess and n_envs > 1 else DummyVecEnv(fns)
+    venv.seed(seed)
+    return venv
+
+
+def make_agent(config: AgentConfig, venv: VecEnv, seed: int, device: str = "auto") -> BaseAlgorithm:
+    algo = config.resolve_algo(venv.action_space)
+    policy_kwargs = {"net_arch": list(config.net_arch)}
+    if algo == "ppo":
+        n_steps = config.n_steps
+        batch = min(config.batch_size, n_steps * venv.num_envs)
+        return PPO("MlpPolicy", venv, learning_rate=config.learning_rate, n_steps=n_steps,
+                   batch_size=batch, n_epochs=config.n_epochs, gamma=config.gamma,
+                   gae_lambda=config.gae_lambda, ent_coef=config.ent_coef, seed=seed,
+                   policy_kwargs=policy_kwargs, device="cpu" if device == "auto" else device,
+                   verbose=0)
+    return SAC("MlpPolicy", venv, learning_rate=config.learning_rate, gamma=config.gamma,
+               batch_size=max(config.batch_size, 256), learning_starts=config.learning_starts,
+               seed=seed, policy_kwargs={"net_arch": [256, 256]}, device=device, verbose=0)
+
+
+def agent_steps_per_round(config: AgentConfig, venv: VecEnv, total: int, rounds: int) -> list[int]:
+    """Split the timestep budget over rounds (PPO: whole rollouts), summing to ``total``."""
+    unit = config.n_steps * venv.num_envs if config.resolve_algo(venv.action_space) == "ppo" else 1
+    base = total // rounds
+    steps = [max(unit, (base // unit) * unit) for _ in range(rounds)]
+    steps[-1] = max(unit, total - sum(steps[:-1]))
+    return steps
+
+
+class RolloutRecorder(VecEnvWrapper):
+    """Keeps the most recent transitions of every env (obs, action, true reward, episode ends),
+    so that new queries come from the agent's own training rollouts at no extra env steps."""
+
+    def __init__(self, venv: VecEnv, capacity: int = 20_000):
+        super().__init__(venv)
+        self.capacity = capacity
+        self._obs: np.ndarray | None = None
+        self._actions: np.ndarray | None = None
+        self.clear()
+
+    def clear(self) -> None:
+        self.episodes: list[dict[str, list]] = [self._new() for _ in range(self.num_envs)]
+        self.finished: list[dict[str, np.ndarray]] = []
+        self.episode_returns: list[float] = []
+
+    @staticmethod
+    def _new() -> dict[str, list]:
+        return {"obs": [], "actions": [], "true_rewards": []}
+
+    def reset(self) -> np.ndarray:
+        self._obs = self.venv.reset()
+        self.episodes = [self._new() for _ in range(self.num_envs)]
+        return self._obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions)
+        self.venv.step_async(actions)
+
+    def step_wait(self):
+        obs, rewards, dones, infos = self.venv.step_wait()
+        assert self._obs is not None and self._actions is not None
+        for i in range(self.num_envs):
+            ep = self.episodes[i]
+            ep["obs"].append(np.array(self._obs[i]))
+            ep["actions"].append(np.array(self._actions[i]))
+            ep["true_rewards"].append(float(infos[i].get("true_reward", rewards[i])))
+            if dones[i]:
+                terminated = not infos[i].get("TimeLimit.truncated", False)
+                self._finish(i, terminated)
+        self._obs = obs
+        return obs, rewards, dones, infos
+
+    def _finish(self, i: int, terminated: bool) -> None:
+        ep = self.episodes[i]
+        if ep["obs"]:
+            self.finished.append({
+                "obs": np.asarray(ep["obs"], dtype=np.float32),
+                "actions": np.asarray(ep["actions"]),
+                "true_rewards": np.asarray(ep["true_rewards"], dtype=np.float32),
+                "terminated": np.asarray(terminated)})
+            self.episode_returns.append(float(np.sum(ep["true_rewards"])))
+        self.episodes[i] = self._new()
+        total = sum(len(e["obs"]) for e in self.finished)
+        while self.finished and total > self.capacity:
+            total -= len(self.finished.pop(0)["obs"])
+
+    def episodes_so_far(self, include_running: bool = True) -> list[dict[str, np.ndarray]]:
+        """Finished episodes plus the running parts (not terminated) of unfinished ones."""
+        out = list(self.finished)
+        if include_running:
+            for ep in self.episodes:
+                if len(ep["obs"]) > 1:
+                    out.append({"obs": np.asarray(ep["obs"], dtype=np.float32),
+                                "actions": np.asarray(ep["actions"]),
+                                "true_rewards": np.asarray(ep["true_rewards"], dtype=np.float32),
+                                "terminated": np.asarray(False)})
+        return out
+
+
+def evaluate_true_return(model: BaseAlgorithm, env_fn: Callable[[], gym.Env], episodes: int,
+                         seed: int, deterministic: bool = True) -> tuple[float, float]:
+    """Mean and std of the env's own return over ``episodes`` episodes (never shown to the
+    learner)."""
+    env = env_fn()
+    returns = []
+    for k in range(episodes):
+        obs, _ = env.reset(seed=seed + k)
+        done, total = False, 0.0
+        while not done:
+            action, _ = model.predict(obs, deterministic=deterministic)
+            obs, reward, terminated, truncated, info = env.step(action)
+            total += float(info.get("true_reward", reward))
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return float(np.mean(returns)), float(np.std(returns))
+
+
+def random_return(env_fn: Callable[[], gym.Env], episodes: int, seed: int) -> float:
+    """Mean return of uniformly random actions: the floor of a normalised score."""
+    env = env_fn()
+    env.action_space.seed(seed)
+    returns = []
+    for k in range(episodes):
+        env.reset(seed=seed + k)
+        done, total = False, 0.0
+        while not done:
+            _, reward, terminated, truncated, info = env.step(env.action_space.sample())
+            total += float(info.get("true_reward", reward))
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return float(np.mean(returns))
+
+
+def relabel_replay_buffer(model: BaseAlgorithm,
+                          reward_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                          chunk: int = 8192) -> int:
+    """Off-policy agents store rewards when a step is taken; after the reward model is refit,
+    give every stored transition the new learned reward (batched). Returns how many."""
+    buffer = getattr(model, "replay_buffer", None)
+    if buffer is None:
+        return 0
+    size = buffer.buffer_size if buffer.full else buffer.pos
+    n_envs = buffer.n_envs
+    obs = buffer.observations[:size].reshape(size * n_envs, *buffer.obs_shape)
+    acts = buffer.actions[:size].reshape(size * n_envs, -1)
+    new = np.empty(size * n_envs, dtype=np.float32)
+    for start in range(0, len(new), chunk):
+        new[start:start + chunk] = reward_fn(obs[start:start + chunk], acts[start:start + chunk])
+    buffer.rewards[:size] = new.reshape(size, n_envs)
+    return size * n_envs

@@ -1,0 +1,1 @@
+"""Run records: manifest, provenance summary, model card, oversight report."""
