@@ -1,0 +1,36 @@
+"""A tiny env registered on import, for testing `module:EnvName-v0` ids (not a test module)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+
+class CustomCorridor(gym.Env):
+    """Walk right along a corridor of `length` cells; -1 per step, the episode ends at the end."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, length: int = 5) -> None:
+        self.length = length
+        self.observation_space = gym.spaces.Box(0.0, float(length), shape=(1,), dtype=np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self._pos = 0
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self._pos = int(self.np_random.integers(0, 2))
+        return np.array([self._pos], dtype=np.float32), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        self._pos = max(0, min(self.length, self._pos + (1 if int(action) == 1 else -1)))
+        terminated = self._pos == self.length
+        return np.array([self._pos], dtype=np.float32), -1.0, terminated, False, {}
+
+
+if "CustomCorridor-v0" not in gym.registry:
+    gym.register(id="CustomCorridor-v0", entry_point=CustomCorridor, max_episode_steps=50)
