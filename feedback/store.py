@@ -212,7 +212,7 @@ class PreferenceStore:
                              "give the path of a store, or a new path to create one")
         try:
             self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
-            self.conn.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
+            self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             if not exists:
                 self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = FULL")

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             from rlhf_hgt.feedback.jsonl import export_jsonl
 
             n = export_jsonl(args.store, args.file, provenance=not args.no_provenance)
-            print(f"wrote {n} labelled pairs to {args.file}")
+            print(n.describe())
             return 0
         if args.feedback_cmd == "stats":
             from rlhf_hgt.feedback.stats import compute_stats, print_stats

@@ -10,6 +10,9 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+from stable_baselines3.common.env_checker import check_env
+from stable_baselines3.common.vec_env import DummyVecEnv
+
 import rlhf_hgt.envs as envs
 from rlhf_hgt.envs import (
     CARTPOLE_LEFT_ID,
@@ -23,8 +26,6 @@ from rlhf_hgt.envs import (
     make_env,
     pendulum_at_angle_reward,
 )
-from stable_baselines3.common.env_checker import check_env
-from stable_baselines3.common.vec_env import DummyVecEnv
 
 TESTS_DIR = str(Path(__file__).resolve().parent)
 

@@ -55,7 +55,7 @@ def test_bad_input_says_how_to_fix():
 
 
 def test_accuracy_ignores_ties():
-    acc = preference_accuracy(torch.tensor([1.0, 0.0, 3.0, 1.0]), torch.tensor([0.0, 1.0, 1.0, 1.0]),
-                              [1.0, 1.0, 0.5, 0.0])
+    acc = preference_accuracy(torch.tensor([1.0, 0.0, 3.0, 1.0]),
+                              torch.tensor([0.0, 1.0, 1.0, 1.0]), [1.0, 1.0, 0.5, 0.0])
     # right, wrong, (tie excluded), equal scores count half
     assert math.isclose(acc, 0.5)

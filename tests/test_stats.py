@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rich.console import Console
+
 from rlhf_hgt.feedback.stats import (
     _coincidences,
     cohen_kappa,

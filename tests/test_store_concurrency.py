@@ -70,7 +70,7 @@ def test_sigkill_labelling_loses_no_acknowledged_answer(tmp_path):
         proc = _spawn(path, f"ann{round_ % 3}", 1, delay=0.002)
         assert proc.stdout.readline().strip() == "READY"
         lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+        reader = threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True)
         reader.start()
         time.sleep(rng.uniform(0.05, 0.4))
         proc.send_signal(signal.SIGKILL)

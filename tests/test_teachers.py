@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from rlhf_hgt.feedback.errors import UserInputError
 from rlhf_hgt.feedback.store import PreferenceStore, StoreError, TextPair
 from rlhf_hgt.feedback.teachers import (

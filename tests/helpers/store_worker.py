@@ -13,7 +13,8 @@ from rlhf_hgt.feedback.store import PreferenceStore
 
 
 def main() -> None:
-    path, annotator, per_query, delay = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    path, annotator = sys.argv[1], sys.argv[2]
+    per_query, delay = int(sys.argv[3]), float(sys.argv[4])
     rng = random.Random(annotator)
     store = PreferenceStore(path, create=False)
     print("READY", flush=True)

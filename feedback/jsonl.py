@@ -1,0 +1,572 @@
+"""Import and export of text preferences as JSONL, in TRL's preference format.
+
+Import (``rlhf-hgt feedback import STORE FILE.jsonl``) reads one JSON object per line:
+
+- a labelled pair ``{"prompt", "chosen", "rejected"}``, optionally with ``"annotator"`` and
+  ``"rationale"`` (strings) and ``"tie": true`` (the two were judged equal; which one is
+  "chosen" then does not matter);
+- a pending query ``{"prompt", "a", "b"}`` that waits for a person, optionally with
+  ``"gold": "a" | "b" | "tie"`` (a gold query, its answer known) and ``"source_a"``,
+  ``"source_b"`` (the model or policy that wrote each response).
+
+Both forms may also be written in TRL's conversational form: ``prompt`` and the two responses
+are lists of ``{"role", "content"}`` messages. The store keeps text, so a conversation is
+stored rendered as text with role markers (see :func:`render_messages`; the terminal shows
+that text), and the original messages go into the query's ``meta`` under
+``"conversational"`` (the prompt's messages, and each response's messages keyed by the
+content hash of its rendered text, so a swapped orientation maps back). Export writes such
+pairs back as messages. Two conversations that render to the same text are the same query;
+the messages of the first one imported are kept.
+
+Blank lines are ignored; other fields are ignored too (and named in the summary). The whole
+file is checked before anything is written, and the import is one transaction: it lands
+whole or not at all. A bad line raises :class:`UserInputError` naming the file, the line, the
+field and the fix. Each labelled line becomes one answer (interface ``import/1``) whose token
+comes from the file's sha256 and the line number, and the import event carries the file's
+sha256 as its token, so importing the same file again adds nothing (not even answers undone
+since); an annotator answers a pair at most once (a second line with the same pair and
+annotator is skipped and counted); the store's annotators-per-query quota does not limit
+imports, since each line records a label already given. A pending line whose pair is already
+stored is a duplicate: the stored query (and its gold) is kept, and a differing gold is noted.
+An empty rationale is the same as none.
+
+Export (``rlhf-hgt feedback export STORE FILE.jsonl``) writes one line per active answer of a
+text query: ``{"prompt", "chosen", "rejected"}`` plus, with provenance, ``"annotator"`` and
+``"rationale"``. TRL's trainers drop columns they do not use, so the provenance columns load
+and train as they are. The ``rationale`` column is written on every line (``""`` for none) or
+on none, because ``datasets`` infers a column's type from the first rows and fails on a
+column that appears later. Ties and skips have no place in TRL's format: they are left out and
+counted (and logged as a warning). Conversations are written as messages only when every
+exported pair came in as one (one file must have one form to load in ``datasets``); otherwise
+all pairs are written as text. The file is written to a temporary file beside the target and
+renamed over it, so a failure leaves no half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserInputError
+from .store import PreferenceStore, StoreError, TextPair, content_hash
+
+log = logging.getLogger(__name__)
+
+IMPORT_INTERFACE = "import/1"
+LABELLED_FIELDS = ("prompt", "chosen", "rejected")
+PENDING_FIELDS = ("prompt", "a", "b")
+LABELLED_ONLY = ("chosen", "rejected", "tie", "annotator", "rationale")
+PENDING_ONLY = ("a", "b", "gold", "source_a", "source_b")
+GOLD_TO_SIDE = {"a": "left", "b": "right", "tie": "tie"}
+EXPORT_FORMS = ("auto", "text")
+
+_LABELLED_EXAMPLE = '{"prompt": "...", "chosen": "...", "rejected": "..."}'
+_PENDING_EXAMPLE = '{"prompt": "...", "a": "...", "b": "..."}'
+_FORMS_HINT = (f"write a labelled pair {_LABELLED_EXAMPLE} or a pending query "
+               f"{_PENDING_EXAMPLE}")
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class Record:
+    """One checked line of an import file.
+
+    ``first``/``second`` are chosen/rejected for a labelled pair and a/b for a pending query,
+    as text (conversations rendered); ``messages`` keeps a conversation's original messages.
+    """
+
+    line: int
+    labelled: bool
+    prompt: str
+    first: str
+    second: str
+    tie: bool = False
+    annotator: str | None = None
+    rationale: str | None = None
+    gold: str | None = None  # 'a', 'b' or 'tie'
+    source_a: str | None = None
+    source_b: str | None = None
+    messages: dict | None = None  # {"prompt": [...], "first": [...], "second": [...]}
+
+
+@dataclass
+class ParsedFile:
+    path: Path
+    sha256: str
+    records: list[Record]
+    ignored_fields: list[str] = field(default_factory=list)
+
+
+def render_messages(messages: list[dict], trailing_newline: bool = False) -> str:
+    """A conversation as text: each message as ``<|role|>`` on its own line, then its content.
+
+    A prompt is rendered with a trailing newline so that prompt + response reads as one
+    conversation."""
+    text = "\n".join(f"<|{m['role']}|>\n{m['content']}" for m in messages)
+    return text + "\n" if trailing_newline else text
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+class _LineError(Exception):
+    """A problem with one line; turned into a UserInputError with the file and line."""
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _LineError(f"field {key!r}: appears twice in one object; keep one")
+        out[key] = value
+    return out
+
+
+def _check_unicode(value: Any, where: str) -> None:
+    """Refuse lone surrogates (JSON escapes like \\ud800 that are no UTF-8 text)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _LineError(
+                f"field {where!r}: holds an unpaired surrogate escape "
+                f"(\\u{ord(value[exc.start]):04x} at character {exc.start}); "
+                "write the character itself or a complete surrogate pair") from None
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_unicode(item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key, f"{where} key")
+            _check_unicode(item, f"{where}.{key}")
+
+
+def _text(obj: dict, name: str) -> str:
+    value = obj[name]
+    if not value.strip():
+        raise _LineError(f"field {name!r}: is empty; give the text, or remove the line")
+    return value
+
+
+def _messages(obj: dict, name: str) -> list[dict]:
+    value = obj[name]
+    if not value:
+        raise _LineError(f"field {name!r}: is an empty list of messages; give at least one "
+                         '{"role": ..., "content": ...} message, or remove the line')
+    for i, msg in enumerate(value):
+        where = f"{name}[{i}]"
+        if not isinstance(msg, dict):
+            raise _LineError(f"field {where!r}: is {_type_name(msg)}, not a message; write "
+                             '{"role": "user", "content": "..."}')
+        role, content = msg.get("role"), msg.get("content")
+        if not isinstance(role, str) or not role.strip() or "\n" in role:
+            raise _LineError(f"field {where + '.role'!r}: must be a one-line, non-empty string "
+                             f"such as \"user\" or \"assistant\", got {_type_name(role)}")
+        if not isinstance(content, str):
+            raise _LineError(f"field {where + '.content'!r}: must be a string (only text "
+                             f"messages are supported), got {_type_name(content)}")
+    _check_unicode(value, name)
+    if not any(m["content"].strip() for m in value):
+        raise _LineError(f"field {name!r}: every message is empty; give the text, "
+                         "or remove the line")
+    return value
+
+
+def _optional_str(obj: dict, name: str, allowed: Iterable[str] | None = None) -> str | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _LineError(f"field {name!r}: must be a string, got {_type_name(value)}; "
+                         "fix it or remove the field")
+    _check_unicode(value, name)
+    if allowed is not None and value not in allowed:
+        raise _LineError(f"field {name!r}: must be one of {', '.join(map(repr, allowed))}, "
+                         f"got {value!r}")
+    return value
+
+
+def _parse_object(obj: Any, line: int) -> Record:
+    if not isinstance(obj, dict):
+        raise _LineError(f"the line is {_type_name(obj)}, not a JSON object; {_FORMS_HINT}")
+    has_labelled = [k for k in LABELLED_ONLY if k in obj]
+    has_pending = [k for k in PENDING_ONLY if k in obj]
+    if has_labelled and has_pending:
+        raise _LineError(
+            f"field {has_pending[0]!r}: the line mixes a labelled pair (it has "
+            f"{', '.join(map(repr, has_labelled))}) with a pending query (it has "
+            f"{', '.join(map(repr, has_pending))}); {_FORMS_HINT}")
+    if not has_labelled and not has_pending:
+        raise _LineError(f"field 'chosen' (or 'a'): is missing, so the line is neither a "
+                         f"labelled pair nor a pending query; {_FORMS_HINT}")
+    labelled = not has_pending
+    names = LABELLED_FIELDS if labelled else PENDING_FIELDS
+    for name in names:
+        if obj.get(name) is None:
+            what = "a labelled pair" if labelled else "a pending query"
+            raise _LineError(f"field {name!r}: is missing{'' if name not in obj else ' (null)'}"
+                             f"; {what} needs {', '.join(map(repr, names))}, e.g. "
+                             f"{_LABELLED_EXAMPLE if labelled else _PENDING_EXAMPLE}")
+    values = [obj[n] for n in names]
+    conversational = isinstance(values[0], list)
+    for name, value in zip(names, values, strict=True):
+        if not isinstance(value, str | list):
+            raise _LineError(f"field {name!r}: must be a string (or a list of messages), "
+                             f"got {_type_name(value)}")
+        if isinstance(value, list) != conversational:
+            raise _LineError(
+                f"field {name!r}: is {_type_name(value)} but field {names[0]!r} is "
+                f"{_type_name(values[0])}; write all of {', '.join(map(repr, names))} as text, "
+                "or all as lists of messages")
+    messages = None
+    if conversational:
+        msgs = [_messages(obj, n) for n in names]
+        prompt = render_messages(msgs[0], trailing_newline=True)
+        first, second = render_messages(msgs[1]), render_messages(msgs[2])
+        messages = {"prompt": msgs[0], "first": msgs[1], "second": msgs[2]}
+    else:
+        for name in names:
+            _check_unicode(obj[name], name)
+        prompt, first, second = (_text(obj, n) for n in names)
+    if first == second:
+        raise _LineError(f"field {names[2]!r}: is the same as {names[1]!r}; a pair needs two "
+                         "different responses; fix or remove the line")
+    if labelled:
+        tie = obj.get("tie")
+        if tie is not None and not isinstance(tie, bool):
+            raise _LineError(f"field 'tie': must be true or false, got {_type_name(tie)}")
+        annotator = _optional_str(obj, "annotator")
+        if annotator is not None and not annotator.strip():
+            raise _LineError("field 'annotator': is empty; give an annotator id or remove "
+                             "the field")
+        rationale = _optional_str(obj, "rationale") or None
+        return Record(line, True, prompt, first, second, tie=bool(tie), annotator=annotator,
+                      rationale=rationale, messages=messages)
+    gold = _optional_str(obj, "gold", allowed=tuple(GOLD_TO_SIDE))
+    return Record(line, False, prompt, first, second, gold=gold,
+                  source_a=_optional_str(obj, "source_a"),
+                  source_b=_optional_str(obj, "source_b"), messages=messages)
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.exists():
+        raise UserInputError(f"{path}: no such file; give the path of a JSONL file "
+                             f"(one JSON object per line)")
+    if path.is_dir():
+        raise UserInputError(f"{path}: is a folder; give the path of a JSONL file "
+                             "(one JSON object per line)")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UserInputError(f"{path}: cannot be read ({exc.strerror}); check the path "
+                             "and its permissions") from None
+
+
+def _decode(path: Path, data: bytes) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise UserInputError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at byte offset "
+            f"{exc.start}, byte {column} of the line); save the file as UTF-8") from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def read_jsonl(file_path: str | os.PathLike) -> ParsedFile:
+    """Read and check a whole import file; raise UserInputError at the first bad line."""
+    path = Path(file_path)
+    data = _read_bytes(path)
+    text = _decode(path, data)
+    records: list[Record] = []
+    known = set(LABELLED_ONLY) | set(PENDING_ONLY) | {"prompt"}
+    ignored: set[str] = set()
+    for number, raw in enumerate(text.split("\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            try:
+                obj = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+            except json.JSONDecodeError as exc:
+                raise _LineError(f"malformed JSON ({exc.msg} at column {exc.colno}); write "
+                                 "one complete JSON object per line") from None
+            except RecursionError:
+                raise _LineError("malformed JSON (nested too deeply); write one flat JSON "
+                                 "object per line") from None
+            except ValueError as exc:  # e.g. an integer with too many digits
+                raise _LineError(f"malformed JSON ({exc}); write one JSON object per "
+                                 "line") from None
+            records.append(_parse_object(obj, number))
+        except _LineError as exc:
+            raise UserInputError(f"{path}:{number}: {exc}") from None
+        ignored.update(k for k in obj if k not in known)
+    if not records:
+        raise UserInputError(f"{path}: holds no records (empty or only blank lines); "
+                             f"{_FORMS_HINT}, one per line")
+    return ParsedFile(path, hashlib.sha256(data).hexdigest(), records, sorted(ignored))
+
+
+# ----------------------------------------------------------------------------- import
+
+
+@dataclass
+class ImportSummary:
+    """What an import did."""
+
+    file: str
+    store: str
+    sha256: str
+    records: int
+    labelled_added: int = 0
+    pending_added: int = 0
+    duplicates_skipped: int = 0
+    ignored_fields: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        lines = [f"imported {self.labelled_added} labelled pairs and {self.pending_added} "
+                 f"pending queries from {self.file} into {self.store}; skipped "
+                 f"{self.duplicates_skipped} duplicates ({self.records} records read)"]
+        if self.ignored_fields:
+            lines.append(f"ignored fields: {', '.join(self.ignored_fields)}")
+        lines.extend(self.notes[:10])
+        if len(self.notes) > 10:
+            lines.append(f"... and {len(self.notes) - 10} more notes")
+        return "\n".join(lines)
+
+
+def _query_meta(rec: Record, parsed: ParsedFile) -> dict:
+    meta: dict = {"imported_from": {"file": parsed.path.name, "sha256": parsed.sha256,
+                                    "line": rec.line}}
+    if rec.messages is not None:
+        meta["conversational"] = {
+            "prompt": rec.messages["prompt"],
+            "sides": {content_hash(rec.first): rec.messages["first"],
+                      content_hash(rec.second): rec.messages["second"]},
+        }
+    return meta
+
+
+def import_jsonl(store_path: str | os.PathLike, file_path: str | os.PathLike,
+                 default_annotator: str | None = None) -> ImportSummary:
+    """Import a JSONL file of labelled pairs and pending queries into a store, all or nothing.
+
+    ``default_annotator`` names the annotator of labelled lines that name none (default
+    ``import:<file name>``)."""
+    if default_annotator is not None and not default_annotator.strip():
+        raise UserInputError("--annotator: is empty; give an annotator id or leave it out")
+    parsed = read_jsonl(file_path)  # every line checked before the store is touched
+    default = default_annotator or f"import:{parsed.path.name}"
+    store = PreferenceStore(store_path)
+    summary = ImportSummary(str(parsed.path), str(store.path), parsed.sha256,
+                            len(parsed.records), ignored_fields=parsed.ignored_fields)
+    try:
+        with store.transaction() as cur:
+            _import_records(store, cur, parsed, default, summary)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{store.path}: could not write to the store ({exc}); nothing was "
+                         "imported; check the disk and that no other program locks it, "
+                         "then run the import again") from None
+    finally:
+        store.close()
+    return summary
+
+
+def _import_records(store: PreferenceStore, cur: sqlite3.Cursor, parsed: ParsedFile,
+                    default: str, summary: ImportSummary) -> None:
+    event_token = f"import:{parsed.sha256}"
+    before = cur.execute("SELECT at FROM events WHERE token = ?", (event_token,)).fetchone()
+    if before is not None:  # the same file again: nothing new, not even what was undone since
+        summary.duplicates_skipped = len(parsed.records)
+        summary.notes.append(f"this file (sha256 {parsed.sha256[:12]}...) was imported into "
+                             f"this store before, at {time.ctime(before[0])}")
+        return
+    max_before = cur.execute("SELECT COALESCE(MAX(id), 0) FROM queries").fetchone()[0]
+    created: set[int] = set()
+    now = time.time()
+    for rec in parsed.records:
+        token = f"import:{parsed.sha256}:{rec.line}"
+        if rec.labelled and cur.execute("SELECT 1 FROM answers WHERE token = ?",
+                                        (token,)).fetchone():
+            summary.duplicates_skipped += 1
+            continue
+        pair = TextPair(rec.prompt, rec.first, rec.second, rec.source_a, rec.source_b,
+                        GOLD_TO_SIDE.get(rec.gold or ""), _query_meta(rec, parsed))
+        qid = store.add_text_queries([pair], cur=cur)[0]
+        is_new = qid > max_before and qid not in created
+        created.add(qid)
+        left_hash, gold = cur.execute("SELECT left_hash, gold FROM queries WHERE id = ?",
+                                      (qid,)).fetchone()
+        swapped = left_hash != content_hash(rec.first)
+        if not rec.labelled:
+            if is_new:
+                summary.pending_added += 1
+                continue
+            summary.duplicates_skipped += 1
+            if rec.gold is not None:
+                want = GOLD_TO_SIDE[rec.gold]
+                if swapped and want != "tie":
+                    want = "right" if want == "left" else "left"
+                if gold != want:
+                    summary.notes.append(
+                        f"line {rec.line}: the pair is already stored with gold {gold!r}; "
+                        f"kept that, not gold {rec.gold!r}")
+            continue
+        annotator = rec.annotator or default
+        if cur.execute("SELECT 1 FROM active_answers WHERE query_id = ? AND annotator = ?",
+                       (qid, annotator)).fetchone():
+            summary.duplicates_skipped += 1
+            continue
+        answer = "tie" if rec.tie else ("right" if swapped else "left")
+        cur.execute("INSERT INTO answers (query_id, annotator, synthetic, answer, shown_at, "
+                    "answered_at, rationale, interface, token) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (qid, annotator, 0, answer, None, now, rec.rationale, IMPORT_INTERFACE,
+                     token))
+        summary.labelled_added += 1
+    if summary.labelled_added or summary.pending_added:
+        store.log_event("import", data={
+            "file": parsed.path.name, "path": str(parsed.path.resolve()),
+            "sha256": parsed.sha256, "records": len(parsed.records),
+            "labelled_added": summary.labelled_added, "pending_added": summary.pending_added,
+            "duplicates_skipped": summary.duplicates_skipped,
+            "default_annotator": default}, token=event_token, cur=cur)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+class ExportCount(int):
+    """The number of lines written (an ``int``), with what was left out and why."""
+
+    ties_left_out: int
+    skips_left_out: int
+    flattened: int
+    path: str
+
+    def __new__(cls, written: int, ties: int = 0, skips: int = 0, flattened: int = 0,
+                path: str = "") -> ExportCount:
+        obj = super().__new__(cls, written)
+        obj.ties_left_out, obj.skips_left_out, obj.flattened, obj.path = (
+            ties, skips, flattened, path)
+        return obj
+
+    def notes(self) -> list[str]:
+        """What a user should know beyond the count: answers left out, forms changed."""
+        out = []
+        if self.ties_left_out or self.skips_left_out:
+            out.append(f"left out {self.ties_left_out} ties and {self.skips_left_out} skips "
+                       "(TRL's preference format has no place for them)")
+        if self.flattened:
+            out.append(f"wrote {self.flattened} conversational pairs as text with role "
+                       "markers, because the store also holds plain-text pairs")
+        return out
+
+    def describe(self) -> str:
+        return "; ".join([f"wrote {int(self)} labelled pairs to {self.path}", *self.notes()])
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_atomically(path: Path, lines: Iterable[bytes]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise UserInputError(f"{path}: cannot write here ({exc.strerror}); choose a "
+                             "writable folder") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for line in lines:
+                fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise UserInputError(f"{path}: could not be written ({exc.strerror}); nothing was "
+                                 "written; free some space or choose another folder") from None
+        raise
+
+
+def export_jsonl(store_path: str | os.PathLike, file_path: str | os.PathLike,
+                 provenance: bool = True, form: str = "auto") -> ExportCount:
+    """Write the labelled text pairs of a store as TRL-format JSONL; return the lines written.
+
+    ``form="auto"`` writes conversations as messages when every exported pair came in as a
+    conversation, and everything as text otherwise (one file must have one form to load in
+    ``datasets``); ``form="text"`` always writes text."""
+    if form not in EXPORT_FORMS:
+        raise ValueError(f"form must be one of {', '.join(EXPORT_FORMS)}, got {form!r}")
+    path = Path(file_path)
+    if path.is_dir():
+        raise UserInputError(f"{path}: is a folder; give the path of the JSONL file to write")
+    with PreferenceStore(store_path, create=False) as store:
+        rows, ties, skips = [], 0, 0
+        for query, ans in store.labelled(kind="text", include_skips=True):
+            if ans.answer in ("tie", "skip"):
+                ties += ans.answer == "tie"
+                skips += ans.answer == "skip"
+                continue
+            rows.append((query, ans))
+    conv = [_conversation(q) for q, _ in rows]
+    as_messages = form == "auto" and bool(rows) and all(c is not None for c in conv)
+    flattened = 0 if as_messages else sum(c is not None for c in conv)
+    with_rationale = provenance and any(a.rationale for _, a in rows)
+    out = []
+    for (query, ans), messages in zip(rows, conv, strict=True):
+        chosen, rejected = ((query.left, query.right) if ans.answer == "left"
+                            else (query.right, query.left))
+        if as_messages:
+            record: dict[str, Any] = {"prompt": messages["prompt"],
+                                      "chosen": messages["sides"][content_hash(chosen)],
+                                      "rejected": messages["sides"][content_hash(rejected)]}
+        else:
+            record = {"prompt": query.prompt, "chosen": chosen, "rejected": rejected}
+        if provenance:
+            record["annotator"] = ans.annotator
+            if with_rationale:
+                record["rationale"] = ans.rationale or ""
+        out.append((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+    _write_atomically(path, out)
+    result = ExportCount(len(out), ties, skips, flattened, str(path))
+    for note in result.notes():
+        log.warning("%s: %s", path, note)
+    return result
+
+
+def _conversation(query: Any) -> dict | None:
+    conv = query.meta.get("conversational") if isinstance(query.meta, dict) else None
+    if not isinstance(conv, dict):
+        return None
+    sides = conv.get("sides", {})
+    if content_hash(query.left) in sides and content_hash(query.right) in sides:
+        return conv
+    return None

@@ -1,0 +1,591 @@
+"""JSONL import/export of text preferences: semantics, round trips, TRL loading, bad input, fuzz."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rlhf_hgt.feedback.errors import UserInputError
+from rlhf_hgt.feedback.jsonl import (
+    IMPORT_INTERFACE,
+    ExportCount,
+    export_jsonl,
+    import_jsonl,
+    read_jsonl,
+    render_messages,
+)
+from rlhf_hgt.feedback.store import PreferenceStore, StoreError, TextPair, content_hash
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                    encoding="utf-8")
+    return path
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
+
+
+def store_state(path: Path) -> tuple[int, int, int]:
+    with PreferenceStore(path, create=False) as s:
+        return s.count_queries(), len(s.answers(include_undone=True)), len(s.events())
+
+
+def pair_key(row: dict) -> tuple:
+    return (json.dumps(row["prompt"]), json.dumps(row["chosen"]), json.dumps(row["rejected"]),
+            row.get("annotator"), row.get("rationale") or "")
+
+
+UNICODE_ROWS = [
+    {"prompt": "Say hi\n", "chosen": "Hello 🌍\nsecond line", "rejected": "Go away",
+     "annotator": "ana", "rationale": "friendlier\ttone"},
+    {"prompt": "Résumé?", "chosen": "naïve “quotes” \u2028 sep", "rejected": "\x00nul\x1f",
+     "annotator": "bo", "rationale": ""},
+    {"prompt": "日本語\r\nwith CRLF inside", "chosen": "\\backslash \"q\"", "rejected": " lead"},
+]
+
+
+# ----------------------------------------------------------------------------- import semantics
+
+
+def test_import_records_answers_with_provenance(tmp_path):
+    f = write_jsonl(tmp_path / "prefs.jsonl", [
+        {"prompt": "p1", "chosen": "good", "rejected": "bad", "annotator": "ana",
+         "rationale": "clearer"},
+        {"prompt": "p2", "chosen": "x", "rejected": "y", "tie": True},
+        {"prompt": "p3", "a": "one", "b": "two", "gold": "b", "source_a": "m1",
+         "source_b": "m2"},
+        {"prompt": "p1", "chosen": "bad", "rejected": "good", "annotator": "bo",
+         "extra_column": 1},
+    ])
+    summary = import_jsonl(tmp_path / "s.db", f)
+    assert (summary.labelled_added, summary.pending_added, summary.duplicates_skipped) == \
+        (3, 1, 0)
+    assert summary.ignored_fields == ["extra_column"]
+    assert "3 labelled" in summary.describe() and "1 pending" in summary.describe()
+    with PreferenceStore(tmp_path / "s.db") as s:
+        assert s.count_queries() == 3
+        got = {(q.prompt, a.annotator): (q, a) for q, a in s.labelled(kind="text")}
+        q, a = got[("p1", "ana")]
+        assert (q.left, q.right, a.answer) == ("good", "bad", "left")
+        assert (a.synthetic, a.shown_at, a.interface, a.rationale) == \
+            (False, None, IMPORT_INTERFACE, "clearer")
+        assert a.answered_at > 0
+        q, a = got[("p1", "bo")]  # the same query; bo preferred the other side
+        assert (q.left, a.answer) == ("good", "right")
+        q, a = got[("p2", "import:prefs.jsonl")]
+        assert a.answer == "tie"
+        pending = [q for q in s.queries() if q.prompt == "p3"][0]
+        assert (pending.gold, pending.left_source, pending.right_source) == ("right", "m1", "m2")
+        assert s.pending_ids("someone") == [pending.id]
+        (event,) = s.events("import")
+        assert event["data"]["sha256"] == summary.sha256
+        assert event["data"]["file"] == "prefs.jsonl"
+        assert (event["data"]["labelled_added"], event["data"]["pending_added"]) == (3, 1)
+
+
+def test_default_annotator_and_line_annotator(tmp_path):
+    f = write_jsonl(tmp_path / "f.jsonl", [
+        {"prompt": "p", "chosen": "a", "rejected": "b"},
+        {"prompt": "q", "chosen": "a", "rejected": "b", "annotator": "own"}])
+    import_jsonl(tmp_path / "s.db", f, default_annotator="cli-name")
+    with PreferenceStore(tmp_path / "s.db") as s:
+        assert sorted(a.annotator for a in s.answers()) == ["cli-name", "own"]
+    with pytest.raises(UserInputError, match="annotator"):
+        import_jsonl(tmp_path / "s.db", f, default_annotator="  ")
+
+
+def test_labels_map_through_swapped_orientation(tmp_path):
+    with PreferenceStore(tmp_path / "s.db") as s:
+        s.add_text_queries([TextPair("p", "second", "first")])
+    f = write_jsonl(tmp_path / "f.jsonl", [{"prompt": "p", "chosen": "first",
+                                            "rejected": "second"}])
+    summary = import_jsonl(tmp_path / "s.db", f)
+    assert summary.labelled_added == 1
+    with PreferenceStore(tmp_path / "s.db") as s:
+        ((q, a),) = list(s.labelled())
+        assert (q.left, a.answer) == ("second", "right")
+        assert q.left_hash == content_hash("second")
+    out = tmp_path / "out.jsonl"
+    export_jsonl(tmp_path / "s.db", out, provenance=False)
+    assert read_rows(out) == [{"prompt": "p", "chosen": "first", "rejected": "second"}]
+
+
+def test_reimport_and_duplicates_add_nothing(tmp_path):
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b", "annotator": "x"},
+            {"prompt": "p", "chosen": "b", "rejected": "a", "annotator": "x"},  # same pair
+            {"prompt": "p", "chosen": "b", "rejected": "a", "annotator": "y"},
+            {"prompt": "p", "a": "a", "b": "b"},  # the pair is already there
+            {"prompt": "new", "a": "a", "b": "b", "gold": "a"},
+            {"prompt": "new", "a": "b", "b": "a", "gold": "a"}]  # conflicting gold: noted
+    f = write_jsonl(tmp_path / "f.jsonl", rows)
+    first = import_jsonl(tmp_path / "s.db", f)
+    assert (first.labelled_added, first.pending_added, first.duplicates_skipped) == (2, 1, 3)
+    assert any("gold" in note for note in first.notes)
+    state = store_state(tmp_path / "s.db")
+    again = import_jsonl(tmp_path / "s.db", f)
+    assert (again.labelled_added, again.pending_added, again.duplicates_skipped) == (0, 0, 6)
+    assert store_state(tmp_path / "s.db") == state
+    # an undone answer stays undone on re-import (the token is still there)
+    with PreferenceStore(tmp_path / "s.db") as s:
+        s.undo(s.answers()[0].id, "x")
+    import_jsonl(tmp_path / "s.db", f)
+    with PreferenceStore(tmp_path / "s.db") as s:
+        assert len(s.answers()) == 1
+
+
+def test_reimport_through_cli_adds_nothing(tmp_path):
+    f = write_jsonl(tmp_path / "f.jsonl", UNICODE_ROWS)
+    store = tmp_path / "s.db"
+    first = run_cli("feedback", "import", store, f)
+    assert first.returncode == 0, first.stderr
+    state = store_state(store)
+    second = run_cli("feedback", "import", store, f)
+    assert second.returncode == 0, second.stderr
+    assert "skipped 3 duplicates" in second.stdout
+    assert store_state(store) == state
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def test_round_trip_keeps_text_and_provenance(tmp_path):
+    f = write_jsonl(tmp_path / "in.jsonl", UNICODE_ROWS + UNICODE_ROWS[:1])  # one duplicate
+    import_jsonl(tmp_path / "s.db", f)
+    out = tmp_path / "sub" / "out.jsonl"
+    n = export_jsonl(tmp_path / "s.db", out)
+    assert n == 3 and isinstance(n, ExportCount)
+    rows = read_rows(out)
+    expected = [dict(r, annotator=r.get("annotator", "import:in.jsonl")) for r in UNICODE_ROWS]
+    assert Counter(map(pair_key, rows)) == Counter(map(pair_key, expected))
+    assert all(set(r) == {"prompt", "chosen", "rejected", "annotator", "rationale"}
+               for r in rows)
+    # the export imports again as the same pairs
+    import_jsonl(tmp_path / "s2.db", out)
+    export_jsonl(tmp_path / "s2.db", tmp_path / "out2.jsonl")
+    assert Counter(map(pair_key, read_rows(tmp_path / "out2.jsonl"))) == \
+        Counter(map(pair_key, rows))
+    # without provenance: only the TRL columns, and no rationale column when none exists
+    export_jsonl(tmp_path / "s.db", out, provenance=False)
+    assert all(set(r) == {"prompt", "chosen", "rejected"} for r in read_rows(out))
+    write_jsonl(tmp_path / "plain.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    import_jsonl(tmp_path / "s3.db", tmp_path / "plain.jsonl")
+    export_jsonl(tmp_path / "s3.db", out)
+    assert read_rows(out) == [{"prompt": "p", "chosen": "a", "rejected": "b",
+                               "annotator": "import:plain.jsonl"}]
+
+
+def test_export_leaves_out_ties_and_skips_and_says_so(tmp_path, caplog):
+    f = write_jsonl(tmp_path / "f.jsonl", [
+        {"prompt": "p", "chosen": "a", "rejected": "b"},
+        {"prompt": "q", "chosen": "a", "rejected": "b", "tie": True},
+        {"prompt": "r", "a": "a", "b": "b"}])
+    import_jsonl(tmp_path / "s.db", f)
+    with PreferenceStore(tmp_path / "s.db") as s:
+        (pending,) = s.pending_ids("z")
+        s.record_answer(pending, "skip", "z")
+    n = export_jsonl(tmp_path / "s.db", tmp_path / "out.jsonl")
+    assert (int(n), n.ties_left_out, n.skips_left_out) == (1, 1, 1)
+    assert "left out 1 ties and 1 skips" in n.describe()
+    assert "left out 1 ties" in caplog.text
+    assert [r["prompt"] for r in read_rows(tmp_path / "out.jsonl")] == ["p"]
+
+
+def test_export_is_atomic(tmp_path, monkeypatch):
+    f = write_jsonl(tmp_path / "f.jsonl", UNICODE_ROWS)
+    import_jsonl(tmp_path / "s.db", f)
+    out = tmp_path / "out.jsonl"
+    out.write_text("old content\n")
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(UserInputError, match="No space left"):
+        export_jsonl(tmp_path / "s.db", out)
+    monkeypatch.undo()
+    assert out.read_text() == "old content\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.jsonl", "out.jsonl", "s.db"]
+    with pytest.raises(UserInputError, match="folder"):
+        export_jsonl(tmp_path / "s.db", tmp_path)
+    with pytest.raises(StoreError):
+        export_jsonl(tmp_path / "missing.db", out)
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_conversational_lines_round_trip_as_messages(tmp_path):
+    conv = {"prompt": [{"role": "system", "content": "Be brief."},
+                       {"role": "user", "content": "Capital of France?"}],
+            "chosen": [{"role": "assistant", "content": "Paris."}],
+            "rejected": [{"role": "assistant", "content": "Lyon, I think.\nOr not."}],
+            "annotator": "ana"}
+    pending = {"prompt": [{"role": "user", "content": "2+2?"}],
+               "a": [{"role": "assistant", "content": "4"}],
+               "b": [{"role": "assistant", "content": "5"}]}
+    f = write_jsonl(tmp_path / "c.jsonl", [conv, pending])
+    import_jsonl(tmp_path / "s.db", f)
+    with PreferenceStore(tmp_path / "s.db") as s:
+        qs = list(s.queries())
+        assert qs[0].prompt == "<|system|>\nBe brief.\n<|user|>\nCapital of France?\n"
+        assert qs[0].left == render_messages(conv["chosen"]) == "<|assistant|>\nParis."
+        assert qs[1].meta["conversational"]["prompt"] == pending["prompt"]
+        # answer the pending conversation with the sides swapped in storage terms
+        s.record_answer(qs[1].id, "right", "bo")
+    out = tmp_path / "out.jsonl"
+    export_jsonl(tmp_path / "s.db", out)
+    rows = read_rows(out)
+    assert rows[0] == conv
+    assert rows[1]["prompt"] == pending["prompt"]
+    assert (rows[1]["chosen"], rows[1]["rejected"]) == (pending["b"], pending["a"])
+    # a store that also holds plain text pairs is exported as text, and says so
+    write_jsonl(tmp_path / "t.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    import_jsonl(tmp_path / "s.db", tmp_path / "t.jsonl")
+    n = export_jsonl(tmp_path / "s.db", out)
+    assert n.flattened == 2 and "role markers" in n.describe()
+    rows = read_rows(out)
+    assert all(isinstance(r["prompt"], str) for r in rows)
+    assert rows[0]["rejected"] == "<|assistant|>\nLyon, I think.\nOr not."
+    n = export_jsonl(tmp_path / "s.db", out, form="text")
+    with pytest.raises(ValueError, match="form"):
+        export_jsonl(tmp_path / "s.db", out, form="xml")
+
+
+# ----------------------------------------------------------------------------- TRL
+
+
+def _tiny_tokenizer(chat: bool = False):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab.update({"<eos>": len(vocab), "<pad>": len(vocab) + 1})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))  # bytes as tokens: any text works
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+    if chat:
+        hf.chat_template = (
+            "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<eos>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    return hf
+
+
+def _train_one_step(data_file: Path, tmp_path: Path, reward: bool = True, chat: bool = False):
+    import datasets
+    import torch
+    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+    from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    ds = datasets.load_dataset("json", data_files=str(data_file), split="train",
+                               cache_dir=str(tmp_path / "hf-cache"))
+    tok = _tiny_tokenizer(chat)
+    shape = dict(vocab_size=len(tok), n_positions=256, n_embd=16, n_layer=1, n_head=2,
+                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                 bos_token_id=tok.eos_token_id)
+    common = dict(max_steps=1, per_device_train_batch_size=2, learning_rate=1e-2, bf16=False,
+                  gradient_checkpointing=False, use_cpu=True, report_to=[],
+                  save_strategy="no", max_length=256, dataloader_num_workers=0)
+    policy = GPT2LMHeadModel(GPT2Config(**shape))
+    before = [p.detach().clone() for p in policy.parameters()]
+    dpo = DPOTrainer(model=policy, ref_model=copy.deepcopy(policy),
+                     args=DPOConfig(output_dir=str(tmp_path / "dpo"), **common),
+                     train_dataset=ds, processing_class=tok)
+    assert len(dpo.train_dataset) == len(ds)
+    assert dpo.train().global_step == 1
+    assert any(not torch.equal(b, p) for b, p in zip(before, policy.parameters(), strict=True))
+    if reward:
+        scorer = GPT2ForSequenceClassification(GPT2Config(num_labels=1, **shape))
+        rm = RewardTrainer(model=scorer, args=RewardConfig(output_dir=str(tmp_path / "rm"),
+                                                           **common),
+                           train_dataset=ds, processing_class=tok)
+        assert len(rm.train_dataset) == len(ds)
+        assert rm.train().global_step == 1
+
+
+def test_export_trains_in_trl_dpo_and_reward(tmp_path):
+    rows = UNICODE_ROWS + [{"prompt": f"q{i}", "chosen": f"yes {i}", "rejected": f"no {i}",
+                            "rationale": "because"} for i in range(3)]
+    import_jsonl(tmp_path / "s.db", write_jsonl(tmp_path / "in.jsonl", rows))
+    out = tmp_path / "out.jsonl"
+    assert export_jsonl(tmp_path / "s.db", out) == 6  # with annotator and rationale columns
+    _train_one_step(out, tmp_path)
+
+
+def test_conversational_export_trains_in_trl_dpo(tmp_path):
+    rows = [{"prompt": [{"role": "user", "content": f"question {i}?"}],
+             "chosen": [{"role": "assistant", "content": f"good answer {i}"}],
+             "rejected": [{"role": "assistant", "content": f"bad {i}"}]} for i in range(2)]
+    import_jsonl(tmp_path / "s.db", write_jsonl(tmp_path / "in.jsonl", rows))
+    out = tmp_path / "out.jsonl"
+    export_jsonl(tmp_path / "s.db", out)
+    assert isinstance(read_rows(out)[0]["chosen"], list)
+    _train_one_step(out, tmp_path, reward=False, chat=True)
+
+
+# ----------------------------------------------------------------------------- bad input via CLI
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "rlhf_hgt.cli", *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+
+
+GOOD = b'{"prompt": "p", "chosen": "c", "rejected": "r"}\n'
+BAD_FILES = {  # name: (content, line, words the message must hold)
+    "malformed_json": (GOOD + b'{"prompt": "p", "chosen": \n', 2, ["malformed JSON"]),
+    "not_an_object": (GOOD + b'["p", "c", "r"]\n', 2, ["not a JSON object"]),
+    "missing_field": (GOOD + b'{"prompt": "p", "chosen": "c"}\n', 2, ["'rejected'", "missing"]),
+    "null_field": (GOOD + b'{"prompt": null, "chosen": "c", "rejected": "r"}\n', 2,
+                   ["'prompt'"]),
+    "non_string": (GOOD + b'{"prompt": "p", "chosen": 3, "rejected": "r"}\n', 2,
+                   ["'chosen'", "string"]),
+    "empty_prompt": (GOOD + b'{"prompt": "  ", "chosen": "c", "rejected": "r"}\n', 2,
+                     ["'prompt'", "empty"]),
+    "empty_response": (GOOD + b'{"prompt": "p", "a": "", "b": "r"}\n', 2, ["'a'", "empty"]),
+    "mixed_forms": (GOOD + b'{"prompt": "p", "chosen": "c", "rejected": "r", "b": "x"}\n', 2,
+                    ["'b'", "mixes"]),
+    "same_sides": (GOOD + b'\n{"prompt": "p", "chosen": "c", "rejected": "c"}\n', 3,
+                   ["'rejected'", "same"]),
+    "bad_gold": (GOOD + b'{"prompt": "p", "a": "c", "b": "r", "gold": "left"}\n', 2,
+                 ["'gold'"]),
+    "bad_tie": (GOOD + b'{"prompt": "p", "chosen": "c", "rejected": "r", "tie": "yes"}\n', 2,
+                ["'tie'"]),
+    "bad_annotator": (GOOD + b'{"prompt": "p", "chosen": "c", "rejected": "r", '
+                      b'"annotator": 7}\n', 2, ["'annotator'"]),
+    "surrogate": (GOOD + b'{"prompt": "p\\ud800", "chosen": "c", "rejected": "r"}\n', 2,
+                  ["'prompt'", "surrogate"]),
+    "duplicate_key": (GOOD + b'{"prompt": "p", "prompt": "q", "chosen": "c", '
+                      b'"rejected": "r"}\n', 2, ["'prompt'", "twice"]),
+    "text_and_messages": (GOOD + b'{"prompt": [{"role": "user", "content": "p"}], '
+                          b'"chosen": "c", "rejected": "r"}\n', 2, ["'chosen'", "messages"]),
+    "bad_message": (GOOD + b'{"prompt": [{"role": "user", "content": ["p"]}], '
+                    b'"chosen": [{"role": "assistant", "content": "c"}], '
+                    b'"rejected": [{"role": "assistant", "content": "r"}]}\n', 2,
+                    ["'prompt[0].content'"]),
+    "empty_file": (b"", None, ["no records"]),
+    "blank_lines_only": (b"\n  \n\r\n", None, ["no records"]),
+    "not_utf8": (GOOD + b'{"prompt": "caf\xe9", "chosen": "c", "rejected": "r"}\n', 2,
+                 ["UTF-8", "byte offset 63"]),
+}
+
+
+@pytest.fixture
+def seeded_store(tmp_path):
+    store = tmp_path / "store.db"
+    good = write_jsonl(tmp_path / "seed.jsonl", UNICODE_ROWS + [{"prompt": "w", "a": "1",
+                                                                  "b": "2"}])
+    import_jsonl(store, good)
+    return store
+
+
+def _assert_refused(result, name_in_message: str, line: int | None, words: list[str]):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert name_in_message in result.stderr
+    if line is not None:
+        assert f":{line}:" in result.stderr, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_file_is_refused_whole(case, tmp_path, seeded_store):
+    content, line, words = BAD_FILES[case]
+    bad = tmp_path / f"{case}.jsonl"
+    bad.write_bytes(content)
+    state = store_state(seeded_store)
+    result = run_cli("feedback", "import", seeded_store, bad)
+    _assert_refused(result, bad.name, line, words)
+    assert store_state(seeded_store) == state
+    # into a new store: nothing is created at all
+    fresh = tmp_path / "fresh" / "new.db"
+    _assert_refused(run_cli("feedback", "import", fresh, bad), bad.name, line, words)
+    assert not fresh.exists() and not fresh.parent.exists()
+
+
+def test_missing_file_and_folder_are_refused(tmp_path, seeded_store):
+    state = store_state(seeded_store)
+    missing = tmp_path / "nope.jsonl"
+    _assert_refused(run_cli("feedback", "import", seeded_store, missing), "nope.jsonl", None,
+                    ["no such file"])
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    _assert_refused(run_cli("feedback", "import", seeded_store, folder), "adir", None,
+                    ["folder"])
+    assert store_state(seeded_store) == state
+
+
+def test_bad_store_is_refused_untouched(tmp_path):
+    good = write_jsonl(tmp_path / "good.jsonl", UNICODE_ROWS)
+    not_store = tmp_path / "notes.txt"
+    not_store.write_text("just text\n")
+    _assert_refused(run_cli("feedback", "import", not_store, good), "notes.txt", None,
+                    ["not a preference store"])
+    assert not_store.read_text() == "just text\n"
+    newer = tmp_path / "newer.db"
+    with PreferenceStore(newer) as s:
+        s.set_setting("schema_version", "99")
+    before = newer.read_bytes()
+    _assert_refused(run_cli("feedback", "import", newer, good), "newer.db", None,
+                    ["newer", "upgrade"])
+    assert newer.read_bytes() == before
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    _assert_refused(run_cli("feedback", "import", other, good), "other.db", None,
+                    ["not a preference store"])
+    _assert_refused(run_cli("feedback", "export", tmp_path / "none.db",
+                            tmp_path / "o.jsonl"), "none.db", None, ["no such store"])
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+# ----------------------------------------------------------------------------- fuzz
+
+FUZZ = settings(max_examples=200, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                               max_size=3),
+    max_leaves=8)
+odd_text = st.text(alphabet=st.characters(categories=["Cs", "Cc", "Zs", "Zl"]), max_size=4)
+any_text = st.text(max_size=12) | odd_text
+nonblank = st.text(min_size=1, max_size=20).filter(lambda s: s.strip())
+message_lists = st.lists(st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "system"]), "content": nonblank}),
+    min_size=1, max_size=2)
+ALL_KEYS = ["prompt", "chosen", "rejected", "a", "b", "tie", "gold", "annotator", "rationale",
+            "source_a", "source_b", "other"]
+DELETE = object()
+
+
+@st.composite
+def valid_objects(draw) -> dict:
+    """A record that should import: labelled or pending, text or conversational."""
+    side = message_lists if draw(st.booleans()) else nonblank
+    first, second = draw(side), draw(side)
+    if draw(st.booleans()):
+        obj = {"prompt": draw(side), "chosen": first, "rejected": second}
+        extra = {"tie": st.booleans(), "annotator": nonblank, "rationale": any_text}
+    else:
+        obj = {"prompt": draw(side), "a": first, "b": second}
+        extra = {"gold": st.sampled_from(["a", "b", "tie"]), "source_a": nonblank,
+                 "source_b": nonblank}
+    for key, values in extra.items():
+        if draw(st.booleans()):
+            obj[key] = draw(values)
+    return obj
+
+
+@st.composite
+def mutated_objects(draw) -> dict:
+    """A valid record with a field or two deleted or replaced by anything, or a message broken."""
+    obj = draw(valid_objects())
+    for _ in range(draw(st.integers(0, 2))):
+        key = draw(st.sampled_from(ALL_KEYS))
+        value = draw(st.just(DELETE) | json_values | any_text | message_lists)
+        if value is DELETE:
+            obj.pop(key, None)
+        else:
+            obj[key] = value
+    if draw(st.booleans()):
+        for value in obj.values():
+            if isinstance(value, list) and value and isinstance(value[0], dict):
+                value[0][draw(st.sampled_from(["role", "content", "name"]))] = draw(
+                    json_values | any_text)
+                break
+    return obj
+
+
+objects = valid_objects() | mutated_objects() | st.dictionaries(
+    st.sampled_from(ALL_KEYS), any_text | json_values | message_lists, max_size=7)
+
+
+def _import_or_refuse(content: bytes) -> None:
+    """Import must succeed or raise UserInputError naming the file, touching no store."""
+    with tempfile.TemporaryDirectory() as tmp:
+        f = Path(tmp) / "fuzz.jsonl"
+        f.write_bytes(content)
+        store = Path(tmp) / "s.db"
+        try:
+            summary = import_jsonl(store, f)
+        except UserInputError as exc:
+            assert str(f) in str(exc)
+            assert not store.exists()
+            return
+        assert summary.labelled_added + summary.pending_added >= 1
+        export_jsonl(store, Path(tmp) / "out.jsonl")
+        with PreferenceStore(store) as s:
+            assert s.integrity_check() == "ok"
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_fuzz_random_bytes(content):
+    _import_or_refuse(content)
+
+
+@FUZZ
+@given(st.lists(json_values, min_size=1, max_size=4))
+def test_fuzz_random_json_values(values):
+    _import_or_refuse("\n".join(json.dumps(v) for v in values).encode())
+
+
+@FUZZ
+@given(st.lists(objects, min_size=1, max_size=4), st.booleans())
+def test_fuzz_random_objects(objs, ascii_only):
+    # ensure_ascii writes lone surrogates as \\udXXX escapes, the way other tools do
+    lines = [json.dumps(o, ensure_ascii=ascii_only) for o in objs]
+    try:
+        content = "\n".join(lines).encode("utf-8")
+    except UnicodeEncodeError:
+        content = "\n".join(lines).encode("utf-8", "surrogatepass")  # not UTF-8 at all
+    _import_or_refuse(content)
+
+
+labelled_rows = st.fixed_dictionaries(
+    {"prompt": nonblank, "chosen": nonblank, "rejected": nonblank},
+    optional={"annotator": nonblank, "rationale": st.text(max_size=10), "tie": st.booleans()},
+).filter(lambda r: r["chosen"] != r["rejected"])
+
+
+@FUZZ
+@given(st.lists(labelled_rows, min_size=1, max_size=6,
+                unique_by=lambda r: (r["prompt"], frozenset((r["chosen"], r["rejected"])),
+                                     r.get("annotator"))))
+def test_fuzz_valid_records_round_trip(rows):
+    with tempfile.TemporaryDirectory() as tmp:
+        f = write_jsonl(Path(tmp) / "r.jsonl", rows)
+        summary = import_jsonl(Path(tmp) / "s.db", f)
+        assert (summary.labelled_added, summary.duplicates_skipped) == (len(rows), 0)
+        out = Path(tmp) / "out.jsonl"
+        n = export_jsonl(Path(tmp) / "s.db", out)
+        kept = [dict(r, annotator=r.get("annotator", "import:r.jsonl")) for r in rows
+                if not r.get("tie")]
+        for r in kept:
+            r.pop("tie", None)
+        assert (int(n), n.ties_left_out) == (len(kept), len(rows) - len(kept))
+        assert Counter(map(pair_key, read_rows(out))) == Counter(map(pair_key, kept))
+        if kept:
+            assert len(read_jsonl(out).records) == len(kept)
