@@ -90,30 +90,45 @@ def test_sigkill_labelling_loses_no_acknowledged_answer(tmp_path):
     assert max(Counter(q for q, _ in got.values()).values()) == 1
 
 
+def _count_file(store: PreferenceStore, k: int) -> int:
+    return store.conn.execute(
+        "SELECT COUNT(*) FROM answers a JOIN queries q ON q.id = a.query_id "
+        "WHERE q.prompt LIKE ?", (f"f{k}-%",)).fetchone()[0]
+
+
 def test_sigkill_import_is_all_or_nothing(tmp_path):
     path = tmp_path / "s.db"
-    data = tmp_path / "pairs.jsonl"
-    n = 3000
-    with open(data, "w") as fh:
-        for i in range(n):
-            fh.write(json.dumps({"prompt": f"p{i}", "chosen": f"good {i} " * 20,
-                                 "rejected": f"bad {i} " * 20}) + "\n")
-    cmd = [sys.executable, "-m", "rlhf_hgt.cli", "feedback", "import", str(path), str(data)]
+    n, files = 10_000, []
+    for k in range(8):
+        data = tmp_path / f"pairs{k}.jsonl"
+        with open(data, "w") as fh:
+            for i in range(n):
+                fh.write(json.dumps({"prompt": f"f{k}-p{i}", "chosen": f"good {i} " * 20,
+                                     "rejected": f"bad {i} " * 20}) + "\n")
+        files.append(data)
+
+    def cmd(data: Path) -> list[str]:
+        return [sys.executable, "-m", "rlhf_hgt.cli", "feedback", "import", str(path), str(data)]
+
     rng = random.Random(1)
-    for _ in range(6):
-        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0.2, 2.0))
+    killed = 0
+    for k, data in enumerate(files):
+        proc = subprocess.Popen(cmd(data), env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, 0.8))
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        killed += proc.wait() == -signal.SIGKILL
         if path.exists():
             with PreferenceStore(path) as store:
                 assert store.integrity_check() == "ok"
-                assert len(store.answers()) in (0, n)
-                assert store.count_queries() in (0, n)
-    # a final complete import, then a repeat: nothing is duplicated
-    for _ in range(2):
-        done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+                for j in range(k + 1):
+                    assert _count_file(store, j) in (0, n)
+    assert killed >= 3, "the imports finished before they could be killed"
+    # complete every import, then repeat one: nothing is duplicated
+    for data in [*files, files[0]]:
+        done = subprocess.run(cmd(data), env=ENV, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
     with PreferenceStore(path) as store:
         assert store.integrity_check() == "ok"
-        assert len(store.answers()) == n and store.count_queries() == n
+        assert len(store.answers()) == 8 * n and store.count_queries() == 8 * n
+        assert all(_count_file(store, k) == n for k in range(8))
