@@ -155,18 +155,18 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
     labels_per_round = query_schedule(cfg.labels, cfg.rounds, cfg.initial_label_fraction)
     steps_per_round = agent_steps_per_round(cfg.agent, train_env, cfg.timesteps, cfg.rounds) \
         if cfg.algo == "ppo" else [cfg.timesteps // cfg.rounds] * cfg.rounds
+    reference = None  # the starting policy (taken before any resume restores weights)
+    if cfg.algo == "dpo":
+        from rlhf_hgt.control.policy_dpo import PolicyDPOConfig, frozen_reference
+
+        dpo_cfg = PolicyDPOConfig(**cfg.dpo)
+        reference = frozen_reference(agent.policy)
     state = checkpoint.load_state(out)
     history: list[dict[str, Any]] = state.get("history", [])
     if state:
         checkpoint.restore(out, agent, ensemble, reward_scale)
         progress("resume", {"round": state["round"] + 1})
     start_round = state.get("round", -1) + 1
-    reference = None
-    if cfg.algo == "dpo":
-        from rlhf_hgt.control.policy_dpo import PolicyDPOConfig, frozen_reference
-
-        dpo_cfg = PolicyDPOConfig(**cfg.dpo)
-        reference = frozen_reference(agent.policy)
 
     for rnd in range(start_round, cfg.rounds):
         t_round = time.time()
