@@ -131,18 +131,20 @@ class RolloutRecorder(VecEnvWrapper):
             ep["true_rewards"].append(float(infos[i].get("true_reward", rewards[i])))
             if dones[i]:
                 terminated = not infos[i].get("TimeLimit.truncated", False)
-                self._finish(i, terminated)
+                self._finish(i, terminated, infos[i].get("terminal_observation"))
         self._obs = obs
         return obs, rewards, dones, infos
 
-    def _finish(self, i: int, terminated: bool) -> None:
+    def _finish(self, i: int, terminated: bool, final_obs: np.ndarray | None) -> None:
         ep = self.episodes[i]
         if ep["obs"]:
-            self.finished.append({
-                "obs": np.asarray(ep["obs"], dtype=np.float32),
-                "actions": np.asarray(ep["actions"]),
-                "true_rewards": np.asarray(ep["true_rewards"], dtype=np.float32),
-                "terminated": np.asarray(terminated)})
+            episode = {"obs": np.asarray(ep["obs"], dtype=np.float32),
+                       "actions": np.asarray(ep["actions"]),
+                       "true_rewards": np.asarray(ep["true_rewards"], dtype=np.float32),
+                       "terminated": np.asarray(terminated)}
+            if final_obs is not None:
+                episode["final_obs"] = np.asarray(final_obs, dtype=np.float32)
+            self.finished.append(episode)
             self.episode_returns.append(float(np.sum(ep["true_rewards"])))
         self.episodes[i] = self._new()
         total = sum(len(e["obs"]) for e in self.finished)

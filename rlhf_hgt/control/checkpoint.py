@@ -22,8 +22,7 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save(out: Path, rnd: int, agent, ensemble, reward_scale: dict[str, float],
-         history: list[dict[str, Any]]) -> None:
+def save(out: Path, rnd: int, agent, ensemble, history: list[dict[str, Any]]) -> None:
     """Weights first, then the state file that points at them (written last, atomically)."""
     ckpt = out / "checkpoints"
     ckpt.mkdir(exist_ok=True)
@@ -33,7 +32,7 @@ def save(out: Path, rnd: int, agent, ensemble, reward_scale: dict[str, float],
     if getattr(ensemble, "fitted", True):
         ensemble.save(ckpt / "reward_model")
     state = {"round": rnd, "num_timesteps": int(agent.num_timesteps),
-             "reward_scale": reward_scale, "history": history}
+             "history": history}
     _atomic_write(out / STATE, json.dumps(state, indent=2))
 
 
@@ -44,7 +43,7 @@ def load_state(out: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def restore(out: Path, agent, ensemble, reward_scale: dict[str, float]) -> None:
+def restore(out: Path, agent, ensemble) -> None:
     state = load_state(out)
     ckpt = out / "checkpoints"
     weights = load_file(str(ckpt / "policy.safetensors"))
@@ -52,7 +51,6 @@ def restore(out: Path, agent, ensemble, reward_scale: dict[str, float]) -> None:
     agent.num_timesteps = int(state.get("num_timesteps", 0))
     if (ckpt / "reward_model").exists():
         ensemble.load(ckpt / "reward_model")
-    reward_scale.update(state.get("reward_scale", {}))
 
 
 def write_manifest(out: Path, config: dict[str, Any], store) -> None:

@@ -143,10 +143,9 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
     teacher = None if cfg.human else make_teacher(cfg.teacher)
     record_frames = cfg.human if cfg.record_frames is None else cfg.record_frames
     ensemble = RewardEnsemble(obs_space, act_space, config=cfg.reward, seed=cfg.seed)
-    reward_scale = {"shift": 0.0, "scale": 1.0}
 
     def learned_reward(obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        return (ensemble.predict(obs, actions) - reward_scale["shift"]) / reward_scale["scale"]
+        return ensemble.predict(obs, actions)
 
     venv = make_vec_env(env_fn, cfg.agent.n_envs, cfg.seed, cfg.agent.subprocess)
     recorder = RolloutRecorder(venv)
@@ -164,7 +163,7 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
     state = checkpoint.load_state(out)
     history: list[dict[str, Any]] = state.get("history", [])
     if state:
-        checkpoint.restore(out, agent, ensemble, reward_scale)
+        checkpoint.restore(out, agent, ensemble)
         progress("resume", {"round": state["round"] + 1})
     start_round = state.get("round", -1) + 1
 
@@ -201,7 +200,7 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
         fit_metrics: dict[str, Any] = {}
         if cfg.algo == "ppo" and len(targets):
             fit_metrics = ensemble.fit(left, right, targets, rng=rng)
-            reward_scale.update(_reward_normalisation(ensemble, episodes))
+            _fit_normalisation(ensemble, episodes)
             from rlhf_hgt.control.agents import relabel_replay_buffer
 
             relabel_replay_buffer(agent, learned_reward)
@@ -225,7 +224,7 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
                **{f"reward_{k}": v for k, v in _scalars(fit_metrics).items()}}
         history.append(row)
         progress("round", row)
-        checkpoint.save(out, rnd, agent, ensemble, reward_scale, history)
+        checkpoint.save(out, rnd, agent, ensemble, history)
 
     # -- evaluate on the env's own reward, write metrics and the learning curve
     mean_ret, std_ret = evaluate_true_return(agent, env_fn, cfg.eval_episodes, seed=123_456)
@@ -288,23 +287,14 @@ def _stored_preferences(store: PreferenceStore, env_id: str):
     return left, right, targets.numpy()
 
 
-def _reward_normalisation(ensemble: RewardEnsemble,
-                          episodes: list[dict[str, np.ndarray]]) -> dict[str, float]:
-    """Scale the learned reward to unit spread on recent policy data, and shift it so that a
-    state the episode ends in scores zero: then living on is worth what the person's answers
-    say, and an agent is never paid to end its episodes early (nor to prolong them) by the
-    arbitrary offset a Bradley–Terry model leaves free."""
+def _fit_normalisation(ensemble: RewardEnsemble, episodes: list[dict[str, np.ndarray]]) -> None:
+    """Unit spread of the learned reward on recent policy steps. Where clips ran past an
+    episode's end, "episode over" is already worth exactly 0 to the reward model, so the
+    reward is not centred: living on is worth what the person's answers say, and the agent
+    is neither paid to end episodes early nor to drag them out."""
     obs = np.concatenate([e["obs"] for e in episodes])
     acts = np.concatenate([e["actions"] for e in episodes])
-    pred = ensemble.predict(obs, acts)
-    scale = float(pred.std()) or 1.0
-    ends = [e for e in episodes if bool(e.get("terminated", False))]
-    if ends:
-        shift = float(np.mean([ensemble.predict(e["obs"][-1:], e["actions"][-1:])[0]
-                               for e in ends]))
-    else:
-        shift = float(pred.mean())
-    return {"shift": shift, "scale": scale}
+    ensemble.fit_normalization(obs, acts)
 
 
 def _wait_for_people(store: PreferenceStore, cfg: ControlConfig,
