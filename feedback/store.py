@@ -418,6 +418,20 @@ class PreferenceStore:
                 return qid
         return None
 
+    def unanswered_ids(self, per_query: int | None = None) -> list[int]:
+        """Queries with fewer active answers than wanted, claimed or not."""
+        need = per_query or self.annotators_per_query
+        return [r[0] for r in self.conn.execute(
+            "SELECT q.id FROM queries q WHERE (SELECT COUNT(*) FROM active_answers a "
+            "WHERE a.query_id = q.id) < ? ORDER BY q.id", (need,))]
+
+    def claim(self, query_id: int, annotator: str,
+              lease_seconds: float = CLAIM_SECONDS) -> None:
+        """Take (or renew) a lease on one query, e.g. one shown again after an undo."""
+        with self.transaction() as cur:
+            cur.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)",
+                        (query_id, annotator, time.time() + lease_seconds))
+
     def release_claims(self, annotator: str, query_ids: Iterable[int] | None = None) -> None:
         with self.transaction() as cur:
             if query_ids is None:

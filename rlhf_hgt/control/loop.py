@@ -303,7 +303,7 @@ def _wait_for_people(store: PreferenceStore, cfg: ControlConfig,
     if cfg.teacher == "human" and ask_human is not None:
         ask_human(str(store.path), 0)
     while True:
-        pending = store.pending_ids("__control_loop_waiter__")
+        pending = store.unanswered_ids()
         if not pending:
             return
         progress("waiting", {"pending": len(pending), "store": str(store.path)})

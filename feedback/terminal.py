@@ -1,0 +1,644 @@
+"""``rlhf-hgt label STORE``: answer pending queries at the terminal, one key per answer.
+
+The loop: claim the next pending query (so that two people labelling the same store are
+not shown the same pair), draw it, wait for a key, save the answer at once, draw the next
+one. While the person looks at a pair, a worker thread claims and lays out the next one
+(frames scaled, half-block strings and GIFs made), so the next pair is on screen as soon as
+an answer is saved.
+
+Keys are read one at a time in cbreak mode (``termios``/``tty`` + ``select``), so a frame
+animation can be interrupted by a key. Ctrl-C, SIGTERM and a closed terminal (SIGHUP) lose
+nothing: every answer is committed when it is given; the terminal mode is restored, the
+claims released and a ``session_stop`` event logged on the way out.
+
+Never shown: the hidden true rewards of segments, the gold answer of text pairs, and which
+policy or model produced which side.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import os
+import select
+import signal
+import statistics
+import sys
+import termios
+import time
+import tty
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.console import Console
+
+from .errors import UserInputError
+from .render import (
+    CHROME_ROWS,
+    HEAD_ROWS,
+    GifWriter,
+    View,
+    build_view,
+    compose_screen,
+    error_view,
+    sanitize,
+)
+from .store import CLAIM_SECONDS, PreferenceStore
+
+INTERFACE = "terminal/1"
+ANSWER_KEYS = {"1": "left", "2": "right", "t": "tie", "s": "skip"}
+SCROLL_KEYS = {"j": 1, "down": 1, "k": -1, "up": -1, " ": "page", "pgdn": "page",
+               "f": "page", "b": "-page", "pgup": "-page", "g": "top", "home": "top",
+               "G": "end", "end": "end"}
+ESCAPES = {"\x1b[A": "up", "\x1bOA": "up", "\x1b[B": "down", "\x1bOB": "down",
+           "\x1b[5~": "pgup", "\x1b[6~": "pgdn", "\x1b[H": "home", "\x1bOH": "home",
+           "\x1b[1~": "home", "\x1b[F": "end", "\x1bOF": "end", "\x1b[4~": "end"}
+STACK_VIEWS = 5  # views kept for undo (older ones are read from the store again)
+
+
+@dataclass
+class LabelOptions:
+    """How a labelling session runs (the flags of ``rlhf-hgt label``)."""
+
+    annotator: str  # who is labelling; stored with every answer
+    per_query: int | None = None  # answers wanted per query (default: the store's setting)
+    limit: int | None = None  # stop after this many answers (default: until none is left)
+    gif_dir: str | None = None  # where GIFs of segments go (default: <store dir>/gifs)
+    animate: bool = True  # play frames in the terminal (False: sparklines only)
+
+    def __post_init__(self) -> None:
+        if not self.annotator or not self.annotator.strip():
+            raise UserInputError("--annotator: give a non-empty name, e.g. --annotator alice")
+        if self.per_query is not None and self.per_query < 1:
+            raise UserInputError(f"--per-query must be 1 or more, got {self.per_query}")
+        if self.limit is not None and self.limit < 1:
+            raise UserInputError(f"--limit must be 1 or more, got {self.limit}; "
+                                 "leave it out to label until none is left")
+
+
+class _Stop(Exception):
+    """Leave the session now (a signal, or the terminal went away)."""
+
+    def __init__(self, reason: str, code: int):
+        super().__init__(reason)
+        self.reason, self.code = reason, code
+
+
+@dataclass
+class _Given:
+    """An answer given in this session (kept for undo and the timing numbers)."""
+
+    answer_id: int
+    query_id: int
+    seconds: float
+    view: View | None
+
+
+class _Terminal:
+    """Single keys in cbreak mode and whole-screen drawing on the alternate screen."""
+
+    def __init__(self, in_fd: int, out: TextIO):
+        self.fd, self.out = in_fd, out
+        self.saved: list | None = None
+        self.buf = ""
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def start(self) -> None:
+        self.saved = termios.tcgetattr(self.fd)
+        tty.setcbreak(self.fd, termios.TCSANOW)
+        self.write("\x1b[?1049h\x1b[?25l\x1b[H\x1b[2J")
+
+    def stop(self) -> None:
+        """Give the terminal back as it was (safe to call twice, and on a dead terminal)."""
+        if self.saved is None:
+            return
+        with contextlib.suppress(termios.error, OSError):
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+        with contextlib.suppress(OSError, ValueError):
+            self.write("\x1b[0m\x1b[?25h\x1b[?1049l")
+        self.saved = None
+
+    def size(self) -> tuple[int, int]:
+        for fd in (self.out.fileno(), self.fd):
+            try:
+                cols, rows = os.get_terminal_size(fd)
+                if cols > 0 and rows > 0:
+                    return max(40, cols), max(12, rows)
+            except OSError:
+                continue
+        return 100, 30
+
+    def write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def drop_typeahead(self) -> None:
+        """Forget keys typed before the pair now on screen was drawn."""
+        with contextlib.suppress(termios.error, OSError):
+            termios.tcflush(self.fd, termios.TCIFLUSH)
+        self.buf = ""
+
+    def _fill(self, timeout: float | None) -> bool:
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if not ready:
+            return False
+        data = os.read(self.fd, 1024)
+        if not data:  # end of input: the terminal is gone
+            raise _Stop("hangup", 128 + signal.SIGHUP)
+        self.buf += self.decoder.decode(data)
+        return True
+
+    def read_key(self, timeout: float | None) -> str | None:
+        """The next key (a character, or a name like 'pgdn'), or None after ``timeout``."""
+        if not self.buf and not self._fill(timeout):
+            return None
+        if self.buf == "\x1b":  # a lone escape, or the start of a sequence still arriving
+            self._fill(0.03)
+        b = self.buf
+        if b[:2] in ("\x1b[", "\x1bO") and len(b) > 2:
+            end = next((i for i in range(2, len(b)) if "\x40" <= b[i] <= "\x7e"), len(b) - 1)
+            key, self.buf = b[: end + 1], b[end + 1:]
+            return ESCAPES.get(key, key)
+        key, self.buf = b[0], b[1:]
+        return key
+
+    def read_line(self, prompt: str, row: int) -> str:
+        """One line of text, typed with the terminal's own line editing (cooked mode)."""
+        assert self.saved is not None
+        self.write(f"\x1b[{row};1H\x1b[0m\x1b[K{prompt}\x1b[?25h")
+        termios.tcsetattr(self.fd, termios.TCSANOW, self.saved)
+        try:
+            chunks = []
+            while True:
+                data = os.read(self.fd, 4096)
+                if not data:
+                    raise _Stop("hangup", 128 + signal.SIGHUP)
+                chunks.append(data)
+                if data.endswith(b"\n"):
+                    break
+            return b"".join(chunks).decode("utf-8", "replace").strip()
+        finally:
+            with contextlib.suppress(termios.error, OSError):
+                tty.setcbreak(self.fd, termios.TCSANOW)
+                self.write("\x1b[?25l")
+            self.buf = ""
+
+
+class _Session:
+    def __init__(self, store: PreferenceStore, path: Path, opts: LabelOptions, gif_dir: Path,
+                 term: _Terminal, console: Console):
+        self.store, self.path, self.opts, self.gif_dir = store, path, opts, gif_dir
+        self.term, self.console = term, console
+        self.who = opts.annotator
+        self.held: set[int] = set()  # queries claimed by this session and not yet answered
+        self.claimed: set[int] = set()  # every query this session claimed (released at exit)
+        self.given: list[_Given] = []
+        self.undone = 0
+        self.pushed_back: list[View] = []  # displaced by an undo; shown again after it
+        self.current: View | None = None
+        self.future: Future | None = None
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhf-hgt-prefetch")
+        self.gifs = GifWriter()
+        self._bg_store: PreferenceStore | None = None
+        self.shown_at = 0.0
+        self.left = 0
+        self.offset = 0
+        self.help = False
+        self.notice = ""
+        self.rationale: str | None = None
+        self.anim_t: int | None = None  # the next frame to play (None: not playing)
+        self.anim_shown: int | None = None  # the frame on screen
+        self.anim_next = 0.0
+        self.drawn: dict[int, str] = {}
+        self.resized = False
+        self.latencies: list[float] = []  # seconds from a key to the next pair on screen
+        self._critical = False
+        self._closing = False
+        self._pending_stop: _Stop | None = None
+
+    # -- signals: stop between store writes, never inside one
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        names = {signal.SIGINT: "interrupt", signal.SIGTERM: "terminated",
+                 signal.SIGHUP: "hangup"}
+        stop = _Stop(names.get(signum, f"signal {signum}"), 128 + signum)
+        if self._pending_stop is None:
+            self._pending_stop = stop
+        if not (self._critical or self._closing):
+            raise stop
+
+    @contextlib.contextmanager
+    def _protect(self) -> Iterator[None]:
+        """A store call that a signal must not cut in half."""
+        self._critical = True
+        try:
+            yield
+        finally:
+            self._critical = False
+        if self._pending_stop is not None and not self._closing:
+            raise self._pending_stop
+
+    def _on_winch(self, signum: int, frame: Any) -> None:
+        self.resized = True
+
+    def _on_tstp(self, signum: int, frame: Any) -> None:  # Ctrl-Z: hand the terminal back
+        if self._critical or self._closing:
+            return
+        self.term.stop()
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)
+        signal.signal(signal.SIGTSTP, self._on_tstp)  # resumed (SIGCONT)
+        self.term.start()
+        self.resized = True
+
+    # -- the session
+
+    def run(self) -> int:
+        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH, signal.SIGTSTP)
+        old = {s: signal.getsignal(s) for s in handled}
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, self._on_signal)
+        signal.signal(signal.SIGWINCH, self._on_winch)
+        signal.signal(signal.SIGTSTP, self._on_tstp)
+        reason, code, started = "quit", 0, False
+        try:
+            with self._protect():
+                first = self.store.claim_next(self.who, self.opts.per_query)
+                if first is not None:
+                    self._claimed(first)
+            if first is None:
+                self._print(f"Nothing to label: no pending queries for {self.who} "
+                            f"in {self.path}.")
+                return 0
+            with self._protect():
+                self.store.log_event("session_start", self.who, {
+                    "interface": INTERFACE, "pid": os.getpid(), "per_query": self.opts.per_query,
+                    "limit": self.opts.limit, "terminal": "x".join(map(str, self.term.size()))})
+            started = True
+            self.term.start()
+            self.current = self._build(first, self.term.size())
+            reason = self._loop()
+        except _Stop as stop:
+            reason, code = stop.reason, stop.code
+        finally:
+            self._closing = True
+            self.term.stop()
+            self._shutdown(reason if started else None)
+            for s, h in old.items():
+                signal.signal(s, h)
+        self._print(self._summary(reason))
+        return code
+
+    def _print(self, message: str) -> None:
+        with contextlib.suppress(OSError, ValueError):  # the terminal may be gone (SIGHUP)
+            self.console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+    def _loop(self) -> str:
+        self._show(new=True)
+        while True:
+            key = self._wait_key()
+            if key is None:
+                continue
+            if self.help:
+                self.help = False
+                self._draw()
+            elif key in ANSWER_KEYS:
+                if self.current is not None and self.current.kind == "error" and key != "s":
+                    self._say("this query cannot be shown; press s to skip it")
+                    continue
+                t_key = time.monotonic()
+                self._answer(ANSWER_KEYS[key])
+                if self.opts.limit is not None and len(self.given) >= self.opts.limit:
+                    return "limit"
+                nxt = self._next_view()
+                if nxt is None:
+                    return "done"
+                self.current = nxt
+                self._show(new=True)
+                self.latencies.append(time.monotonic() - t_key)
+            elif key == "u":
+                self._undo()
+            elif key == "r":
+                self._ask_rationale()
+            elif key == "p":
+                self._start_animation(replay=True)
+            elif key == "q":
+                return "quit"
+            elif key == "?":
+                self.help = True
+                self.anim_t = None
+                self._draw()
+                self.anim_shown = None
+            elif key in SCROLL_KEYS:
+                self._scroll(SCROLL_KEYS[key])
+            elif key == "\x0c":
+                self._draw()
+            else:
+                self._say(f"unknown key {key.encode('unicode_escape').decode()!r}: "
+                          "press ? for help")
+
+    def _wait_key(self) -> str | None:
+        for message in self.gifs.failures():
+            self._say(message)
+        if self.resized:
+            self.resized = False
+            self._relayout()
+        timeout = 0.25
+        if self.anim_t is not None:
+            timeout = max(0.0, min(timeout, self.anim_next - time.monotonic()))
+        key = self.term.read_key(timeout)
+        if key is None and self.anim_t is not None and time.monotonic() >= self.anim_next:
+            self._anim_step()
+        return key
+
+    # -- answers
+
+    def _answer(self, answer: str) -> None:
+        view = self.current
+        assert view is not None
+        answered_at = time.time()
+        with self._protect():
+            answer_id = self.store.record_answer(
+                view.query_id, answer, self.who, shown_at=self.shown_at,
+                answered_at=answered_at, rationale=self.rationale, interface=INTERFACE,
+                per_query=self.opts.per_query)
+            self.held.discard(view.query_id)
+            if answer_id is not None:
+                seconds = answered_at - self.shown_at
+                self.given.append(_Given(answer_id, view.query_id, seconds, view))
+        if answer_id is None:
+            with self._protect():
+                self.store.release_claims(self.who, [view.query_id])
+            self.notice = (f"not saved: query {view.query_id} already has the answers it needs "
+                           "(someone else answered it)")
+            return
+        if len(self.given) > STACK_VIEWS:
+            self.given[-STACK_VIEWS - 1].view = None
+        note = " with rationale" if self.rationale else ""
+        self.notice = f"saved: {answer} for query {view.query_id}{note}"
+
+    def _undo(self) -> None:
+        if not self.given:
+            self._say("nothing to undo in this session")
+            return
+        last = self.given[-1]
+        with self._protect():
+            self.store.undo(last.answer_id, self.who, reason="undo key in the terminal")
+            self.given.pop()
+            self.undone += 1
+            # claim it again while it is re-answered
+            self.store.claim(last.query_id, self.who, CLAIM_SECONDS)
+            self._claimed(last.query_id)
+        if self.current is not None:
+            self.pushed_back.append(self.current)
+        view = last.view
+        if view is None or (view.width, view.height) != self.term.size():
+            view = self._build(last.query_id, self.term.size())
+        self.current = view
+        self.notice = f"undone: your answer to query {last.query_id}; give it again"
+        self._show(new=True)
+
+    def _ask_rationale(self) -> None:
+        self.anim_t = None
+        _, rows = self.term.size()
+        text = self.term.read_line("rationale for this pair (Enter to attach, empty to cancel): ",
+                                   rows)
+        text = sanitize(text).replace("\n", " ").strip()
+        if text:
+            self.rationale = text
+            self.notice = "rationale attached: it is saved with your answer to this pair"
+        else:
+            self.notice = "no rationale added"
+        self._draw()
+
+    # -- queries: claim, build, prefetch
+
+    def _claimed(self, query_id: int) -> None:
+        self.held.add(query_id)
+        self.claimed.add(query_id)
+
+    def _build(self, query: int | Any, size: tuple[int, int],
+               store: PreferenceStore | None = None) -> View:
+        """Lay out a query (an id, read from ``store``, or a Query) for a terminal size."""
+        cols, rows = size
+        qid = query if isinstance(query, int) else query.id
+        try:
+            if isinstance(query, int) and store is None:
+                with self._protect():
+                    query = self.store.get_query(qid)
+            elif isinstance(query, int):
+                query = store.get_query(qid)
+            view = build_view(query, cols, rows, self.opts.animate, self.gif_dir)
+            self.gifs.submit(view)
+            return view
+        except _Stop:
+            raise
+        except Exception as exc:  # a broken payload must not end the session
+            return error_view(qid, cols, rows, f"{type(exc).__name__}: {exc}")
+
+    def _prefetch_job(self, exclude: set[int], size: tuple[int, int]) -> tuple[int, View] | None:
+        if self._bg_store is None:
+            self._bg_store = PreferenceStore(self.path, create=False)
+        qid = self._bg_store.claim_next(self.who, self.opts.per_query, exclude=exclude)
+        if qid is None:
+            return None
+        return qid, self._build(qid, size, store=self._bg_store)
+
+    def _ensure_prefetch(self) -> None:
+        if self.future is None and not self._closing:
+            exclude = set(self.held) | {v.query_id for v in self.pushed_back}
+            self.future = self.pool.submit(self._prefetch_job, exclude, self.term.size())
+
+    def _take_prefetch(self) -> View | None:
+        if self.future is None:
+            return None
+        got = self.future.result()
+        self.future = None
+        if got is None:
+            return None
+        qid, view = got
+        self._claimed(qid)
+        return view
+
+    def _next_view(self) -> View | None:
+        if self.pushed_back:
+            return self.pushed_back.pop()
+        view = self._take_prefetch()
+        if view is None:  # maybe new queries arrived since the prefetch looked
+            with self._protect():
+                qid = self.store.claim_next(self.who, self.opts.per_query, exclude=self.held)
+                if qid is not None:
+                    self._claimed(qid)
+            if qid is None:
+                return None
+            view = self._build(qid, self.term.size())
+        return view
+
+    def _shutdown(self, reason: str | None) -> None:
+        """Release claims, close the worker's store, log the end (never raises)."""
+        if self.future is not None:
+            with contextlib.suppress(Exception):
+                got = self.future.result(timeout=30)
+                if got is not None:
+                    self.claimed.add(got[0])
+
+        def close_bg() -> None:
+            if self._bg_store is not None:
+                self._bg_store.close()
+
+        with contextlib.suppress(Exception):
+            self.pool.submit(close_bg).result(timeout=10)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.gifs.close()  # GIFs whose paths were shown get written
+        with contextlib.suppress(Exception):
+            if self.claimed:
+                self.store.release_claims(self.who, sorted(self.claimed))
+        if reason is None:
+            return
+        secs = [g.seconds for g in self.given]
+        data = {"reason": reason, "answers": len(self.given), "undone": self.undone,
+                "interface": INTERFACE,
+                "median_seconds_per_label": statistics.median(secs) if secs else None,
+                "mean_seconds_per_label": statistics.fmean(secs) if secs else None,
+                "max_next_pair_ms": round(max(self.latencies) * 1000, 1)
+                if self.latencies else None}
+        with contextlib.suppress(Exception):
+            self.store.log_event("session_stop", self.who, data)
+
+    def _summary(self, reason: str) -> str:
+        n = len(self.given)
+        head = f"{n} answer{'s' if n != 1 else ''} saved by {self.who} to {self.path}"
+        if reason == "done":
+            return f"All done: {head}; nothing left to label."
+        if reason == "limit":
+            return f"Stopped after --limit {self.opts.limit}: {head}."
+        if reason == "quit":
+            return f"{head}. Run the same command again to go on."
+        return f"Stopped ({reason}): {head}; nothing was lost."
+
+    # -- drawing
+
+    def _show(self, new: bool) -> None:
+        view = self.current
+        assert view is not None
+        if (view.width, view.height) != self.term.size() and view.query is not None:
+            self.current = self._build(view.query, self.term.size())
+        if new:
+            self.offset = 0
+            self.rationale = None
+            with self._protect():
+                self.left = self.store.count_pending(self.who, self.opts.per_query)
+        self.anim_t = self.anim_shown = None
+        self._draw()
+        if new:
+            self.shown_at = time.time()
+            self.term.drop_typeahead()
+            self._start_animation()
+            self._ensure_prefetch()
+
+    def _relayout(self) -> None:
+        if self.current is not None and self.current.query is not None:
+            self.current = self._build(self.current.query, self.term.size())
+        self.term.write("\x1b[2J")
+        self._draw()
+
+    def _body_rows(self) -> int:
+        return max(1, self.term.size()[1] - CHROME_ROWS)
+
+    def _stats(self) -> str:
+        secs = [g.seconds for g in self.given]
+        timing = (f"median {statistics.median(secs):.1f} s, mean {statistics.fmean(secs):.1f} s"
+                  if secs else "–")
+        return (f"left: {self.left}  ·  answered this session: {len(self.given)}  ·  "
+                f"time per label: {timing}")
+
+    def _draw(self) -> None:
+        assert self.current is not None
+        cols, rows = self.term.size()
+        title = f"rlhf-hgt label · {self.path.name} · annotator {self.who}"
+        last = f"rationale: {self.rationale}" if self.rationale else self.notice
+        screen, self.offset = compose_screen(self.current, cols, rows, title, self._stats(),
+                                             last, self.offset, self.help, self.anim_shown)
+        self.term.write("".join(f"\x1b[{r};1H\x1b[0m{line}\x1b[0m\x1b[K"
+                                for r, line in enumerate(screen, 1)))
+        self.drawn = {}
+
+    # -- animation
+
+    def _start_animation(self, replay: bool = False) -> None:
+        view = self.current
+        if view is None or view.animation is None or self.help:
+            self.anim_t = None
+            if replay:
+                self._say("no frames to play for this pair")
+            return
+        self.anim_t = 0
+        self.anim_next = time.monotonic()
+        self._anim_step()
+
+    def _anim_step(self) -> None:
+        """Draw the next frame: only the rows of the frame area that changed."""
+        anim = self.current.animation if self.current is not None else None
+        if anim is None or self.anim_t is None:
+            self.anim_t = None
+            return
+        t = self.anim_t
+        body_h = self._body_rows()
+        out = []
+        for i in range(anim.rows):
+            index = anim.first_line + i
+            if not self.offset <= index < self.offset + body_h:
+                continue
+            line = anim.line(t, i)
+            if self.drawn.get(i) != line:
+                out.append(f"\x1b[{HEAD_ROWS + 1 + index - self.offset};1H{line}")
+                self.drawn[i] = line
+        if out:
+            self.term.write("".join(out))
+        self.anim_shown = t
+        self.anim_t = t + 1 if t + 1 < anim.n_frames else None
+        self.anim_next += anim.delay
+
+    def _scroll(self, how: int | str) -> None:
+        body_h = self._body_rows()
+        n = len(self.current.lines) if self.current else 0
+        if how == "page":
+            self.offset += max(1, body_h - 1)
+        elif how == "-page":
+            self.offset -= max(1, body_h - 1)
+        elif how == "top":
+            self.offset = 0
+        elif how == "end":
+            self.offset = n
+        else:
+            self.offset += int(how)
+        self.offset = max(0, min(self.offset, n - body_h))
+        self._draw()
+
+    def _say(self, message: str) -> None:
+        self.notice = message
+        self._draw()
+
+
+def run_labelling(store_path: str | os.PathLike, opts: LabelOptions) -> int:
+    """Label the pending queries of a store at this terminal; returns the exit code
+    (0 done, quit or limit; 128+N after signal N). Raises UserInputError (exit 2) for a
+    missing store or when stdin is not a terminal."""
+    path = Path(store_path)
+    store = PreferenceStore(path, create=False)
+    try:
+        for name, stream in (("stdin", sys.stdin), ("stdout", sys.stdout)):
+            if stream is None or not stream.isatty():
+                raise UserInputError(
+                    f"rlhf-hgt label reads single keys and draws on a terminal, but {name} is "
+                    "not one (a pipe or a file); run it in an interactive terminal, or use "
+                    "`rlhf-hgt feedback import` to add labels from a file")
+        console = Console(file=sys.stdout, force_terminal=True, color_system="truecolor")
+        gif_dir = Path(opts.gif_dir) if opts.gif_dir else path.parent / "gifs"
+        term = _Terminal(sys.stdin.fileno(), console.file)
+        return _Session(store, path, opts, gif_dir, term, console).run()
+    finally:
+        store.close()
