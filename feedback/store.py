@@ -375,6 +375,17 @@ class PreferenceStore:
         return Query(qid, uid, kind, prompt, left, right, lh, rh, ls, rs, env_id, rnd, gold,
                      json.loads(meta), created)
 
+    def query_ids(self, round: int | None = None, source: str | None = None) -> list[int]:
+        """Ids of queries of one round and/or produced by one policy/model (either side)."""
+        sql, args = "SELECT id FROM queries WHERE 1=1", []
+        if round is not None:
+            sql += " AND round = ?"
+            args.append(round)
+        if source is not None:
+            sql += " AND (left_source = ? OR right_source = ?)"
+            args += [source, source]
+        return [r[0] for r in self.conn.execute(sql + " ORDER BY id", args)]
+
     def count_queries(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM queries").fetchone()[0]
 

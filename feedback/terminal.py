@@ -532,10 +532,11 @@ class _Session:
             with self._protect():
                 self.left = self.store.count_pending(self.who, self.opts.per_query)
         self.anim_t = self.anim_shown = None
+        if new:  # keys typed before this pair is on screen were meant for an earlier one
+            self.term.drop_typeahead()
         self._draw()
         if new:
             self.shown_at = time.time()
-            self.term.drop_typeahead()
             self._start_animation()
             self._ensure_prefetch()
 

@@ -34,3 +34,23 @@ class CustomCorridor(gym.Env):
 
 if "CustomCorridor-v0" not in gym.registry:
     gym.register(id="CustomCorridor-v0", entry_point=CustomCorridor, max_episode_steps=50)
+
+
+class DictObsEnv(gym.Env):
+    """An env whose observations are a Dict space: the reward model cannot take it."""
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Dict(
+            {"pos": gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)})
+        self.action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        return {"pos": np.zeros(2, dtype=np.float32)}, {}
+
+    def step(self, action: Any):
+        return {"pos": np.zeros(2, dtype=np.float32)}, 0.0, False, False, {}
+
+
+if "DictObs-v0" not in gym.registry:
+    gym.register(id="DictObs-v0", entry_point=DictObsEnv, max_episode_steps=20)

@@ -170,17 +170,21 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
     for rnd in range(start_round, cfg.rounds):
         t_round = time.time()
         # 1. gather: clips of the current policy, the most informative pairs, into the store
-        episodes = _policy_episodes(agent, recorder, env_fn, cfg, rnd, rng, record_frames)
-        candidates = cut_segments(episodes, cfg.segment_length,
-                                  max(4 * labels_per_round[rnd], 64), rng)
-        use_ensemble = cfg.algo == "ppo" and cfg.query_method == "disagreement" and rnd > 0
-        pairs = select_pairs(candidates, labels_per_round[rnd],
-                             "disagreement" if use_ensemble else "random",
-                             ensemble if use_ensemble else None, rng=rng)
         source = f"{cfg.algo}:{cfg.seed}:round{rnd}"
-        store.add_segment_queries(pairs, env_id=cfg.env_id, left_source=source,
-                                  right_source=source, round=rnd)
-        progress("queries", {"round": rnd, "added": len(pairs)})
+        episodes = _policy_episodes(agent, recorder, env_fn, cfg, rnd, rng, record_frames)
+        if store.query_ids(round=rnd, source=source):
+            progress("queries", {"round": rnd, "added": 0, "resumed": True})
+        else:  # (a run killed after asking keeps the questions it asked)
+            candidates = cut_segments(episodes, cfg.segment_length,
+                                      max(4 * labels_per_round[rnd], 64), rng)
+            use_ensemble = (cfg.algo == "ppo" and cfg.query_method == "disagreement"
+                            and ensemble.fitted)
+            pairs = select_pairs(candidates, labels_per_round[rnd],
+                                 "disagreement" if use_ensemble else "random",
+                                 ensemble if use_ensemble else None, rng=rng)
+            store.add_segment_queries(pairs, env_id=cfg.env_id, left_source=source,
+                                      right_source=source, round=rnd)
+            progress("queries", {"round": rnd, "added": len(pairs)})
 
         # 2. answers (a person labels while the policy keeps training on the last reward)
         trainer = None

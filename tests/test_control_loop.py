@@ -1,0 +1,134 @@
+"""The control loop end to end: synthetic teacher, DPO, resume after kill, a human round
+through a pseudo-terminal, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from rlhf_hgt.feedback.store import PreferenceStore
+
+TESTS = Path(__file__).parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS),
+       "SDL_VIDEODRIVER": "dummy"}
+TINY = ["--n-envs", "2", "--segment-length", "10", "--eval-episodes", "3"]
+
+
+def _control(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rlhf_hgt.cli", "control", *args],
+                          env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def test_loop_end_to_end_with_a_synthetic_teacher(tmp_path):
+    out = tmp_path / "run"
+    done = _control("CartPole-v1", "--teacher", "mistake:eps=0.1", "--labels", "30",
+                    "--timesteps", "2048", "--rounds", "3", "--out", str(out), "--seed", "3",
+                    *TINY)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("true_return_mean", "labels", "timesteps", "reward_model_accuracy"):
+        assert metrics[key] is not None
+    assert metrics["labels"] <= 30 and metrics["labels"] >= 20  # skips/ties aside
+    assert metrics["timesteps"] >= 2048 and metrics["eval_episodes"] == 3
+    assert [h["round"] for h in metrics["history"]] == [0, 1, 2]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["env_id"] == "CartPole-v1" and manifest["seed"] == 3
+    assert len(manifest["data"]["preference_store"]["sha256"]) == 64
+    assert "checkpoints/policy.safetensors" in manifest["checkpoints"]
+    assert (out / "learning_curve.png").stat().st_size > 1000
+    with PreferenceStore(out / "feedback.db", create=False) as store:
+        answers = store.answers()
+        assert len(answers) == 30 and all(a.synthetic for a in answers)
+        assert {a.annotator for a in answers} == {"teacher:mistake(eps=0.1)"}
+        assert all(q.env_id == "CartPole-v1" for q in store.queries())
+
+
+def test_dpo_for_policies_runs_from_the_cli(tmp_path):
+    out = tmp_path / "dpo"
+    done = _control("CartPole-v1", "--algo", "dpo", "--labels", "20", "--timesteps", "1500",
+                    "--rounds", "2", "--out", str(out), *TINY)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["algo"] == "dpo" and metrics["labels"] == 20
+    assert "reward_holdout_accuracy" in metrics["history"][-1]
+
+
+def test_a_killed_run_resumes_from_its_last_round(tmp_path):
+    out = tmp_path / "run"
+    args = ["CartPole-v1", "--labels", "40", "--timesteps", "8192", "--rounds", "8",
+            "--out", str(out), *TINY]
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf_hgt.cli", "control", *args], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        state = out / "state.json"
+        if state.exists() and json.loads(state.read_text())["round"] >= 1:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads((out / "state.json").read_text())["round"]
+    assert killed_at < 7, "the run finished before it could be killed"
+    done = _control(*args)
+    assert done.returncode == 0, done.stderr
+    assert "resuming at round" in done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [h["round"] for h in metrics["history"]] == list(range(8))
+    with PreferenceStore(out / "feedback.db", create=False) as store:
+        # rounds are not repeated: each round's queries were asked once
+        rounds = [q.round for q in store.queries()]
+        assert sorted(set(rounds)) == list(range(8))
+        assert len(store.answers()) == metrics["labels"] == 40
+
+
+def test_a_human_round_through_a_pseudo_terminal(tmp_path):
+    out = tmp_path / "human"
+    child = pexpect.spawn(sys.executable, ["-m", "rlhf_hgt.cli", "control", "CartPole-v1",
+                                           "--teacher", "human", "--labels", "4", "--rounds",
+                                           "2", "--timesteps", "512", "--out", str(out),
+                                           *TINY], env=ENV, dimensions=(40, 160),
+                          encoding="utf-8", timeout=120)
+    answered = 0
+    while True:
+        # the help line is drawn last: the pair is fully on screen
+        i = child.expect([r"left: \d+[\s\S]*?\? help", pexpect.EOF])
+        if i != 0:
+            break
+        child.send("1" if answered % 2 == 0 else "2")
+        answered += 1
+        if answered > 10:
+            break
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert answered == 4
+    with PreferenceStore(out / "feedback.db", create=False) as store:
+        answers = store.answers()
+    assert len(answers) == 4 and not any(a.synthetic for a in answers)
+    assert all(a.interface.startswith("terminal") for a in answers)
+    assert all(a.shown_at is not None and a.answered_at >= a.shown_at for a in answers)
+    assert json.loads((out / "metrics.json").read_text())["labels"] == 4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["CartPol-v1"], "CartPole-v1"),
+    (["CartPole-v1", "--labels", "0"], "--labels must be at least 1"),
+    (["custom_envs_for_tests:DictObs-v0"], "Dict"),
+    (["CartPole-v1", "--teacher", "wizard"], "oracle"),
+    (["nosuchmodule:Env-v0"], "nosuchmodule"),
+])
+def test_bad_input_exits_2_with_one_clear_message(tmp_path, args, message):
+    out = tmp_path / "bad"
+    done = _control(*args, "--out", str(out), timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (out / "metrics.json").exists()
