@@ -51,6 +51,10 @@ class AgentConfig:
         if not 0 < self.gamma <= 1:
             raise ValueError(f"gamma must lie in (0, 1], got {self.gamma}")
 
+    def envs_for(self, action_space: gym.Space) -> int:
+        """Parallel envs: n_envs for PPO; one for SAC (one gradient step per env step)."""
+        return 1 if self.resolve_algo(action_space) == "sac" else self.n_envs
+
     def resolve_algo(self, action_space: gym.Space) -> str:
         if self.algo != "auto":
             if self.algo == "sac" and not isinstance(action_space, gym.spaces.Box):
@@ -209,6 +213,8 @@ def relabel_replay_buffer(model: BaseAlgorithm,
     if buffer is None:
         return 0
     size = buffer.buffer_size if buffer.full else buffer.pos
+    if size == 0:
+        return 0
     n_envs = buffer.n_envs
     obs = buffer.observations[:size].reshape(size * n_envs, *buffer.obs_shape)
     acts = buffer.actions[:size].reshape(size * n_envs, -1)

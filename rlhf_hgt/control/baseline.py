@@ -15,7 +15,10 @@ def train_on_true_reward(env_id: str, timesteps: int, seed: int, agent_cfg: Agen
     def env_fn() -> gym.Env:
         return make_env(env_id)
 
-    venv = make_vec_env(env_fn, agent_cfg.n_envs, seed, agent_cfg.subprocess)
+    probe = env_fn()
+    n_envs = agent_cfg.envs_for(probe.action_space)
+    probe.close()
+    venv = make_vec_env(env_fn, n_envs, seed, agent_cfg.subprocess)
     agent = make_agent(agent_cfg, venv, seed)
     agent.learn(total_timesteps=timesteps)
     mean, std = evaluate_true_return(agent, env_fn, eval_episodes, seed=123_456)

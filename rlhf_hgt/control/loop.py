@@ -147,7 +147,7 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
     def learned_reward(obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
         return ensemble.predict(obs, actions)
 
-    venv = make_vec_env(env_fn, cfg.agent.n_envs, cfg.seed, cfg.agent.subprocess)
+    venv = make_vec_env(env_fn, cfg.agent.envs_for(act_space), cfg.seed, cfg.agent.subprocess)
     recorder = RolloutRecorder(venv)
     train_env = LearnedRewardVecEnv(recorder, learned_reward)
     agent = make_agent(cfg.agent, train_env, cfg.seed)

@@ -1,0 +1,244 @@
+"""Control benchmarks: label efficiency, noisy teachers, reward-wrapper overhead.
+
+Every number is measured in this run; results go to a JSON file (resumable: finished
+entries are kept and skipped) and a Markdown summary.
+
+    python scripts/bench_control.py efficiency --envs CartPole-v1 Pendulum-v1 Acrobot-v1 \
+        --labels 200 500 1000 --seeds 0 1 2 --jobs 2
+    python scripts/bench_control.py teachers --envs CartPole-v1 --labels 500 --seeds 0 1 2
+    python scripts/bench_control.py overhead --envs CartPole-v1
+    python scripts/bench_control.py report
+
+Scores: the true return (hidden from the learner) over 10 evaluation episodes, and the
+normalised score (ours - random) / (PPO-or-SAC on the true reward - random), with the same
+agent, settings and timesteps, per seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+RESULTS = Path("benchmarks/control_results.json")
+RUNS = Path("runs/bench")
+TIMESTEPS = {"CartPole-v1": 30_000, "Pendulum-v1": 20_000, "Acrobot-v1": 60_000,
+             "rlhf_hgt/CartPoleLeft-v0": 50_000, "HalfCheetah-v5": 100_000}
+TEACHERS = ["oracle", "stochastic", "mistake", "skip", "equal", "myopic"]
+
+
+def _load() -> dict:
+    if RESULTS.exists():
+        return json.loads(RESULTS.read_text())
+    return {}
+
+
+def _save(results: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
+    os.replace(tmp, RESULTS)
+
+
+def _job(kind: str, env_id: str, seed: int, labels: int, teacher: str, timesteps: int,
+         algo: str = "ppo") -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    t0 = time.time()
+    if kind == "true":
+        from rlhf_hgt.control.agents import AgentConfig
+        from rlhf_hgt.control.baseline import train_on_true_reward
+
+        res = train_on_true_reward(env_id, timesteps, seed, AgentConfig())
+    else:
+        from rlhf_hgt.control.loop import ControlConfig, run_control
+
+        safe = env_id.replace("/", "_")
+        out = RUNS / f"{safe}-{algo}-{teacher.replace(':', '_')}-l{labels}-s{seed}"
+        cfg = ControlConfig(env_id=env_id, out=str(out), teacher=teacher, labels=labels,
+                            timesteps=timesteps, seed=seed, algo=algo)
+        m = run_control(cfg)
+        res = {k: m[k] for k in ("true_return_mean", "true_return_std", "labels", "timesteps",
+                                 "reward_model_accuracy", "random_return_mean")}
+    res["seconds"] = time.time() - t0
+    return res
+
+
+def _key(kind: str, env_id: str, seed: int, labels: int = 0, teacher: str = "",
+         algo: str = "ppo") -> str:
+    return "|".join([kind, env_id, str(seed), str(labels), teacher, algo])
+
+
+def _run_jobs(jobs: list[tuple], n_jobs: int) -> None:
+    results = _load()
+    todo = [j for j in jobs if _key(*j[:5], algo=j[6]) not in results]
+    print(f"{len(jobs) - len(todo)} done already, {len(todo)} to run", flush=True)
+    with ProcessPoolExecutor(max_workers=n_jobs) as pool:
+        futures = {pool.submit(_job, *j): j for j in todo}
+        for fut in futures:
+            j = futures[fut]
+            res = fut.result()
+            results = _load()
+            results[_key(*j[:5], algo=j[6])] = res
+            _save(results)
+            print(f"{j[0]:5s} {j[1]:14s} seed {j[2]} labels {j[3]:4d} {j[4]:10s}: "
+                  f"return {res['true_return_mean']:8.1f} ({res['seconds']:.0f}s)", flush=True)
+
+
+def efficiency(args: argparse.Namespace) -> None:
+    jobs = []
+    for env_id in args.envs:
+        steps = args.timesteps or TIMESTEPS.get(env_id, 50_000)
+        for seed in args.seeds:
+            jobs.append(("true", env_id, seed, 0, "", steps, "ppo"))
+            for labels in args.labels:
+                jobs.append(("ours", env_id, seed, labels, "oracle", steps, "ppo"))
+    _run_jobs(jobs, args.jobs)
+
+
+def teachers(args: argparse.Namespace) -> None:
+    jobs = []
+    for env_id in args.envs:
+        steps = args.timesteps or TIMESTEPS.get(env_id, 50_000)
+        for seed in args.seeds:
+            for teacher in TEACHERS:
+                for labels in args.labels:
+                    jobs.append(("ours", env_id, seed, labels, teacher, steps, "ppo"))
+    _run_jobs(jobs, args.jobs)
+
+
+def overhead(args: argparse.Namespace) -> None:
+    """Env steps/s of SB3 PPO on the learned reward vs on the true reward, same settings."""
+    import gymnasium as gym
+    import numpy as np
+    import torch
+
+    from rlhf_hgt.control.agents import AgentConfig, make_agent, make_vec_env
+    from rlhf_hgt.control.reward_model import RewardEnsemble
+    from rlhf_hgt.envs import HiddenRewardWrapper, LearnedRewardVecEnv, make_env
+
+    torch.set_num_threads(1)
+    results = _load()
+    for env_id in args.envs:
+        cfg = AgentConfig(algo="ppo")
+        steps = args.timesteps or 20_480
+        probe = make_env(env_id)
+        ens = RewardEnsemble(probe.observation_space, probe.action_space, seed=0)
+        rng = np.random.default_rng(0)
+        obs = rng.normal(size=(64, 10, *probe.observation_space.shape)).astype(np.float32)
+        acts = np.stack([[probe.action_space.sample() for _ in range(10)] for _ in range(64)])
+        segs = [{"obs": o, "actions": a, "true_rewards": np.zeros(10, np.float32)}
+                for o, a in zip(obs, acts, strict=True)]
+        ens.fit(segs[:32], segs[32:], np.ones(32), rng=rng)
+        timings = {"true": [], "learned": []}
+        for rep in range(args.repeats):
+            for kind in ("true", "learned"):
+                if kind == "true":
+                    venv = make_vec_env(lambda: make_env(env_id), cfg.n_envs, rep)
+                else:
+                    def env_fn() -> gym.Env:
+                        return HiddenRewardWrapper(make_env(env_id))
+
+                    venv = LearnedRewardVecEnv(make_vec_env(env_fn, cfg.n_envs, rep),
+                                               ens.predict)
+                agent = make_agent(cfg, venv, seed=rep)
+                t0 = time.perf_counter()
+                agent.learn(total_timesteps=steps)
+                timings[kind].append(agent.num_timesteps / (time.perf_counter() - t0))
+                venv.close()
+        true_sps = statistics.median(timings["true"])
+        learned_sps = statistics.median(timings["learned"])
+        results[f"overhead|{env_id}"] = {"true_steps_per_s": true_sps,
+                                         "learned_steps_per_s": learned_sps,
+                                         "ratio": learned_sps / true_sps,
+                                         "repeats": args.repeats, "timesteps": steps,
+                                         "ensemble_size": ens.k}
+        _save(results)
+        print(f"{env_id}: true {true_sps:.0f} steps/s, learned {learned_sps:.0f} steps/s, "
+              f"ratio {learned_sps / true_sps:.3f}", flush=True)
+
+
+def report(args: argparse.Namespace) -> None:
+    results = _load()
+    lines = ["| env | labels | seeds | true return (ours) | PPO/SAC true reward | random |"
+             " normalised score (mean, min) | reward acc |", "|" + "---|" * 8]
+    rows: dict[tuple, list] = {}
+    for key, res in results.items():
+        parts = key.split("|")
+        if parts[0] != "ours" or parts[4] != "oracle":
+            continue
+        rows.setdefault((parts[1], int(parts[3])), []).append((int(parts[2]), res))
+    for (env_id, labels), runs in sorted(rows.items()):
+        scores, ours, base = [], [], []
+        for seed, res in runs:
+            b = results.get(_key("true", env_id, seed))
+            if b is None:
+                continue
+            rand = res["random_return_mean"]
+            scores.append((res["true_return_mean"] - rand)
+                          / max(b["true_return_mean"] - rand, 1e-9))
+            ours.append(res["true_return_mean"])
+            base.append(b["true_return_mean"])
+        if not scores:
+            continue
+        acc = [r["reward_model_accuracy"] for _, r in runs if r["reward_model_accuracy"]]
+        lines.append(f"| {env_id} | {labels} | {len(scores)} | {statistics.mean(ours):.1f} | "
+                     f"{statistics.mean(base):.1f} | {runs[0][1]['random_return_mean']:.1f} | "
+                     f"{statistics.mean(scores):.2f}, {min(scores):.2f} | "
+                     f"{statistics.mean(acc):.2f} |")
+    lines += ["", "| env | teacher | labels | seeds | true return | vs oracle |",
+              "|---|---|---|---|---|---|"]
+    trows: dict[tuple, list] = {}
+    for key, res in results.items():
+        parts = key.split("|")
+        if parts[0] == "ours":
+            trows.setdefault((parts[1], parts[4], int(parts[3])), []).append(res)
+    for (env_id, teacher, labels), runs in sorted(trows.items()):
+        oracle = trows.get((env_id, "oracle", labels))
+        if teacher == "oracle" or not oracle or len(runs) < 1:
+            continue
+        rand = runs[0]["random_return_mean"]
+        mean = statistics.mean(r["true_return_mean"] for r in runs)
+        omean = statistics.mean(r["true_return_mean"] for r in oracle)
+        lines.append(f"| {env_id} | {teacher} | {labels} | {len(runs)} | {mean:.1f} | "
+                     f"{(mean - rand) / max(omean - rand, 1e-9):.2f} |")
+    lines += ["", "| env | PPO true reward steps/s | PPO learned reward steps/s | ratio |",
+              "|---|---|---|---|"]
+    for key, res in sorted(results.items()):
+        if key.startswith("overhead|"):
+            lines.append(f"| {key.split('|')[1]} | {res['true_steps_per_s']:.0f} | "
+                         f"{res['learned_steps_per_s']:.0f} | {res['ratio']:.3f} |")
+    text = "\n".join(lines)
+    Path("benchmarks/control_summary.md").write_text(text + "\n")
+    print(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    for name in ("efficiency", "teachers", "overhead"):
+        p = sub.add_parser(name)
+        p.add_argument("--envs", nargs="+", default=["CartPole-v1"])
+        p.add_argument("--labels", nargs="+", type=int, default=[500])
+        p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+        p.add_argument("--timesteps", type=int, default=None)
+        p.add_argument("--jobs", type=int, default=1)
+        p.add_argument("--repeats", type=int, default=3)
+    sub.add_parser("report")
+    args = parser.parse_args()
+    {"efficiency": efficiency, "teachers": teachers, "overhead": overhead,
+     "report": report}[args.what](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
