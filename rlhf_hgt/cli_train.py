@@ -46,10 +46,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="episodes for the final true return (default 10)")
     c.add_argument("--quiet", action="store_true", help="no progress output")
 
+    from rlhf_hgt.lm.cli import add_lm_commands  # light: argparse definitions only
+
+    add_lm_commands(sub)
+
 
 def run(args: argparse.Namespace) -> int:
     if args.cmd == "control":
         return _run_control(args)
+    if args.cmd == "lm":
+        from rlhf_hgt.lm.cli import run_lm
+
+        return run_lm(args)
     raise UserInputError(f"unknown command {args.cmd!r}")
 
 

@@ -1,0 +1,441 @@
+"""Direct preference optimisation of a language model (TRL DPOTrainer), with LoRA or in full.
+
+With LoRA (``lora_r > 0``, the default) the base stays frozen and the reference policy is
+the same model with its adapters switched off: TRL gets a ``peft_config`` and
+``ref_model=None``, so no second copy is held. Full fine-tuning (``lora_r = 0``) trains
+every weight against a frozen copy of the starting model (TRL cannot rebuild the
+reference of a model built in memory by name, so the copy is always passed).
+
+Every loss TRL 1.16 offers is available (``loss_type``: sigmoid, ipo, hinge, robust, ...;
+several with ``loss_weights``), with ``beta`` and ``label_smoothing``. DPO learns from
+strict preferences only: a tie (target 0.5) is dropped and counted in the metrics; a
+target below 0.5 means the 'rejected' side won, and the pair is turned round.
+
+The held-out number is the implicit-reward accuracy: the share of strict pairs where
+beta * (log pi(y|x) - log pi_ref(y|x)) is higher for the chosen response
+(:func:`implicit_reward_accuracy`; equal rewards count half, the convention of the shared
+core). TRL's own ``eval_rewards/accuracies`` is also reported: it counts equal rewards as
+wrong and averages per batch, so it reads 0 before training and may differ slightly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf_hgt.feedback.errors import UserInputError
+from rlhf_hgt.lm import trl_common as common
+from rlhf_hgt.preference import preference_accuracy
+
+__all__ = ["DPO_LOSS_TYPES", "LMDPOConfig", "implicit_reward_accuracy", "implicit_rewards",
+           "load_policy", "train_dpo"]
+
+FORMAT = "rlhf_hgt.lm_dpo/1"
+META_FILE = "dpo_model.json"
+
+#: The loss types TRL 1.16's DPOTrainer accepts (DPOConfig.loss_type).
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
+                  "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft",
+                  "sigmoid_norm")
+
+
+@dataclass
+class LMDPOConfig:
+    """How a policy is trained with DPO. The defaults serve a few hundred labels with LoRA."""
+
+    beta: float = field(default=0.1, metadata={
+        "help": "strength of the pull towards the reference policy (higher = stay closer); "
+                "for ipo it is the regulariser tau"})
+    loss_type: tuple[str, ...] = field(default=("sigmoid",), metadata={
+        "help": "TRL DPO loss(es): " + ", ".join(DPO_LOSS_TYPES)
+                + "; several are summed with loss_weights"})
+    loss_weights: tuple[float, ...] | None = field(default=None, metadata={
+        "help": "one weight per loss_type when several are combined (default all 1)"})
+    label_smoothing: float = field(default=0.0, metadata={
+        "help": "assumed share of flipped labels for robust (in [0, 0.5)), the epsilon of "
+                "exo_pair (> 0, e.g. 1e-3), and used by aot"})
+    lora_r: int = field(default=16, metadata={
+        "help": "LoRA rank; 0 = full fine-tuning against a frozen copy of the model"})
+    lora_alpha: float | None = field(default=None, metadata={
+        "help": "LoRA scaling numerator; default 2 × lora_r"})
+    target_modules: str | tuple[str, ...] = field(default=common.ALL_LINEAR, metadata={
+        "help": "layers that get adapters: 'all-linear' (attention and MLP, never lm_head) or "
+                "names such as ('q_proj', 'v_proj')"})
+    learning_rate: float | None = field(default=None, metadata={
+        "help": "peak learning rate; default 5e-5 with LoRA (TRL's 1e-6 barely moves an "
+                "adapter), 5e-7 for full fine-tuning"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup_ratio: float = field(default=0.1, metadata={
+        "help": "share of the optimiser steps spent warming the learning rate up"})
+    lr_scheduler: str = field(default="linear", metadata={
+        "help": "transformers scheduler name: linear, cosine, constant_with_warmup, ..."})
+    epochs: float = field(default=2.0, metadata={"help": "passes over the training pairs"})
+    max_steps: int = field(default=-1, metadata={
+        "help": "stop after this many optimiser steps (smoke tests); -1 = no limit"})
+    batch_size: int = field(default=8, metadata={"help": "pairs per device and step"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    max_length: int = field(default=512, metadata={
+        "help": "most tokens of prompt + response; longer ones keep their start (TRL); pairs "
+                "whose prompt alone fills it are dropped by TRL"})
+    chat_template: bool = field(default=False, metadata={
+        "help": "format with the tokenizer's chat template (user = prompt, assistant = "
+                "response) instead of prompt + response + end token"})
+    eval_fraction: float = field(default=0.1, metadata={
+        "help": "share of the pairs held out when no evaluation set is given"})
+    eval_batch_size: int = field(default=8, metadata={"help": "pairs per evaluation batch"})
+    seed: int = field(default=0, metadata={"help": "seed of adapters, data order and split"})
+    logging_steps: int = field(default=10, metadata={"help": "optimiser steps between logs"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "trade compute for memory on a GPU (always off on a CPU)"})
+    progress: bool = field(default=True, metadata={"help": "show the progress bar"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.loss_type, str):
+            self.loss_type = (self.loss_type,)
+        self.loss_type = tuple(self.loss_type)
+        if self.loss_weights is not None:
+            self.loss_weights = tuple(float(w) for w in self.loss_weights)
+        if isinstance(self.target_modules, list):
+            self.target_modules = tuple(self.target_modules)
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0 (0.1 is usual), got {self.beta}")
+        if not self.loss_type:
+            raise ValueError("loss_type must name at least one loss, e.g. 'sigmoid'")
+        unknown = [t for t in self.loss_type if t not in DPO_LOSS_TYPES]
+        if unknown:
+            raise ValueError(f"unknown loss_type {', '.join(map(repr, unknown))}; TRL's DPO "
+                             f"accepts {', '.join(DPO_LOSS_TYPES)}")
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ValueError(f"loss_weights needs one weight per loss_type: got "
+                             f"{len(self.loss_weights)} weights for {len(self.loss_type)} losses")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must lie in [0, 0.5) (0 is usual, 0.1 for robust), "
+                             f"got {self.label_smoothing}")
+        if "exo_pair" in self.loss_type and self.label_smoothing == 0:
+            raise ValueError("exo_pair needs label_smoothing > 0; the EXO paper uses 1e-3")
+        if self.lora_r < 0:
+            raise ValueError(f"lora_r must be >= 0 (16 is usual; 0 = full fine-tuning), "
+                             f"got {self.lora_r}")
+        if self.lora_alpha is None:
+            self.lora_alpha = float(2 * max(self.lora_r, 1))
+        if not self.lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be > 0 (2 × lora_r is usual), got {self.lora_alpha}")
+        if not self.target_modules:
+            raise ValueError("target_modules must name layers, e.g. 'all-linear'")
+        if self.learning_rate is None:
+            self.learning_rate = 5e-5 if self.lora_r > 0 else 5e-7
+        if not 0 < self.learning_rate < 1:
+            raise ValueError(f"learning_rate must lie in (0, 1) (5e-5 with LoRA, 5e-7 full), "
+                             f"got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+        if not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be >= 1, or -1 for no limit, got {self.max_steps}")
+        for name in ("batch_size", "grad_accum", "eval_batch_size", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be >= 8 tokens (512 is usual), "
+                             f"got {self.max_length}")
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction must lie in [0, 1) (0.1 is usual), "
+                             f"got {self.eval_fraction}")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _strict_pairs(ds: Any) -> tuple[list[dict[str, str]], int, int]:
+    """Rows with the preferred side as 'chosen'; ties dropped. (rows, ties, turned round)."""
+    rows, ties, flipped = [], 0, 0
+    for row, t in zip(ds, common.targets_of(ds), strict=True):
+        if t == 0.5:
+            ties += 1
+            continue
+        c, r = (row["chosen"], row["rejected"]) if t > 0.5 else (row["rejected"], row["chosen"])
+        flipped += t < 0.5
+        rows.append({"prompt": row["prompt"], "chosen": c, "rejected": r})
+    return rows, ties, flipped
+
+
+def _trl_dataset(rows: list[dict[str, str]], chat_template: bool):
+    from datasets import Dataset
+
+    if chat_template:
+        rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
+                 "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                 "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows]
+    return Dataset.from_list(rows)
+
+
+def _chat_ids(tok: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+    out = tok.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                  add_generation_prompt=add_generation_prompt)
+    return list(out["input_ids"])
+
+
+def encode_dpo_pair(tok: Any, prompt: str, chosen: str, rejected: str,
+                    chat_template: bool = False) -> tuple[list[int], list[int], list[int]]:
+    """(prompt_ids, chosen_ids, rejected_ids) as TRL 1.16's DPOTrainer tokenizes them: the
+    completion starts where the tokenized prompt and prompt + completion diverge."""
+    if chat_template:
+        if not getattr(tok, "chat_template", None):
+            raise UserInputError("chat template: the model's tokenizer has none; drop "
+                                 "--chat-template (chat_template=False)")
+        p_msgs = [{"role": "user", "content": prompt}]
+        prompt_ids = _chat_ids(tok, p_msgs, True)
+        pc = _chat_ids(tok, p_msgs + [{"role": "assistant", "content": chosen}], False)
+        pr = _chat_ids(tok, p_msgs + [{"role": "assistant", "content": rejected}], False)
+    else:
+        eos = tok.eos_token or ""
+        chosen = chosen if chosen.endswith(eos) else chosen + eos
+        rejected = rejected if rejected.endswith(eos) else rejected + eos
+        prompt_ids = list(tok(prompt)["input_ids"])
+        pc = list(tok(prompt + chosen)["input_ids"])
+        pr = list(tok(prompt + rejected)["input_ids"])
+    n = min(common.common_prefix_length(prompt_ids, pc),
+            common.common_prefix_length(prompt_ids, pr))
+    return prompt_ids[:n], pc[n:], pr[n:]
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def _sequence_logps(model: Any, tok: Any, seqs: list[tuple[list[int], list[int]]],
+                    max_length: int, batch_size: int) -> list[float]:
+    """Sum of log pi(completion | prompt) for (prompt_ids, completion_ids), truncated to
+    max_length tokens from the start (as TRL does)."""
+    device = common.model_device(model)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    out: list[float] = []
+    for i in range(0, len(seqs), batch_size):
+        chunk = seqs[i:i + batch_size]
+        ids = [(p + c)[:max_length] for p, c in chunk]
+        comp = [([0] * len(p) + [1] * len(c))[:max_length] for p, c in chunk]
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(ids), width), dtype=torch.long)
+        cmask = torch.zeros((len(ids), width), dtype=torch.bool)
+        for j, (x, m) in enumerate(zip(ids, comp, strict=True)):
+            input_ids[j, :len(x)] = torch.tensor(x)
+            attn[j, :len(x)] = 1
+            cmask[j, :len(m)] = torch.tensor(m, dtype=torch.bool)
+        input_ids, attn, cmask = input_ids.to(device), attn.to(device), cmask.to(device)
+        logits = model(input_ids=input_ids, attention_mask=attn, use_cache=False).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        tok_logp = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        out.extend((tok_logp * cmask[:, 1:]).sum(-1).cpu().tolist())
+    return out
+
+
+def implicit_rewards(model: Any, ref: Any, tok: Any, ds: Any, beta: float = 0.1,
+                     max_length: int = 512, chat_template: bool = False,
+                     batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPO's implicit rewards beta * (log pi - log pi_ref) of the chosen and the rejected
+    responses of each pair. ``ref=None`` on a PEFT model = the model with adapters off.
+    Sharded over processes and gathered (every process gets all rewards)."""
+    if ref is None and not hasattr(model, "disable_adapter"):
+        raise ValueError("ref=None means 'adapters off' and needs a PEFT model; pass the "
+                         "reference model for a fully fine-tuned policy")
+    common.check_pairs(ds, "evaluation pairs")
+    items = [encode_dpo_pair(tok, r["prompt"], r["chosen"], r["rejected"], chat_template)
+             for r in ds]
+
+    def local(shard: list[tuple[list[int], list[int], list[int]]]) -> list[tuple[float, float]]:
+        seqs = [(p, c) for p, c, _ in shard] + [(p, r) for p, _, r in shard]
+        was_training = model.training
+        model.eval()
+        pol = _sequence_logps(model, tok, seqs, max_length, batch_size)
+        if ref is None:
+            with model.disable_adapter():
+                base = _sequence_logps(model, tok, seqs, max_length, batch_size)
+        else:
+            ref.eval()
+            base = _sequence_logps(ref, tok, seqs, max_length, batch_size)
+        if was_training:
+            model.train()
+        n = len(shard)
+        return [(beta * (pol[k] - base[k]), beta * (pol[n + k] - base[n + k])) for k in range(n)]
+
+    pairs = common.gather_map(local, items)
+    chosen = torch.tensor([c for c, _ in pairs], dtype=torch.float32)
+    rejected = torch.tensor([r for _, r in pairs], dtype=torch.float32)
+    return chosen, rejected
+
+
+def implicit_reward_accuracy(model: Any, ref: Any, tok: Any, ds: Any, beta: float = 0.1,
+                             max_length: int = 512, chat_template: bool = False,
+                             batch_size: int = 8) -> float:
+    """Share of strict pairs (ties excluded; targets from a 'target' column, default 1)
+    where the chosen response has the higher implicit reward; equal rewards count half."""
+    chosen, rejected = implicit_rewards(model, ref, tok, ds, beta, max_length, chat_template,
+                                        batch_size)
+    return preference_accuracy(chosen, rejected, torch.tensor(common.targets_of(ds)))
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_dpo(model: Any, train_ds: Any, eval_ds: Any = None, config: LMDPOConfig | None = None,
+              out_dir: str | Path = "dpo", callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """Train a policy with DPO on preference pairs and save it into ``out_dir``.
+
+    ``model``: ``"tiny"``, a hub id or local path of a causal LM, or a ``(model,
+    tokenizer)`` pair. Returns metrics: implicit_reward_accuracy (held out), TRL's eval
+    loss and reward accuracy, train_loss, train_samples_per_second, ties dropped."""
+    cfg = config or LMDPOConfig()
+    common.check_pairs(train_ds, "training pairs")
+    if eval_ds is None and cfg.eval_fraction > 0 and len(train_ds) >= 4:
+        train_ds, eval_ds = common.holdout_split(train_ds, cfg.eval_fraction, cfg.seed)
+    if eval_ds is not None and len(eval_ds) == 0:
+        eval_ds = None
+    if eval_ds is not None:
+        common.check_pairs(eval_ds, "evaluation pairs")
+    train_rows, train_ties, train_flipped = _strict_pairs(train_ds)
+    if not train_rows:
+        raise UserInputError("training pairs: every pair is a tie; DPO learns only from pairs "
+                             "where one response is preferred")
+    eval_rows, eval_ties, _ = _strict_pairs(eval_ds) if eval_ds is not None else ([], 0, 0)
+
+    common.quiet_libraries()
+    from transformers import set_seed
+    from trl import DPOConfig, DPOTrainer
+
+    set_seed(cfg.seed)
+    model, tok, base_name = common.load_lm("causal", model, dtype=torch.float32)
+    if cfg.lora_r > 0:
+        ref_model = None
+        peft_config = common.lora_config("CAUSAL_LM", cfg.lora_r, cfg.lora_alpha, 0.0,
+                                         cfg.target_modules)
+    else:
+        peft_config = None
+        ref_model = copy.deepcopy(model).eval()
+        ref_model.requires_grad_(False)
+    out = Path(out_dir)
+    args = DPOConfig(
+        **common.training_kwargs(
+            out, seed=cfg.seed, learning_rate=cfg.learning_rate, epochs=cfg.epochs,
+            batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, max_steps=cfg.max_steps,
+            weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
+            lr_scheduler=cfg.lr_scheduler, logging_steps=cfg.logging_steps,
+            gradient_checkpointing=cfg.gradient_checkpointing, progress=cfg.progress),
+        beta=cfg.beta, loss_type=list(cfg.loss_type),
+        loss_weights=list(cfg.loss_weights) if cfg.loss_weights else None,
+        label_smoothing=cfg.label_smoothing, max_length=cfg.max_length,
+        disable_dropout=True, precompute_ref_log_probs=False,
+    )
+    trainer = DPOTrainer(
+        model=model, ref_model=ref_model, args=args,
+        train_dataset=_trl_dataset(train_rows, cfg.chat_template),
+        eval_dataset=_trl_dataset(eval_rows, cfg.chat_template) if eval_rows else None,
+        processing_class=tok, peft_config=peft_config, callbacks=callbacks)
+    common.quiet_trainer(trainer, cfg.progress)
+    trainable, total = common.count_params(trainer.model)
+    start = time.perf_counter()
+    result = trainer.train()
+    train_time = time.perf_counter() - start
+
+    metrics: dict[str, Any] = {
+        "train_loss": result.training_loss,
+        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+        "train_runtime_s": train_time,
+        "train_pairs": len(train_rows),
+        "train_ties_dropped": train_ties,
+        "train_pairs_turned": int(train_flipped),
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "learning_rate": cfg.learning_rate,
+        "beta": cfg.beta,
+        "loss_type": "+".join(cfg.loss_type),
+        "lora_r": cfg.lora_r,
+        "trainable_params": trainable,
+        "total_params": total,
+        "world_size": common.world_size(),
+        "base_model": base_name,
+    }
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    if eval_rows:
+        trl_eval = trainer.evaluate()
+        metrics["eval_loss"] = trl_eval.get("eval_loss")
+        metrics["trl_eval_rewards_accuracies"] = trl_eval.get("eval_rewards/accuracies")
+        metrics["eval_rewards_margin"] = trl_eval.get("eval_rewards/margins")
+        metrics["implicit_reward_accuracy"] = implicit_reward_accuracy(
+            policy, ref_model, tok, eval_ds, cfg.beta, cfg.max_length, cfg.chat_template,
+            cfg.eval_batch_size)
+    else:
+        metrics.update({"eval_loss": None, "trl_eval_rewards_accuracies": None,
+                        "implicit_reward_accuracy": None})
+    metrics["eval_pairs"] = len(eval_rows)
+    metrics["eval_ties"] = eval_ties
+    _save(policy, tok, out, cfg, base_name)
+    common.wait_for_everyone()
+    return common.clean_metrics(metrics)
+
+
+def _save(model: Any, tok: Any, out: Path, cfg: LMDPOConfig, base_name: str | None) -> None:
+    if not common.is_main_process():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    meta = {"format": FORMAT, "base_model": base_name, "lora": cfg.lora_r > 0,
+            "tiny_seed": common.TINY_SEED if base_name == common.TINY else None,
+            "chat_template": cfg.chat_template, "max_length": cfg.max_length,
+            "config": {k: (list(v) if isinstance(v, tuple) else v)
+                       for k, v in asdict(cfg).items()}}
+    common.write_json(out / META_FILE, meta)
+
+
+def load_policy(folder: str | Path, base: Any = None, device: str | None = None,
+                dtype: Any = None) -> tuple[Any, Any]:
+    """(model, tokenizer) of a policy saved by :func:`train_dpo` (a PEFT model with LoRA).
+    ``base`` replaces the recorded base model (name, path or (model, tokenizer))."""
+    folder = Path(folder)
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise UserInputError(f"{folder}: no {META_FILE}; give the folder a DPO policy was "
+                             f"saved into (rlhf-hgt lm dpo --out DIR)")
+    meta = json.loads(meta_path.read_text())
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    if meta["lora"]:
+        from peft import PeftModel
+
+        src = base if base is not None else meta.get("base_model")
+        if src is None:
+            raise ValueError(f"{folder}: trained from a model built in memory; pass base=...")
+        base_model, _, _ = common.load_lm("causal", src, device=device, dtype=dtype)
+        model = PeftModel.from_pretrained(base_model, str(folder))
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+    if device is not None:
+        model.to(device)
+    return model.eval(), tok
+
+
+def check_loss_types_match_trl() -> Sequence[str]:
+    """Loss types named in TRL's DPOConfig help that :data:`DPO_LOSS_TYPES` lacks (for tests:
+    an upgrade of TRL that adds a loss shows here)."""
+    import re
+    from dataclasses import fields
+
+    from trl import DPOConfig
+
+    help_text = next(f for f in fields(DPOConfig) if f.name == "loss_type").metadata["help"]
+    named = re.findall(r"`'([a-z_]+)'`", help_text)
+    return [n for n in named if n not in DPO_LOSS_TYPES]

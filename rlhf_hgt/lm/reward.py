@@ -1,0 +1,502 @@
+"""A language reward model learned from pairwise preferences (TRL RewardTrainer + LoRA).
+
+The model is a sequence-classification head on a causal LM (one output: the reward of
+``prompt + response``), trained with LoRA adapters on every linear layer of attention and
+MLP while the base stays frozen; the score head is trained in full. The loss is the
+project's shared Bradley–Terry core (:func:`rlhf_hgt.preference.preference_loss`): a tie
+is a 0.5 target (from a ``target`` column), the label-noise term bounds what a wrong
+label costs, and a small centring term keeps rewards near zero. TRL's RewardTrainer runs
+the loop (devices, DDP, mixed precision, the schedule); :class:`PreferenceRewardTrainer`
+only swaps its loss and keeps the ``target`` column that its collator would drop.
+
+Texts are formatted once, by :func:`encode_response`, for training and for
+:class:`RewardScorer`: ``prompt + response`` then the end token (TRL's convention), or the
+tokenizer's chat template (user turn = prompt, assistant turn = response).
+
+Saved into the output folder: the adapter and score head (``adapter_model.safetensors``,
+``adapter_config.json``; a full model as ``model.safetensors`` when ``lora_r = 0``), the
+tokenizer, and ``reward_model.json`` (base model, formatting), read by
+:meth:`RewardScorer.load`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf_hgt.lm import trl_common as common
+from rlhf_hgt.preference import preference_accuracy, preference_loss
+
+__all__ = ["LMRewardConfig", "RewardScorer", "build_reward_trainer", "encode_response",
+           "evaluate_reward_model", "prepare_reward_model", "train_reward_model"]
+
+FORMAT = "rlhf_hgt.lm_reward/1"
+META_FILE = "reward_model.json"
+
+
+@dataclass
+class LMRewardConfig:
+    """How a language reward model is trained. The defaults serve a few hundred labels."""
+
+    lora_r: int = field(default=16, metadata={
+        "help": "LoRA rank; 0 = full fine-tuning of every weight (needs a lower learning_rate, "
+                "e.g. 1e-5)"})
+    lora_alpha: float | None = field(default=None, metadata={
+        "help": "LoRA scaling numerator (adapter output × alpha / r); default 2 × lora_r"})
+    lora_dropout: float = field(default=0.05, metadata={
+        "help": "dropout on the LoRA branch (regularises small label sets); the base model's "
+                "own dropout is turned off"})
+    target_modules: str | tuple[str, ...] = field(default=common.ALL_LINEAR, metadata={
+        "help": "layers that get adapters: 'all-linear' (every linear layer of attention and "
+                "MLP, never the output head) or names such as ('q_proj', 'v_proj')"})
+    learning_rate: float | None = field(default=None, metadata={
+        "help": "peak AdamW learning rate; default 2e-4 with LoRA (LoRA reward models like "
+                "1e-4..5e-4), 1e-5 for full fine-tuning"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    warmup_ratio: float = field(default=0.05, metadata={
+        "help": "share of the optimiser steps spent warming the learning rate up"})
+    lr_scheduler: str = field(default="linear", metadata={
+        "help": "transformers scheduler name: linear, cosine, constant_with_warmup, ..."})
+    epochs: float | None = field(default=None, metadata={
+        "help": "passes over the training pairs; None = enough passes for min_updates "
+                "optimiser steps (at least 1, at most max_auto_epochs): 400 pairs → 4"})
+    min_updates: int = field(default=200, metadata={
+        "help": "optimiser steps the automatic epoch count aims at (few labels need several "
+                "passes: 200 steps of 8 reached 0.90 held-out accuracy on critic pairs)"})
+    max_auto_epochs: int = field(default=8, metadata={
+        "help": "most passes the automatic epoch count may choose"})
+    max_steps: int = field(default=-1, metadata={
+        "help": "stop after this many optimiser steps (smoke tests); -1 = no limit"})
+    batch_size: int = field(default=8, metadata={"help": "pairs per device and step"})
+    grad_accum: int = field(default=1, metadata={
+        "help": "gradient accumulation steps (effective batch = batch_size × grad_accum × "
+                "processes)"})
+    max_length: int = field(default=512, metadata={
+        "help": "most tokens of prompt + response; longer texts keep their end (the reward "
+                "is read at the last token)"})
+    label_noise: float = field(default=0.05, metadata={
+        "help": "assumed probability that an answer is random (Bradley–Terry noise term): a "
+                "wrong label costs at most -log(noise/2); 0 = plain Bradley–Terry"})
+    temperature: float = field(default=1.0, metadata={
+        "help": "Bradley–Terry temperature: P(A > B) = sigmoid((r_A - r_B) / temperature)"})
+    center_rewards: float = field(default=0.01, metadata={
+        "help": "weight of the mean-zero term mean((r_chosen + r_rejected)^2) (Eisenstein et "
+                "al. 2023); keeps rewards centred for PPO; 0 = off"})
+    chat_template: bool = field(default=False, metadata={
+        "help": "format with the tokenizer's chat template (user = prompt, assistant = "
+                "response) instead of prompt + response + end token"})
+    eval_fraction: float = field(default=0.1, metadata={
+        "help": "share of the pairs held out for accuracy when no evaluation set is given"})
+    eval_batch_size: int = field(default=16, metadata={"help": "pairs per scoring batch"})
+    seed: int = field(default=0, metadata={"help": "seed of adapters, data order and split"})
+    logging_steps: int = field(default=10, metadata={"help": "optimiser steps between logs"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "trade compute for memory on a GPU (always off on a CPU)"})
+    progress: bool = field(default=True, metadata={"help": "show the progress bar"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, list):
+            self.target_modules = tuple(self.target_modules)
+        if self.lora_r < 0:
+            raise ValueError(f"lora_r must be >= 0 (16 is usual; 0 = full fine-tuning), "
+                             f"got {self.lora_r}")
+        if self.lora_alpha is None:
+            self.lora_alpha = float(2 * max(self.lora_r, 1))
+        if not self.lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be > 0 (2 × lora_r is usual), got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must lie in [0, 1) (0.05 is usual), "
+                             f"got {self.lora_dropout}")
+        if not self.target_modules:
+            raise ValueError("target_modules must name layers, e.g. 'all-linear' or "
+                             "('q_proj', 'v_proj')")
+        if self.learning_rate is None:
+            self.learning_rate = 2e-4 if self.lora_r > 0 else 1e-5
+        if not 0 < self.learning_rate < 1:
+            raise ValueError(f"learning_rate must lie in (0, 1) (2e-4 with LoRA, 1e-5 full), "
+                             f"got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0, or None for automatic, got {self.epochs}")
+        for name in ("min_updates", "max_auto_epochs", "batch_size", "grad_accum",
+                     "eval_batch_size", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be >= 1, or -1 for no limit, got {self.max_steps}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be >= 8 tokens (512 is usual), "
+                             f"got {self.max_length}")
+        if not 0 <= self.label_noise < 1:
+            raise ValueError(f"label_noise is a probability of a random answer: use "
+                             f"0 <= label_noise < 1 (0.05 is usual), got {self.label_noise}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.center_rewards < 0:
+            raise ValueError(f"center_rewards must be >= 0 (0.01 is usual), "
+                             f"got {self.center_rewards}")
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction must lie in [0, 1) (0.1 is usual), "
+                             f"got {self.eval_fraction}")
+
+    def resolved_epochs(self, n_pairs: int, processes: int = 1) -> float:
+        """The epoch count for ``n_pairs`` training pairs (see ``epochs``)."""
+        if self.epochs is not None:
+            return float(self.epochs)
+        per_epoch = max(1, math.ceil(n_pairs / (self.batch_size * self.grad_accum * processes)))
+        return float(min(self.max_auto_epochs, max(1, math.ceil(self.min_updates / per_epoch))))
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def encode_response(tok: Any, prompt: str, response: str, max_length: int,
+                    chat_template: bool = False) -> list[int]:
+    """Token ids of one (prompt, response), exactly as the reward model is trained on them."""
+    if chat_template:
+        if not getattr(tok, "chat_template", None):
+            from rlhf_hgt.feedback.errors import UserInputError
+
+            raise UserInputError("chat template: the model's tokenizer has none; drop "
+                                 "--chat-template (chat_template=False)")
+        msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        text = tok.apply_chat_template(msgs, tokenize=False)
+        ids = list(tok(text, add_special_tokens=False)["input_ids"])
+    else:
+        ids = list(tok(prompt + response)["input_ids"])
+        if tok.eos_token_id is not None and (not ids or ids[-1] != tok.eos_token_id):
+            ids.append(tok.eos_token_id)
+    if len(ids) > max_length:
+        ids = ids[-max_length:]  # keep the end: the reward is read at the last token
+    return ids
+
+
+def _encode_pairs(ds: Any, tok: Any, cfg: LMRewardConfig):
+    from datasets import Dataset
+
+    targets = common.targets_of(ds)
+    rows = {"chosen_ids": [], "rejected_ids": [], "target": targets}
+    for row in ds:
+        rows["chosen_ids"].append(encode_response(tok, row["prompt"], row["chosen"],
+                                                  cfg.max_length, cfg.chat_template))
+        rows["rejected_ids"].append(encode_response(tok, row["prompt"], row["rejected"],
+                                                    cfg.max_length, cfg.chat_template))
+    return Dataset.from_dict(rows)
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+def _trainer_classes():
+    """The TRL subclasses, built on first use so that importing this module stays light."""
+    from trl import RewardTrainer
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    class PairCollator(DataCollatorForPreference):
+        """TRL's preference collator (chosen rows, then rejected rows) plus the targets."""
+
+        def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+            out = super().torch_call(examples)
+            out["target"] = torch.tensor([float(e.get("target", 1.0)) for e in examples],
+                                         dtype=torch.float32)
+            return out
+
+    class PreferenceRewardTrainer(RewardTrainer):
+        """RewardTrainer with the shared Bradley–Terry loss (ties, label noise) and centring."""
+
+        def __init__(self, *args: Any, pref_config: LMRewardConfig, **kwargs: Any):
+            self.pref_config = pref_config
+            super().__init__(*args, **kwargs)
+
+        def _set_signature_columns_if_needed(self) -> None:
+            if self._signature_columns is None:
+                self._signature_columns = ["chosen_ids", "rejected_ids", "target"]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mode = "train" if self.model.training else "eval"
+            cfg = self.pref_config
+            target = inputs.pop("target")
+            inputs.pop("margin", None)
+            outputs = model(input_ids=inputs["input_ids"],
+                            attention_mask=inputs["attention_mask"], use_cache=False)
+            scores = outputs.logits.squeeze(-1).float()
+            chosen, rejected = torch.chunk(scores, 2)
+            loss = preference_loss(chosen, rejected, target.to(chosen.device),
+                                   noise=cfg.label_noise, temperature=cfg.temperature)
+            if cfg.center_rewards > 0:
+                loss = loss + cfg.center_rewards * torch.mean((chosen + rejected) ** 2)
+            with torch.no_grad():  # every process gathers, whatever its batch holds
+                t = target.to(chosen.device)
+                strict, diff = t != 0.5, chosen - rejected
+                right = torch.where(diff == 0, 0.5, ((diff > 0) == (t > 0.5)).float())
+                stats = torch.stack([(right * strict).sum(), strict.sum().float(),
+                                     diff.sum(), torch.tensor(float(len(diff)),
+                                                              device=diff.device)])
+                total = self.accelerator.gather(stats.unsqueeze(0)).sum(0)
+                if total[1] > 0:  # accuracy of strict pairs; ties have no right answer
+                    self._metrics[mode]["accuracy"].append((total[0] / total[1]).item())
+                self._metrics[mode]["margin"].append((total[2] / total[3]).item())
+            return (loss, outputs) if return_outputs else loss
+
+    return PairCollator, PreferenceRewardTrainer
+
+
+def prepare_reward_model(source: Any, cfg: LMRewardConfig) -> tuple[Any, Any, str | None]:
+    """(model, tokenizer, base name): the sequence classifier loaded (fp32 master weights; a
+    GPU computes in bf16 autocast), its own dropout off, and with ``lora_r > 0`` wrapped in
+    LoRA adapters with a fully trained score head (PEFT ``modules_to_save``), base frozen."""
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # the score head of a loaded LM is new: seed it
+    model, tok, base_name = common.load_lm("reward", source, dtype=torch.float32)
+    if getattr(model.config, "num_labels", None) != 1:
+        raise ValueError(f"a reward model needs one output (num_labels=1), the model has "
+                         f"{model.config.num_labels}; load it with load_reward_lm")
+    if tok.pad_token is None:
+        raise ValueError("the tokenizer has no pad token; give it one different from the end "
+                         "token (rlhf_hgt.lm.models does this for SmolLM2)")
+    model.config.pad_token_id = tok.pad_token_id
+    for module in model.modules():  # the base's own dropout off; the LoRA dropout stays
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    if cfg.lora_r > 0:
+        from peft import get_peft_model
+
+        head = "score" if hasattr(model, "score") else "classifier"
+        set_seed(cfg.seed)
+        peft_cfg = common.lora_config("SEQ_CLS", cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
+                                      cfg.target_modules, modules_to_save=[head])
+        model = get_peft_model(model, peft_cfg)
+    return model, tok, base_name
+
+
+def build_reward_trainer(model: Any, tok: Any, train_ds: Any, cfg: LMRewardConfig,
+                         out_dir: str | Path, callbacks: list[Any] | None = None) -> Any:
+    """The TRL trainer (with our loss) for a prepared model and raw pairs."""
+    from trl import RewardConfig
+
+    train_enc = _encode_pairs(train_ds, tok, cfg)
+    epochs = cfg.resolved_epochs(len(train_enc), common.world_size())
+    args = RewardConfig(
+        **common.training_kwargs(
+            out_dir, seed=cfg.seed, learning_rate=cfg.learning_rate, epochs=epochs,
+            batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, max_steps=cfg.max_steps,
+            weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
+            lr_scheduler=cfg.lr_scheduler, logging_steps=cfg.logging_steps,
+            gradient_checkpointing=cfg.gradient_checkpointing, progress=cfg.progress),
+        max_length=None,  # encode_response already keeps every text within max_length
+        disable_dropout=False,  # done in prepare_reward_model, keeping the LoRA dropout
+        center_rewards_coefficient=None,  # our loss adds the centring term itself
+    )
+    collator_cls, trainer_cls = _trainer_classes()
+    trainer = trainer_cls(
+        model=model, args=args, train_dataset=train_enc, processing_class=tok,
+        data_collator=collator_cls(pad_token_id=tok.pad_token_id), callbacks=callbacks,
+        pref_config=cfg)
+    common.quiet_trainer(trainer, cfg.progress)
+    return trainer
+
+
+def train_reward_model(model: Any, train_ds: Any, eval_ds: Any = None,
+                       config: LMRewardConfig | None = None, out_dir: str | Path = "reward",
+                       callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """Train a reward model on preference pairs and save it into ``out_dir``.
+
+    ``model``: ``"tiny"``, a hub id or local path (loaded as a sequence classifier with one
+    output), or a ``(model, tokenizer)`` pair (wrapped in place with LoRA). ``train_ds`` /
+    ``eval_ds``: datasets with prompt, chosen, rejected and optionally target (1 chosen
+    preferred, 0.5 tie); without ``eval_ds``, ``config.eval_fraction`` of the pairs is held
+    out, whole prompts at a time. Returns metrics: reward_model_accuracy (held-out pairwise
+    accuracy, ties excluded), eval_loss, train_loss, train_samples_per_second and counts."""
+    cfg = config or LMRewardConfig()
+    common.check_pairs(train_ds, "training pairs")
+    if eval_ds is None and cfg.eval_fraction > 0 and len(train_ds) >= 4:
+        train_ds, eval_ds = common.holdout_split(train_ds, cfg.eval_fraction, cfg.seed)
+    if eval_ds is not None and len(eval_ds) == 0:
+        eval_ds = None
+    if eval_ds is not None:
+        common.check_pairs(eval_ds, "evaluation pairs")
+    common.quiet_libraries()
+    model, tok, base_name = prepare_reward_model(model, cfg)
+    trainable, total = common.count_params(model)
+    out = Path(out_dir)
+    trainer = build_reward_trainer(model, tok, train_ds, cfg, out, callbacks)
+    start = time.perf_counter()
+    result = trainer.train()
+    train_time = time.perf_counter() - start
+
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    trained.eval()
+    metrics: dict[str, Any] = {
+        "train_loss": result.training_loss,
+        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+        "train_runtime_s": train_time,
+        "train_pairs": len(train_ds),
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "learning_rate": cfg.learning_rate,
+        "lora_r": cfg.lora_r,
+        "trainable_params": trainable,
+        "total_params": total,
+        "world_size": common.world_size(),
+        "base_model": base_name,
+    }
+    if eval_ds is not None and len(eval_ds):
+        metrics.update(evaluate_reward_model(trained, tok, eval_ds, cfg))
+    else:
+        metrics.update({"reward_model_accuracy": None, "eval_loss": None, "eval_pairs": 0})
+    _save(trained, tok, out, cfg, base_name)
+    common.wait_for_everyone()
+    return common.clean_metrics(metrics)
+
+
+def evaluate_reward_model(model: Any, tok: Any, ds: Any,
+                          cfg: LMRewardConfig | None = None) -> dict[str, Any]:
+    """Held-out numbers of a reward model on pairs (sharded over processes, gathered):
+    reward_model_accuracy (ties excluded, equal scores count half), eval_loss (the same
+    Bradley–Terry loss as training, without the centring term), counts."""
+    cfg = cfg or LMRewardConfig()
+    common.check_pairs(ds, "evaluation pairs")
+    scorer = RewardScorer(model, tok, max_length=cfg.max_length,
+                          chat_template=cfg.chat_template, batch_size=cfg.eval_batch_size)
+    n = len(ds)
+    texts = (list(zip(ds["prompt"], ds["chosen"], strict=True))
+             + list(zip(ds["prompt"], ds["rejected"], strict=True)))
+    scores = torch.tensor(common.gather_map(scorer.score_pairs, texts), dtype=torch.float32)
+    s_chosen, s_rejected = scores[:n], scores[n:]
+    target = torch.tensor(common.targets_of(ds))
+    loss = preference_loss(s_chosen, s_rejected, target, noise=cfg.label_noise,
+                           temperature=cfg.temperature)
+    return {
+        "reward_model_accuracy": preference_accuracy(s_chosen, s_rejected, target),
+        "eval_loss": float(loss),
+        "eval_pairs": len(ds),
+        "eval_ties": int((target == 0.5).sum()),
+        "eval_reward_mean": float(torch.cat([s_chosen, s_rejected]).mean()),
+        "eval_reward_std": float(torch.cat([s_chosen, s_rejected]).std()),
+    }
+
+
+def _save(model: Any, tok: Any, out: Path, cfg: LMRewardConfig, base_name: str | None) -> None:
+    if not common.is_main_process():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    meta = {"format": FORMAT, "base_model": base_name, "lora": cfg.lora_r > 0,
+            "tiny_seed": common.TINY_SEED if base_name == common.TINY else None,
+            "chat_template": cfg.chat_template, "max_length": cfg.max_length,
+            "config": {k: (list(v) if isinstance(v, tuple) else v)
+                       for k, v in asdict(cfg).items()}}
+    common.write_json(out / META_FILE, meta)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+class RewardScorer:
+    """Batched rewards of (prompt, response) pairs, formatted as in training.
+
+    ``RewardScorer.load(out_dir)`` rebuilds a saved reward model; ``RewardScorer(model,
+    tok)`` wraps one in memory. ``score(prompts, responses)`` returns a float32 CPU tensor
+    (computed in the calling process alone: each process may score its own texts)."""
+
+    def __init__(self, model: Any, tok: Any, max_length: int = 512, chat_template: bool = False,
+                 batch_size: int = 16):
+        if tok.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; give it one")
+        self.model, self.tok = model, tok
+        self.max_length, self.chat_template, self.batch_size = max_length, chat_template, batch_size
+
+    @classmethod
+    def load(cls, source: Any, tokenizer: Any = None, base: Any = None,
+             device: str | None = None, dtype: Any = None, batch_size: int = 16) -> RewardScorer:
+        """From a folder written by :func:`train_reward_model`, or from a model in memory
+        (then ``tokenizer`` is needed). ``base`` replaces the recorded base model (a name,
+        a path or a ``(model, tokenizer)`` pair), e.g. when training started from a model
+        built in memory."""
+        if not isinstance(source, str | Path):
+            if tokenizer is None:
+                raise ValueError("RewardScorer.load(model) needs tokenizer=...")
+            return cls(source, tokenizer, batch_size=batch_size)
+        from rlhf_hgt.feedback.errors import UserInputError
+
+        folder = Path(source)
+        meta_path = folder / META_FILE
+        if not meta_path.is_file():
+            raise UserInputError(f"{folder}: no {META_FILE}; give the folder a reward model "
+                                 f"was saved into (rlhf-hgt lm reward --out DIR)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT:
+            raise UserInputError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT}")
+        from transformers import AutoTokenizer
+
+        tok = tokenizer or AutoTokenizer.from_pretrained(str(folder))
+        if meta["lora"]:
+            from peft import PeftModel
+
+            base_src = base if base is not None else meta.get("base_model")
+            if base_src is None:
+                raise ValueError(f"{folder}: the reward model was trained from a model built in "
+                                 f"memory; pass base=(model, tokenizer) or base=NAME")
+            base_model, _, _ = common.load_lm("reward", base_src, device=device, dtype=dtype)
+            base_model.config.pad_token_id = tok.pad_token_id
+            model = PeftModel.from_pretrained(base_model, str(folder))
+        else:
+            from transformers import AutoModelForSequenceClassification
+
+            model = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=dtype)
+        if device is not None:
+            model.to(device)
+        model.eval()
+        return cls(model, tok, max_length=meta["max_length"],
+                   chat_template=meta["chat_template"], batch_size=batch_size)
+
+    def encode(self, prompt: str, response: str) -> list[int]:
+        return encode_response(self.tok, prompt, response, self.max_length, self.chat_template)
+
+    @torch.no_grad()
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """Rewards of (prompt, response) tuples, in this process only."""
+        device = common.model_device(self.model)
+        was_training = self.model.training
+        self.model.eval()
+        out: list[float] = []
+        pad = self.tok.pad_token_id
+        pairs = list(pairs)
+        for i in range(0, len(pairs), self.batch_size):
+            ids = [self.encode(p, r) for p, r in pairs[i:i + self.batch_size]]
+            width = max(len(x) for x in ids)
+            input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(ids), width), dtype=torch.long)
+            for j, x in enumerate(ids):
+                input_ids[j, :len(x)] = torch.tensor(x)
+                mask[j, :len(x)] = 1
+            logits = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                use_cache=False).logits
+            out.extend(logits[:, 0].float().cpu().tolist())
+        if was_training:
+            self.model.train()
+        return out
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        """Reward of each (prompt, response): float32 tensor of shape (n,)."""
+        if isinstance(prompts, str) or isinstance(responses, str):
+            raise ValueError("score() takes lists of prompts and responses")
+        if len(prompts) != len(responses):
+            raise ValueError(f"got {len(prompts)} prompts and {len(responses)} responses; "
+                             f"give one prompt per response")
+        pairs = list(zip(prompts, responses, strict=True))
+        return torch.tensor(self.score_pairs(pairs), dtype=torch.float32)
+
+    __call__ = score

@@ -1,0 +1,335 @@
+"""What the TRL trainers of the language stack share: precision, devices, arguments, checks.
+
+- Precision: fp32 and no gradient checkpointing on a CPU (TRL 1.16 turns bf16 and
+  checkpointing on by default, which a CPU without bf16 cannot run well); bf16 mixed
+  precision on a GPU that supports it, fp32 on one that does not.
+- Arguments: no reporting to outside services, no worker processes for data loading
+  (small CPU jobs on shared cores), no checkpoints written during training (the trainers
+  save the adapter once, as safetensors), seeds for the model and the data order.
+- Processes: works as one process or under ``accelerate launch --num_processes N`` (also
+  ``--cpu``, gloo): the Trainer handles DDP; :func:`gather_map` shards an evaluation over
+  the processes and gathers the results on every process; only the main process writes.
+- Models: ``"tiny"`` names the tiny in-memory test model (:mod:`rlhf_hgt.lm.tiny`); any other
+  name or path goes to :mod:`rlhf_hgt.lm.models`.
+- Data: :func:`check_pairs` checks preference pairs where they enter.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rlhf_hgt.feedback.errors import UserInputError
+
+#: Model name of the tiny in-memory Llama used by tests and smoke runs (no files, no hub).
+TINY = "tiny"
+#: Seed of the tiny base model's random weights, so that a saved adapter finds its base again.
+TINY_SEED = 0
+
+#: PEFT's shorthand for every linear layer of attention and MLP blocks (not the output head).
+ALL_LINEAR = "all-linear"
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def bf16_supported() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def precision_kwargs(gradient_checkpointing: bool = False) -> dict[str, Any]:
+    """TrainingArguments fields for this machine: CPU → fp32, no checkpointing, ``use_cpu``;
+    CUDA → bf16 mixed precision when supported (else fp32), checkpointing as asked."""
+    gpu = cuda_available()
+    return {
+        "use_cpu": not gpu,
+        "bf16": bf16_supported(),  # explicit: TRL's default (None → True) breaks CPUs without bf16
+        "fp16": False,
+        # the new name of gradient_checkpointing (TRL 1.16 turns the old one on by default)
+        "activation_checkpointing": bool(gradient_checkpointing and gpu),
+    }
+
+
+def training_kwargs(out_dir: str | Path, *, seed: int, learning_rate: float, epochs: float,
+                    batch_size: int, grad_accum: int, max_steps: int, weight_decay: float,
+                    warmup_ratio: float, lr_scheduler: str, logging_steps: int,
+                    gradient_checkpointing: bool = False, progress: bool = True,
+                    max_grad_norm: float = 1.0) -> dict[str, Any]:
+    """Keyword arguments shared by RewardConfig and DPOConfig (both TrainingArguments)."""
+    return {
+        "output_dir": str(out_dir),
+        "seed": seed,
+        "data_seed": seed,
+        "learning_rate": learning_rate,
+        "num_train_epochs": float(epochs),
+        "max_steps": max_steps if max_steps and max_steps > 0 else -1,
+        "per_device_train_batch_size": batch_size,
+        "per_device_eval_batch_size": batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "weight_decay": weight_decay,
+        "warmup_steps": warmup_ratio,  # a float < 1 is a share of the steps (transformers 5)
+        "lr_scheduler_type": lr_scheduler,
+        "max_grad_norm": max_grad_norm,
+        "logging_steps": logging_steps,
+        "logging_strategy": "steps",
+        "report_to": [],
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": cuda_available(),
+        "ddp_find_unused_parameters": False,
+        "disable_tqdm": not progress,
+        "log_level": "warning",
+        **precision_kwargs(gradient_checkpointing),
+    }
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _state():
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def _dist():
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch without distributed support
+        return None
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def _env_int(names: Sequence[str], default: int) -> int:
+    for name in names:
+        if os.environ.get(name, "").strip():
+            return int(os.environ[name])
+    return default
+
+
+def world_size() -> int:
+    """Processes taking part (1 without a launcher; N under accelerate, torchrun or MPI)."""
+    dist = _dist()
+    if dist is not None:
+        return dist.get_world_size()
+    return max(1, _env_int(("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"), 1))
+
+
+def is_main_process() -> bool:
+    """True in a lone process and in rank 0 of a launched group (before and after set-up)."""
+    dist = _dist()
+    if dist is not None:
+        return dist.get_rank() == 0
+    return _env_int(("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"), 0) == 0
+
+
+def wait_for_everyone() -> None:
+    if world_size() > 1:
+        _state().wait_for_everyone()
+
+
+def gather_map(fn: Callable[[list[Any]], list[Any]], items: Sequence[Any]) -> list[Any]:
+    """``fn`` over ``items`` sharded between the processes; every process gets all the results,
+    in the order of ``items``. In a lone process it is just ``fn(list(items))``."""
+    items = list(items)
+    if world_size() == 1:
+        return list(fn(items))
+    from accelerate.utils import gather_object
+
+    state = _state()
+    with state.split_between_processes(items) as shard:
+        local = list(fn(list(shard))) if len(shard) else []
+    return list(gather_object(local))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically, from the main process only."""
+    if not is_main_process():
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def clean_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Numbers as plain floats/ints, NaN as None, so metrics.json stays valid JSON."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if hasattr(v, "item"):
+            v = v.item()
+        if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+            v = None
+        out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------- models
+
+
+def load_lm(kind: str, source: Any, device: str | None = None,
+            dtype: Any = None) -> tuple[Any, Any, str | None]:
+    """(model, tokenizer, base name) for ``kind`` ``"causal"`` or ``"reward"``.
+
+    ``source`` is ``"tiny"``, a hub id or local path (loaded by :mod:`rlhf_hgt.lm.models`),
+    or a ``(model, tokenizer)`` pair built in memory (base name None)."""
+    if kind not in ("causal", "reward"):
+        raise ValueError(f"kind must be 'causal' or 'reward', got {kind!r}")
+    if isinstance(source, tuple | list):
+        if len(source) != 2:
+            raise ValueError("pass a model as a name, a path, or a (model, tokenizer) pair")
+        model, tok = source
+        return model, tok, None
+    if not isinstance(source, str | os.PathLike):
+        raise ValueError(f"pass a model as a name, a path, or a (model, tokenizer) pair; "
+                         f"got {type(source).__name__}")
+    name = str(source)
+    if name == TINY:
+        from rlhf_hgt.lm import tiny
+
+        build = tiny.tiny_causal_lm if kind == "causal" else tiny.tiny_reward_lm
+        model, tok = build(seed=TINY_SEED)
+        return model, tok, TINY
+    from rlhf_hgt.lm import models
+
+    loader = models.load_causal_lm if kind == "causal" else models.load_reward_lm
+    model, tok = loader(name, device=device, dtype=dtype)
+    return model, tok, name
+
+
+def lora_config(task_type: str, r: int, alpha: float, dropout: float,
+                target_modules: str | Sequence[str], modules_to_save: list[str] | None = None):
+    """A PEFT LoraConfig; ``target_modules`` ``"all-linear"`` = every linear layer of the
+    attention and MLP blocks (PEFT leaves out the output head)."""
+    from peft import LoraConfig
+
+    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+    return LoraConfig(task_type=task_type, r=r, lora_alpha=alpha, lora_dropout=dropout,
+                      target_modules=targets, modules_to_save=modules_to_save, bias="none")
+
+
+def count_params(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameters."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def quiet_trainer(trainer: Any, progress: bool) -> None:
+    """Without progress, print nothing per step (transformers prints the logs instead of a
+    bar when the bar is off)."""
+    if not progress:
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+
+
+def model_device(model: Any):
+    import torch
+
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def quiet_libraries() -> None:
+    """Keep transformers/datasets to warnings (their info lines drown the progress bar), and
+    send no usage telemetry."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated",
+                            category=FutureWarning)
+    transformers.logging.set_verbosity_warning()
+    datasets.logging.set_verbosity_warning()
+    datasets.disable_progress_bars()
+
+
+# --------------------------------------------------------------------------- data
+
+
+PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+def check_pairs(ds: Any, where: str = "data") -> None:
+    """Raise UserInputError naming the pair and field when ``ds`` is not usable preference
+    data: columns prompt/chosen/rejected (text), optional target in [0, 1]."""
+    if ds is None or not hasattr(ds, "column_names"):
+        raise UserInputError(f"{where}: expected a datasets.Dataset of pairs with columns "
+                             f"prompt, chosen, rejected; got {type(ds).__name__}")
+    cols = set(ds.column_names)
+    missing = [c for c in PAIR_COLUMNS if c not in cols]
+    if missing:
+        raise UserInputError(f"{where}: missing column(s) {', '.join(missing)}; every pair needs "
+                             f"'prompt', 'chosen' and 'rejected' (and optionally 'target': 1 "
+                             f"chosen preferred, 0.5 tie)")
+    if len(ds) == 0:
+        raise UserInputError(f"{where}: no pairs; label some pairs first "
+                             f"(rlhf-hgt label STORE, or a JSONL file of prompt/chosen/rejected)")
+    has_target = "target" in cols
+    for i, row in enumerate(ds):
+        for field_name in PAIR_COLUMNS:
+            v = row[field_name]
+            if not isinstance(v, str):
+                raise UserInputError(f"{where}: pair {i + 1}, field '{field_name}': expected text, "
+                                     f"got {type(v).__name__}; use plain strings")
+            if not v.strip():
+                raise UserInputError(f"{where}: pair {i + 1}, field '{field_name}' is empty; give "
+                                     f"every pair a non-empty {field_name} or drop the pair")
+        if has_target:
+            t = row["target"]
+            if t is None or not isinstance(t, int | float) or not 0.0 <= float(t) <= 1.0:
+                raise UserInputError(f"{where}: pair {i + 1}, field 'target' = {t!r}; use a "
+                                     f"probability that 'chosen' is preferred: 1, 0.5 (tie) or 0")
+
+
+def targets_of(ds: Any) -> list[float]:
+    """Per-pair probability that 'chosen' is preferred (1.0 when the column is absent)."""
+    if "target" in ds.column_names:
+        return [float(t) for t in ds["target"]]
+    return [1.0] * len(ds)
+
+
+def holdout_split(ds: Any, fraction: float, seed: int) -> tuple[Any, Any]:
+    """(train, held out): whole prompts go to one side when there are several prompts
+    (no prompt is seen in training and evaluation), else rows one by one."""
+    from rlhf_hgt.lm.data import split_pairs
+
+    by = "prompt" if len(set(ds["prompt"])) > 1 else None
+    return split_pairs(ds, test_fraction=fraction, seed=seed, by=by)
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -1,0 +1,451 @@
+"""The language reward model and DPO (TRL + LoRA) on tiny in-memory models, and `lm` CLI runs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+
+from rlhf_hgt.lm import trl_common
+from rlhf_hgt.lm.cli import main as lm_main
+from rlhf_hgt.lm.dpo import (
+    DPO_LOSS_TYPES,
+    LMDPOConfig,
+    check_loss_types_match_trl,
+    encode_dpo_pair,
+    implicit_reward_accuracy,
+    implicit_rewards,
+    load_policy,
+    train_dpo,
+)
+from rlhf_hgt.lm.reward import (
+    LMRewardConfig,
+    RewardScorer,
+    build_reward_trainer,
+    encode_response,
+    prepare_reward_model,
+    train_reward_model,
+)
+from rlhf_hgt.lm.tiny import tiny_causal_lm, tiny_reward_lm
+from rlhf_hgt.preference import preference_accuracy, preference_loss
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ab_pairs(n: int, seed: int = 0, tie_every: int = 0) -> Dataset:
+    """A learnable task: chosen responses are mostly 'a', rejected mostly 'b'."""
+    rng = random.Random(seed)
+    rows: dict[str, list] = {"prompt": [], "chosen": [], "rejected": [], "target": []}
+    for i in range(n):
+        rows["prompt"].append(f"Q{rng.randrange(6)}: ")
+        rows["chosen"].append("".join(rng.choice("aaaac") for _ in range(rng.randint(4, 9))))
+        rows["rejected"].append("".join(rng.choice("bbbbc") for _ in range(rng.randint(4, 9))))
+        rows["target"].append(0.5 if tie_every and i % tie_every == 0 else 1.0)
+    return Dataset.from_dict(rows)
+
+
+def strip_peft(name: str) -> str:
+    return name.replace(".base_layer", "").replace(".original_module", "")
+
+
+# --------------------------------------------------------------------------- reward model
+
+
+def test_reward_training_moves_adapters_and_head_only(tmp_path):
+    model, tok = tiny_reward_lm(seed=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = LMRewardConfig(max_steps=5, learning_rate=1e-2, progress=False, eval_fraction=0)
+    metrics = train_reward_model((model, tok), ab_pairs(32), None, cfg, tmp_path / "rm")
+
+    params = dict(model.named_parameters())  # wrapped in place by PEFT
+    lora = {n: p for n, p in params.items() if "lora_" in n}
+    assert any(".self_attn.q_proj.lora_A" in n for n in lora)
+    assert any(".mlp.down_proj.lora_A" in n for n in lora)  # all-linear: attention and MLP
+    assert all(p.requires_grad for p in lora.values())
+    assert any(not torch.all(p == 0) for n, p in lora.items() if "lora_B" in n)  # B starts at 0
+    base = {n: p for n, p in params.items() if "lora_" not in n and "modules_to_save" not in n}
+    assert base
+    for n, p in base.items():
+        assert not p.requires_grad, n
+        assert torch.equal(p.detach(), before[strip_peft(n)]), f"base weight {n} changed"
+    head = params["score.modules_to_save.default.weight"]
+    assert head.requires_grad and not torch.equal(head.detach(), before["score.weight"])
+    assert 0 < metrics["trainable_params"] < metrics["total_params"]
+
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "rm" / "adapter_model.safetensors")
+    assert any("lora_A" in k for k in saved) and any("score" in k for k in saved)
+    assert not list((tmp_path / "rm").glob("*.bin")) and not list((tmp_path / "rm").glob("*.pt"))
+
+
+def test_reward_accuracy_rises_and_the_saved_scorer_agrees(tmp_path):
+    train, test = ab_pairs(96, seed=0), ab_pairs(50, seed=1, tie_every=5)
+    cfg = LMRewardConfig(epochs=3, learning_rate=3e-3, progress=False)
+    m = train_reward_model("tiny", train, test, cfg, tmp_path / "rm")
+    assert m["eval_pairs"] == 50 and m["eval_ties"] == 10
+    assert m["reward_model_accuracy"] >= 0.9  # chance is 0.5
+    assert m["train_pairs"] == 96 and m["steps"] == 36  # 12 batches of 8, 3 epochs
+    assert math.isfinite(m["train_samples_per_second"])
+
+    scorer = RewardScorer.load(tmp_path / "rm")
+    s_c = scorer.score(test["prompt"], test["chosen"])
+    s_r = scorer.score(test["prompt"], test["rejected"])
+    target = torch.tensor(test["target"])
+    assert preference_accuracy(s_c, s_r, target) == pytest.approx(m["reward_model_accuracy"])
+    loss = preference_loss(s_c, s_r, target, noise=cfg.label_noise)
+    assert float(loss) == pytest.approx(m["eval_loss"], rel=1e-5)
+    assert scorer.encode("Q1: ", "aaa") == encode_response(scorer.tok, "Q1: ", "aaa", 512)
+    assert scorer.encode("Q1: ", "aaa")[-1] == scorer.tok.eos_token_id
+    meta = json.loads((tmp_path / "rm" / "reward_model.json").read_text())
+    assert meta["base_model"] == "tiny" and meta["lora"] is True
+
+
+def test_ties_enter_the_loss_as_the_shared_core_says(tmp_path):
+    cfg = LMRewardConfig(progress=False, lora_dropout=0.0, center_rewards=0.01,
+                         label_noise=0.1, eval_fraction=0)
+    ds = ab_pairs(8, tie_every=2)
+    targets = torch.tensor(ds["target"])
+    assert (targets == 0.5).sum() == 4
+    model, tok, _ = prepare_reward_model("tiny", cfg)
+    trainer = build_reward_trainer(model, tok, ds, cfg, tmp_path)
+    batch = next(iter(trainer.get_train_dataloader()))  # Trainer keeps the target column
+    assert "target" in batch
+    rows = [trainer.train_dataset[i] for i in range(8)]
+    batch = trainer.data_collator(rows)
+    assert torch.equal(batch["target"], targets)
+
+    model.eval()
+    loss = trainer.compute_loss(model, dict(batch))
+    with torch.no_grad():
+        scores = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).logits.squeeze(-1)
+    c, r = scores.chunk(2)
+    expected = (preference_loss(c, r, targets, noise=0.1)
+                + 0.01 * torch.mean((c + r) ** 2))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    strict = trainer.compute_loss(model, {**batch, "target": torch.ones(8)})
+    assert strict.item() != pytest.approx(loss.item(), rel=1e-3)
+    # a tie pulls the two rewards together: its term is smallest at equal rewards
+    tie = preference_loss(c[:1], r[:1], [0.5], noise=0.1)
+    assert float(tie) >= float(preference_loss(c[:1], c[:1], [0.5], noise=0.1)) - 1e-7
+
+
+def test_reward_training_accepts_ties_end_to_end(tmp_path):
+    cfg = LMRewardConfig(max_steps=3, progress=False)
+    m = train_reward_model("tiny", ab_pairs(40, tie_every=4), ab_pairs(12, 7, tie_every=3),
+                           cfg, tmp_path / "rm")
+    assert m["eval_ties"] == 4 and math.isfinite(m["train_loss"])
+
+
+# --------------------------------------------------------------------------- DPO
+
+
+def test_dpo_lora_trains_adapters_and_reference_is_the_base(tmp_path):
+    model, tok = tiny_causal_lm(seed=2)
+    pristine = copy.deepcopy(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = LMDPOConfig(max_steps=4, learning_rate=5e-3, progress=False)
+    test = ab_pairs(8, seed=3)
+    m = train_dpo((model, tok), ab_pairs(32), test, cfg, tmp_path / "dpo")
+    assert m["lora_r"] == 16 and m["steps"] == 4
+
+    params = dict(model.named_parameters())
+    lora_b = [p for n, p in params.items() if "lora_B" in n]
+    assert lora_b and any(not torch.all(p == 0) for p in lora_b)
+    for n, p in params.items():
+        if "lora_" not in n:
+            assert not p.requires_grad, n
+            assert torch.equal(p.detach(), before[strip_peft(n)]), f"base weight {n} changed"
+
+    policy, tok2 = load_policy(tmp_path / "dpo", base=(copy.deepcopy(pristine), tok))
+    enc = tok2(["Q1: aaaa", "Q2: bbbbbb"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        on = policy(**enc).logits
+        with policy.disable_adapter():
+            off = policy(**enc).logits
+        ref = pristine(**enc).logits
+    assert torch.equal(off, ref)  # the reference: adapters off = the base, bit for bit
+    assert not torch.allclose(on, ref)
+    a_off = implicit_reward_accuracy(policy, None, tok2, test, beta=cfg.beta)
+    a_copy = implicit_reward_accuracy(policy, pristine, tok2, test, beta=cfg.beta)
+    assert a_off == a_copy == pytest.approx(m["implicit_reward_accuracy"])
+
+
+def test_dpo_implicit_rewards_mirror_trl(tmp_path):
+    cfg = LMDPOConfig(max_steps=3, learning_rate=5e-3, batch_size=8, progress=False)
+    test = ab_pairs(16, seed=5)  # two full evaluation batches: TRL's batch means = the mean
+    m = train_dpo("tiny", ab_pairs(24), test, cfg, tmp_path / "dpo")
+    policy, tok = load_policy(tmp_path / "dpo")
+    c, r = implicit_rewards(policy, None, tok, test, beta=cfg.beta)
+    assert float((c - r).mean()) == pytest.approx(m["eval_rewards_margin"], rel=1e-4, abs=1e-6)
+    assert m["implicit_reward_accuracy"] == pytest.approx(m["trl_eval_rewards_accuracies"])
+    p, ch, _ = encode_dpo_pair(tok, "Q1: ", "aa", "bb")
+    assert ch[-1] == tok.eos_token_id and p == tok("Q1: ")["input_ids"]
+
+
+def test_dpo_full_parameters_against_a_reference_copy(tmp_path):
+    model, tok = tiny_causal_lm(seed=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = LMDPOConfig(lora_r=0, max_steps=1, learning_rate=1e-3, warmup_ratio=0,
+                      batch_size=8, eval_fraction=0, progress=False)
+    assert LMDPOConfig(lora_r=0).learning_rate == 5e-7
+    m = train_dpo((model, tok), ab_pairs(8), ab_pairs(8, 1), cfg, tmp_path / "full")
+    # first step: policy == reference copy, so the sigmoid loss is exactly log 2
+    assert m["train_loss"] == pytest.approx(math.log(2), rel=1e-5)
+    assert m["trainable_params"] == m["total_params"]
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed
+    assert (tmp_path / "full" / "model.safetensors").is_file()
+    assert m["implicit_reward_accuracy"] is not None
+
+
+@pytest.mark.parametrize(("loss_type", "weights", "smoothing", "first_loss"), [
+    (("sigmoid",), None, 0.0, math.log(2)),
+    (("hinge",), None, 0.0, 1.0),
+    (("ipo",), None, 0.0, 25.0),  # (0 - 1/(2 beta))^2
+    (("robust",), None, 0.1, math.log(2)),
+    (("sigmoid", "hinge"), (1.0, 0.5), 0.0, math.log(2) + 0.5),
+])
+def test_dpo_loss_variants_pass_through(tmp_path, loss_type, weights, smoothing, first_loss):
+    from transformers import TrainerCallback
+
+    seen = {}
+
+    class Capture(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            seen.update(loss_type=list(args.loss_type), beta=args.beta,
+                        label_smoothing=args.label_smoothing, bf16=args.bf16,
+                        checkpointing=args.gradient_checkpointing, report_to=args.report_to)
+
+    cfg = LMDPOConfig(loss_type=loss_type, loss_weights=weights, label_smoothing=smoothing,
+                      max_steps=1, batch_size=8, eval_fraction=0, progress=False)
+    m = train_dpo("tiny", ab_pairs(8), None, cfg, tmp_path / "d", callbacks=[Capture()])
+    assert seen["loss_type"] == list(loss_type) and seen["beta"] == 0.1
+    assert seen["label_smoothing"] == smoothing
+    if not torch.cuda.is_available():
+        assert seen["bf16"] is False and seen["checkpointing"] is False
+    assert seen["report_to"] in ([], "none", ["none"], None)
+    # with fresh adapters the policy equals the reference: the first loss is known exactly
+    assert m["train_loss"] == pytest.approx(first_loss, rel=1e-5)
+    assert m["loss_type"] == "+".join(loss_type)
+
+
+def test_dpo_drops_ties_and_turns_reversed_pairs(tmp_path):
+    ds = ab_pairs(12, tie_every=3)
+    rows = ds.to_dict()
+    rows["chosen"][1], rows["rejected"][1] = rows["rejected"][1], rows["chosen"][1]
+    rows["target"][1] = 0.0
+    cfg = LMDPOConfig(max_steps=1, eval_fraction=0, progress=False)
+    m = train_dpo("tiny", Dataset.from_dict(rows), None, cfg, tmp_path / "d")
+    assert m["train_ties_dropped"] == 4 and m["train_pairs_turned"] == 1
+    assert m["train_pairs"] == 8
+    from rlhf_hgt.feedback.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="tie"):
+        train_dpo("tiny", ab_pairs(4, tie_every=1), None, cfg, tmp_path / "t")
+
+
+def test_loss_type_list_matches_trl():
+    assert check_loss_types_match_trl() == []
+    from dataclasses import fields
+
+    from trl import DPOConfig
+
+    help_text = next(f for f in fields(DPOConfig) if f.name == "loss_type").metadata["help"]
+    assert all(f"'{t}'" in help_text for t in DPO_LOSS_TYPES)
+
+
+# --------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize(("cls", "kw", "hint"), [
+    (LMRewardConfig, {"lora_r": -1}, "lora_r must be >= 0"),
+    (LMRewardConfig, {"label_noise": 1.0}, "0 <= label_noise < 1"),
+    (LMRewardConfig, {"learning_rate": 0}, "2e-4"),
+    (LMRewardConfig, {"eval_fraction": 1.0}, "0.1 is usual"),
+    (LMRewardConfig, {"max_steps": 0}, "-1 for no limit"),
+    (LMRewardConfig, {"epochs": 0}, "None for automatic"),
+    (LMRewardConfig, {"lora_dropout": 1.0}, "[0, 1)"),
+    (LMDPOConfig, {"beta": 0}, "0.1 is usual"),
+    (LMDPOConfig, {"loss_type": "nope"}, "sigmoid, hinge, ipo"),
+    (LMDPOConfig, {"loss_type": ("sigmoid", "ipo"), "loss_weights": (1.0,)}, "one weight per"),
+    (LMDPOConfig, {"loss_type": "exo_pair"}, "1e-3"),
+    (LMDPOConfig, {"label_smoothing": 0.5}, "[0, 0.5)"),
+    (LMDPOConfig, {"batch_size": 0}, "batch_size must be >= 1"),
+])
+def test_bad_config_values_say_how_to_fix(cls, kw, hint):
+    with pytest.raises(ValueError, match=None) as info:
+        cls(**kw)
+    assert hint in str(info.value)
+
+
+def test_config_defaults_suit_few_labels():
+    cfg = LMRewardConfig()
+    assert cfg.lora_r == 16 and 1e-4 <= cfg.learning_rate <= 5e-4 and cfg.center_rewards > 0
+    assert cfg.resolved_epochs(400) == 4  # 400 pairs: 200 steps of 8
+    assert cfg.resolved_epochs(3200) == 1 and cfg.resolved_epochs(40) == cfg.max_auto_epochs
+    assert LMDPOConfig().learning_rate == 5e-5 and LMDPOConfig().beta == 0.1
+
+
+def test_precision_on_this_machine():
+    from trl import RewardConfig
+
+    kw = trl_common.training_kwargs("unused", seed=0, learning_rate=1e-4, epochs=1,
+                                    batch_size=2, grad_accum=1, max_steps=-1, weight_decay=0,
+                                    warmup_ratio=0, lr_scheduler="linear", logging_steps=10)
+    args = RewardConfig(**kw)
+    assert args.report_to in ([], "none", ["none"], None)
+    assert args.dataloader_num_workers == 0
+    if torch.cuda.is_available():
+        assert args.bf16 == torch.cuda.is_bf16_supported()
+    else:
+        assert args.use_cpu and args.bf16 is False and args.fp16 is False
+        assert args.gradient_checkpointing is False
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def write_jsonl(path: Path, n: int = 24, **override) -> Path:
+    rng = random.Random(0)
+    with open(path, "w") as fh:
+        for i in range(n):
+            rec = {"prompt": f"Q{i % 6}: ",
+                   "chosen": "".join(rng.choice("aaac") for _ in range(6)),
+                   "rejected": "".join(rng.choice("bbbc") for _ in range(6)), **override}
+            fh.write(json.dumps(rec) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("cmd", ["reward", "dpo"])
+def test_cli_runs_write_metrics_adapter_and_manifest(tmp_path, cmd):
+    data = write_jsonl(tmp_path / "pairs.jsonl")
+    out = tmp_path / "run"
+    rc = lm_main(["lm", cmd, "--model", "tiny", "--data", str(data), "--out", str(out),
+                  "--max-steps", "2", "--quiet", "--lora-r", "4", "--seed", "3"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["command"] == f"lm {cmd}" and metrics["steps"] == 2
+    assert metrics["lora_r"] == 4 and metrics["pairs"] == 24
+    key = "reward_model_accuracy" if cmd == "reward" else "implicit_reward_accuracy"
+    assert 0 <= metrics[key] <= 1 and metrics["eval_pairs"] > 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["seed"] == 3 and manifest["data"]["data"]["sha256"]
+    assert "adapter_model.safetensors" in manifest["checkpoints"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["reward", "--model", "tiny", "--out", "{out}"], "exactly one source"),
+    (["reward", "--model", "tiny", "--data", "{data}", "--store", "{data}", "--out", "{out}"],
+     "not both"),
+    (["reward", "--model", "tiny", "--data", "{tmp}/missing.jsonl", "--out", "{out}"],
+     "no such file"),
+    (["reward", "--model", "{tmp}/no/such/model", "--data", "{data}", "--out", "{out}"],
+     "model"),
+    (["reward", "--model", "tiny", "--data", "{data}", "--out", "{out}", "--lr", "-1"], "--lr"),
+    (["dpo", "--model", "tiny", "--data", "{data}", "--out", "{out}", "--loss-type", "nope"],
+     "--loss-type"),
+    (["reward", "--model", "tiny", "--data", "{empty_prompt}", "--out", "{out}"], "prompt"),
+    (["dpo", "--model", "tiny", "--data", "{no_rejected}", "--out", "{out}"], "rejected"),
+])
+def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, argv, message):
+    data = write_jsonl(tmp_path / "pairs.jsonl")
+    empty_prompt = write_jsonl(tmp_path / "empty_prompt.jsonl", prompt="")
+    no_rejected = tmp_path / "no_rejected.jsonl"
+    no_rejected.write_text(json.dumps({"prompt": "p", "chosen": "a"}) + "\n")
+    out = tmp_path / "run"
+    subs = {"out": str(out), "data": str(data), "tmp": str(tmp_path),
+            "empty_prompt": str(empty_prompt), "no_rejected": str(no_rejected)}
+    rc = lm_main([a.format(**subs) for a in argv])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("rlhf-hgt: error:") and message in err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_cli_ppo_delegates_to_ppo_cli(tmp_path, monkeypatch):
+    import types
+
+    calls = {}
+    fake = types.ModuleType("rlhf_hgt.lm.ppo_cli")
+
+    def add_ppo_arguments(p):
+        p.add_argument("--data")
+        p.add_argument("--out", required=True)
+        p.add_argument("--kl-coef", type=float, default=0.05)
+        p.add_argument("--lr", type=float, default=1e-5)
+
+    def run_ppo_command(args):
+        calls["args"] = args
+        return 0
+
+    fake.add_ppo_arguments, fake.run_ppo_command = add_ppo_arguments, run_ppo_command
+    monkeypatch.setitem(sys.modules, "rlhf_hgt.lm.ppo_cli", fake)
+    rc = lm_main(["ppo", "--data", "x.jsonl", "--out", str(tmp_path / "r"), "--kl-coef", "0.2"])
+    assert rc == 0 and calls["args"].kl_coef == 0.2 and calls["args"].lr == 1e-5
+
+
+def test_cli_ppo_missing_module_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "rlhf_hgt.lm.ppo_cli", None)  # import fails
+    rc = lm_main(["ppo", "--data", "x.jsonl", "--out", str(tmp_path / "r")])
+    assert rc == 2 and "lm ppo is not available" in capsys.readouterr().err
+
+
+def test_top_level_cli_runs_lm_reward(tmp_path):
+    """Needs `lm` wired into rlhf_hgt/cli_train.py (add_lm_commands / run_lm)."""
+    data = write_jsonl(tmp_path / "pairs.jsonl")
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "rlhf_hgt.cli", "lm", "reward", "--model",
+                           "tiny", "--data", str(data), "--out", str(out), "--max-steps", "2",
+                           "--quiet"], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+    bad = subprocess.run([sys.executable, "-m", "rlhf_hgt.cli", "lm", "dpo", "--model", "tiny",
+                          "--out", str(tmp_path / "bad")], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=300)
+    assert bad.returncode == 2 and "exactly one source" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_chat_template_formatting_for_reward_and_dpo(tmp_path):
+    cfg = LMRewardConfig(chat_template=True, max_steps=1, progress=False)
+    m = train_reward_model("tiny", ab_pairs(16), ab_pairs(6, 2), cfg, tmp_path / "rm")
+    assert m["steps"] == 1
+    scorer = RewardScorer.load(tmp_path / "rm")
+    assert scorer.chat_template
+    text = scorer.tok.decode(scorer.encode("Q1: ", "aaa"))
+    assert text.startswith("<|user|>\nQ1: <eos>") and "<|assistant|>\naaa<eos>" in text
+    dcfg = LMDPOConfig(chat_template=True, max_steps=1, progress=False)
+    dm = train_dpo("tiny", ab_pairs(16), ab_pairs(6, 2), dcfg, tmp_path / "dpo")
+    assert dm["implicit_reward_accuracy"] is not None
+    policy, tok = load_policy(tmp_path / "dpo")
+    p, c, _ = encode_dpo_pair(tok, "Q1: ", "aaa", "bbb", chat_template=True)
+    assert tok.decode(p).endswith("<|assistant|>\n") and tok.decode(c).startswith("aaa")
+
+
+def test_reward_full_finetuning_saves_a_whole_model(tmp_path):
+    cfg = LMRewardConfig(lora_r=0, max_steps=2, progress=False)
+    assert cfg.learning_rate == 1e-5
+    test = ab_pairs(8, 3)
+    m = train_reward_model("tiny", ab_pairs(16), test, cfg, tmp_path / "rm")
+    assert m["trainable_params"] == m["total_params"]
+    assert (tmp_path / "rm" / "model.safetensors").is_file()
+    scorer = RewardScorer.load(tmp_path / "rm")
+    s_c = scorer.score(test["prompt"], test["chosen"])
+    s_r = scorer.score(test["prompt"], test["rejected"])
+    assert preference_accuracy(s_c, s_r, torch.ones(8)) == pytest.approx(
+        m["reward_model_accuracy"])
