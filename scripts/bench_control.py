@@ -23,6 +23,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -115,15 +116,20 @@ def teachers(args: argparse.Namespace) -> None:
     _run_jobs(jobs, args.jobs)
 
 
+def _hidden_env(env_id: str):
+    from rlhf_hgt.envs import HiddenRewardWrapper, make_env
+
+    return HiddenRewardWrapper(make_env(env_id))
+
+
 def overhead(args: argparse.Namespace) -> None:
     """Env steps/s of SB3 PPO on the learned reward vs on the true reward, same settings."""
-    import gymnasium as gym
     import numpy as np
     import torch
 
     from rlhf_hgt.control.agents import AgentConfig, make_agent, make_vec_env
     from rlhf_hgt.control.reward_model import RewardEnsemble
-    from rlhf_hgt.envs import HiddenRewardWrapper, LearnedRewardVecEnv, make_env
+    from rlhf_hgt.envs import LearnedRewardVecEnv, make_env
 
     torch.set_num_threads(1)
     results = _load()
@@ -142,12 +148,10 @@ def overhead(args: argparse.Namespace) -> None:
         for rep in range(args.repeats):
             for kind in ("true", "learned"):
                 if kind == "true":
-                    venv = make_vec_env(lambda: make_env(env_id), cfg.n_envs, rep)
+                    venv = make_vec_env(partial(make_env, env_id), cfg.n_envs, rep)
                 else:
-                    def env_fn() -> gym.Env:
-                        return HiddenRewardWrapper(make_env(env_id))
-
-                    venv = LearnedRewardVecEnv(make_vec_env(env_fn, cfg.n_envs, rep),
+                    hidden = partial(_hidden_env, env_id)
+                    venv = LearnedRewardVecEnv(make_vec_env(hidden, cfg.n_envs, rep),
                                                ens.predict)
                 agent = make_agent(cfg, venv, seed=rep)
                 t0 = time.perf_counter()
