@@ -31,7 +31,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 RESULTS = Path("benchmarks/control_results.json")
 RUNS = Path("runs/bench")
 TIMESTEPS = {"CartPole-v1": 30_000, "Pendulum-v1": 20_000, "Acrobot-v1": 60_000,
+             "Hopper-v5": 100_000,
              "rlhf_hgt/CartPoleLeft-v0": 50_000, "HalfCheetah-v5": 100_000}
+# PPO for HalfCheetah: SAC (our default for continuous actions) runs at ~100 steps/s on
+# one CPU core, too slow for 12 runs of 100k steps here; both sides use the same agent.
+AGENT_ALGO = {"HalfCheetah-v5": "ppo"}
 TEACHERS = ["oracle", "stochastic", "mistake", "skip", "equal", "myopic"]
 
 
@@ -58,14 +62,17 @@ def _job(kind: str, env_id: str, seed: int, labels: int, teacher: str, timesteps
         from rlhf_hgt.control.agents import AgentConfig
         from rlhf_hgt.control.baseline import train_on_true_reward
 
-        res = train_on_true_reward(env_id, timesteps, seed, AgentConfig())
+        res = train_on_true_reward(env_id, timesteps, seed,
+                                   AgentConfig(algo=AGENT_ALGO.get(env_id, "auto")))
     else:
+        from rlhf_hgt.control.agents import AgentConfig
         from rlhf_hgt.control.loop import ControlConfig, run_control
 
         safe = env_id.replace("/", "_")
         out = RUNS / f"{safe}-{algo}-{teacher.replace(':', '_')}-l{labels}-s{seed}"
         cfg = ControlConfig(env_id=env_id, out=str(out), teacher=teacher, labels=labels,
-                            timesteps=timesteps, seed=seed, algo=algo)
+                            timesteps=timesteps, seed=seed, algo=algo,
+                            agent=AgentConfig(algo=AGENT_ALGO.get(env_id, "auto")))
         m = run_control(cfg)
         res = {k: m[k] for k in ("true_return_mean", "true_return_std", "labels", "timesteps",
                                  "reward_model_accuracy", "random_return_mean")}

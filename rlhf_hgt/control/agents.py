@@ -38,6 +38,9 @@ class AgentConfig:
     ent_coef: float = field(default=0.0, metadata={"help": "PPO: entropy bonus"})
     learning_starts: int = field(default=1000, metadata={
         "help": "SAC: random steps before learning starts"})
+    normalize_reward: bool = field(default=True, metadata={
+        "help": "PPO: scale the learned reward by a running std of discounted returns "
+                "(SB3 VecNormalize), so value targets stay O(1) whatever the reward's scale"})
     net_arch: tuple[int, ...] = field(default=(64, 64), metadata={
         "help": "hidden layer sizes of policy and value networks"})
 
@@ -88,12 +91,11 @@ def make_agent(config: AgentConfig, venv: VecEnv, seed: int, device: str = "auto
 
 
 def agent_steps_per_round(config: AgentConfig, venv: VecEnv, total: int, rounds: int) -> list[int]:
-    """Split the timestep budget over rounds (PPO: whole rollouts), summing to ``total``."""
+    """Split the timestep budget evenly over rounds, in whole PPO rollouts (``total`` rounded
+    up to a whole number of rollouts, as SB3's learn() does), at least one per round."""
     unit = config.n_steps * venv.num_envs if config.resolve_algo(venv.action_space) == "ppo" else 1
-    base = total // rounds
-    steps = [max(unit, (base // unit) * unit) for _ in range(rounds)]
-    steps[-1] = max(unit, total - sum(steps[:-1]))
-    return steps
+    units = max(rounds, -(-total // unit))
+    return [unit * (units // rounds + (1 if r < units % rounds else 0)) for r in range(rounds)]
 
 
 class RolloutRecorder(VecEnvWrapper):

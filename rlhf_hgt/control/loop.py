@@ -150,6 +150,11 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
     venv = make_vec_env(env_fn, cfg.agent.envs_for(act_space), cfg.seed, cfg.agent.subprocess)
     recorder = RolloutRecorder(venv)
     train_env = LearnedRewardVecEnv(recorder, learned_reward)
+    if cfg.agent.normalize_reward and cfg.agent.resolve_algo(act_space) == "ppo":
+        from stable_baselines3.common.vec_env import VecNormalize
+
+        train_env = VecNormalize(train_env, norm_obs=False, norm_reward=True,
+                                 gamma=cfg.agent.gamma)
     agent = make_agent(cfg.agent, train_env, cfg.seed)
     labels_per_round = query_schedule(cfg.labels, cfg.rounds, cfg.initial_label_fraction)
     steps_per_round = agent_steps_per_round(cfg.agent, train_env, cfg.timesteps, cfg.rounds) \
