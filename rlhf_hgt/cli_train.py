@@ -44,6 +44,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--store", default=None, help="preference store (default RUN_DIR/feedback.db)")
     c.add_argument("--eval-episodes", type=int, default=10,
                    help="episodes for the final true return (default 10)")
+    c.add_argument("--init-policy", default=None,
+                   help="start from this policy: an SB3 PPO .zip (only its weights and plain "
+                        "settings are read) or a run's checkpoints/policy.safetensors")
+    c.add_argument("--lora-r", type=int, default=0,
+                   help="adapt the starting policy through LoRA adapters of this rank, base "
+                        "weights frozen; the adapter is saved to RUN_DIR/adapter (default 0: "
+                        "train all weights)")
     c.add_argument("--quiet", action="store_true", help="no progress output")
 
     from rlhf_hgt.lm.cli import add_lm_commands  # light: argparse definitions only
@@ -75,6 +82,7 @@ def _run_control(args: argparse.Namespace) -> int:
             timesteps=args.timesteps, algo=args.algo, seed=args.seed, rounds=args.rounds,
             segment_length=args.segment_length, query_method=args.query_method,
             eval_episodes=args.eval_episodes, store=args.store,
+            init_policy=args.init_policy, lora_r=args.lora_r,
             agent=AgentConfig(algo=args.agent_algo, n_envs=args.n_envs,
                               subprocess=args.subprocess_envs))
         validate(cfg)

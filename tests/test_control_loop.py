@@ -132,3 +132,31 @@ def test_bad_input_exits_2_with_one_clear_message(tmp_path, args, message):
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert not (out / "metrics.json").exists()
+
+
+def test_lora_adaptation_from_a_base_checkpoint(tmp_path):
+    from safetensors.torch import load_file
+
+    from rlhf_hgt.control.agents import AgentConfig, make_agent, make_vec_env
+    from rlhf_hgt.envs import make_env
+
+    venv = make_vec_env(lambda: make_env("CartPole-v1"), 2, 0)
+    base = make_agent(AgentConfig(algo="ppo", n_steps=64), venv, 0)
+    base.learn(128)
+    base.save(tmp_path / "base.zip")
+    out = tmp_path / "lora"
+    done = _control("rlhf_hgt/CartPoleLeft-v0", "--labels", "12", "--timesteps", "1024",
+                    "--rounds", "2", "--out", str(out), "--init-policy",
+                    str(tmp_path / "base.zip"), "--lora-r", "4", *TINY)
+    assert done.returncode == 0, done.stderr
+    adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert adapter and all("lora_" in k for k in adapter)
+    # the base weights in the final policy are the checkpoint's, untouched
+    policy = load_file(str(out / "checkpoints" / "policy.safetensors"))
+    for name, value in base.policy.state_dict().items():
+        lora_name = name.replace(".weight", ".base_layer.weight").replace(
+            ".bias", ".base_layer.bias")
+        got = policy.get(name, policy.get(lora_name))
+        assert got is not None and bool((got == value).all()), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "start_return_mean" in metrics

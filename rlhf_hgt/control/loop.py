@@ -72,6 +72,11 @@ class ControlConfig:
         "help": "store rgb frames with each clip (default: only for human teachers)"})
     reward: RewardModelConfig = field(default_factory=RewardModelConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    init_policy: str | None = field(default=None, metadata={
+        "help": "start from this policy: an SB3 PPO/A2C .zip (weights read, nothing "
+                "unpickled) or a .safetensors policy state dict of a run"})
+    lora_r: int = field(default=0, metadata={
+        "help": "adapt the policy through LoRA adapters of this rank (0: train all weights)"})
     dpo: dict = field(default_factory=dict, metadata={
         "help": "PolicyDPOConfig fields for --algo dpo"})
 
@@ -91,6 +96,11 @@ class ControlConfig:
                              f"got {self.query_method!r}")
         if not 0 < self.initial_label_fraction < 1:
             raise ValueError("initial_label_fraction must lie strictly between 0 and 1")
+        if self.lora_r < 0:
+            raise ValueError(f"--lora-r must be 0 (off) or a rank >= 1, got {self.lora_r}")
+        if self.init_policy is not None and not Path(self.init_policy).is_file():
+            raise ValueError(f"--init-policy {self.init_policy}: no such file; give an SB3 "
+                             ".zip or a .safetensors policy checkpoint")
         if self.eval_episodes < 1:
             raise ValueError(f"--eval-episodes must be at least 1, got {self.eval_episodes}")
         self.rounds = min(self.rounds, self.labels)
@@ -156,6 +166,14 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
         train_env = VecNormalize(train_env, norm_obs=False, norm_reward=True,
                                  gamma=cfg.agent.gamma)
     agent = make_agent(cfg.agent, train_env, cfg.seed)
+    if cfg.init_policy:
+        agent = _initial_policy(cfg, agent, train_env)
+    if cfg.lora_r:
+        from rlhf_hgt.control.lora import apply_lora
+
+        apply_lora(agent, r=cfg.lora_r, alpha=2.0 * cfg.lora_r, target="all")
+    start_return, _ = evaluate_true_return(agent, env_fn, max(3, cfg.eval_episodes // 2),
+                                           seed=123_456)
     labels_per_round = query_schedule(cfg.labels, cfg.rounds, cfg.initial_label_fraction)
     steps_per_round = agent_steps_per_round(cfg.agent, train_env, cfg.timesteps, cfg.rounds) \
         if cfg.algo == "ppo" else [cfg.timesteps // cfg.rounds] * cfg.rounds
@@ -247,14 +265,44 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
         "reward_model_accuracy": last_fit.get("reward_holdout_accuracy",
                                               last_fit.get("reward_holdout_pref_accuracy")),
         "random_return_mean": random_return(env_fn, cfg.eval_episodes, seed=123_456),
+        "start_return_mean": start_return,
         "history": history,
     }
+    if cfg.lora_r:
+        from rlhf_hgt.control.lora import save_adapter
+
+        save_adapter(agent, out / "adapter")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     checkpoint.write_manifest(out, cfg_dict(cfg), store)
     checkpoint.plot_curve(out, history)
     store.close()
     train_env.close()
     return metrics
+
+
+def _initial_policy(cfg: ControlConfig, agent, train_env):
+    """The starting policy: an SB3 .zip read safely, or our own safetensors state dict."""
+    path = Path(cfg.init_policy or "")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            agent.policy.load_state_dict(load_file(str(path)))
+        except (RuntimeError, OSError) as exc:
+            raise ValueError(f"{path}: not a policy of this env and architecture ({exc})") \
+                from None
+        return agent
+    from rlhf_hgt.control.lora import load_sb3_checkpoint
+
+    algo = cfg.agent.resolve_algo(train_env.action_space)
+    if algo != "ppo":
+        raise ValueError(f"--init-policy with a .zip needs a PPO agent (use --agent-algo ppo), "
+                         f"not {algo}")
+    a = cfg.agent
+    return load_sb3_checkpoint(path, train_env, algo="ppo", seed=cfg.seed,
+                               learning_rate=a.learning_rate, n_steps=a.n_steps,
+                               batch_size=a.batch_size, n_epochs=a.n_epochs, gamma=a.gamma,
+                               gae_lambda=a.gae_lambda, ent_coef=a.ent_coef)
 
 
 def cfg_dict(cfg: ControlConfig) -> dict[str, Any]:

@@ -1,0 +1,83 @@
+"""DPO for policies and LoRA adaptation, each against its starting policy (true return).
+
+1. DPO (`--algo dpo`): the policy learns straight from oracle preferences over its own
+   clips, no reward model, from a random initial policy.
+2. LoRA: a PPO policy trained on CartPole-v1's own reward is adapted, through LoRA
+   adapters with its base weights frozen, to a different preference: CartPoleLeft (keep
+   the pole up and the cart left of centre), from oracle preferences on that task.
+
+    python scripts/bench_policy_adapt.py [--seeds 0 1 2]
+
+Results go to benchmarks/control_results.json ("dpo|..." and "lora|...").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+RESULTS = Path("benchmarks/control_results.json")
+
+
+def _record(key: str, value: dict) -> None:
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results[key] = value
+    tmp = RESULTS.with_suffix(".adapt.tmp")
+    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
+    os.replace(tmp, RESULTS)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    from rlhf_hgt.control.agents import AgentConfig, make_agent, make_vec_env
+    from rlhf_hgt.control.loop import ControlConfig, run_control
+    from rlhf_hgt.envs import make_env
+
+    runs = Path("runs/bench-adapt")
+    for seed in args.seeds:
+        t0 = time.time()
+        m = run_control(ControlConfig(env_id="CartPole-v1", out=str(runs / f"dpo-s{seed}"),
+                                      algo="dpo", labels=500, timesteps=20_000, seed=seed))
+        _record(f"dpo|CartPole-v1|{seed}|500", {
+            "start_return_mean": m["start_return_mean"],
+            "true_return_mean": m["true_return_mean"], "labels": m["labels"],
+            "seconds": time.time() - t0})
+        print(f"DPO seed {seed}: {m['start_return_mean']:.1f} -> {m['true_return_mean']:.1f}",
+              flush=True)
+
+        base_dir = runs / f"base-s{seed}"
+        base_dir.mkdir(parents=True, exist_ok=True)
+        base_zip = base_dir / "cartpole_ppo.zip"
+        if not base_zip.exists():
+            venv = make_vec_env(lambda: make_env("CartPole-v1"), 4, seed)
+            base = make_agent(AgentConfig(algo="ppo"), venv, seed)
+            base.learn(30_000)
+            base.save(base_zip)
+        for lora_r in (8,):
+            t0 = time.time()
+            m = run_control(ControlConfig(
+                env_id="rlhf_hgt/CartPoleLeft-v0", out=str(runs / f"lora{lora_r}-s{seed}"),
+                labels=300, timesteps=20_000, seed=seed, init_policy=str(base_zip),
+                lora_r=lora_r, agent=AgentConfig(algo="ppo")))
+            _record(f"lora|rlhf_hgt/CartPoleLeft-v0|{seed}|r{lora_r}", {
+                "start_return_mean": m["start_return_mean"],
+                "true_return_mean": m["true_return_mean"], "labels": m["labels"],
+                "seconds": time.time() - t0})
+            print(f"LoRA r{lora_r} seed {seed}: {m['start_return_mean']:.1f} -> "
+                  f"{m['true_return_mean']:.1f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
