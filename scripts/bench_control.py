@@ -130,13 +130,16 @@ def _hidden_env(env_id: str):
 
 
 def overhead(args: argparse.Namespace) -> None:
-    """Env steps/s of SB3 PPO on the learned reward vs on the true reward, same settings."""
+    """Env steps/s of SB3 PPO on the learned reward, exactly as the loop trains it (true
+    reward hidden, rollouts recorded for queries, a fitted 3-member reward ensemble called
+    once per rollout), vs plain SB3 PPO on the true reward; same env and settings."""
     import numpy as np
     import torch
 
     from rlhf_hgt.control.agents import AgentConfig, make_agent, make_vec_env
     from rlhf_hgt.control.reward_model import RewardEnsemble
-    from rlhf_hgt.envs import LearnedRewardVecEnv, make_env
+    from rlhf_hgt.control.rollouts import BatchedRewardCallback, RolloutRecorder
+    from rlhf_hgt.envs import make_env
 
     torch.set_num_threads(1)
     results = _load()
@@ -154,15 +157,17 @@ def overhead(args: argparse.Namespace) -> None:
         timings = {"true": [], "learned": []}
         for rep in range(args.repeats):
             for kind in ("true", "learned"):
+                callback = None
                 if kind == "true":
                     venv = make_vec_env(partial(make_env, env_id), cfg.n_envs, rep)
                 else:
-                    hidden = partial(_hidden_env, env_id)
-                    venv = LearnedRewardVecEnv(make_vec_env(hidden, cfg.n_envs, rep),
-                                               ens.predict)
+                    venv = RolloutRecorder(make_vec_env(partial(_hidden_env, env_id),
+                                                        cfg.n_envs, rep))
+                    callback = BatchedRewardCallback(ens.predict, probe.action_space,
+                                                     cfg.gamma)
                 agent = make_agent(cfg, venv, seed=rep)
                 t0 = time.perf_counter()
-                agent.learn(total_timesteps=steps)
+                agent.learn(total_timesteps=steps, callback=callback)
                 timings[kind].append(agent.num_timesteps / (time.perf_counter() - t0))
                 venv.close()
         true_sps = statistics.median(timings["true"])
@@ -171,7 +176,7 @@ def overhead(args: argparse.Namespace) -> None:
                                          "learned_steps_per_s": learned_sps,
                                          "ratio": learned_sps / true_sps,
                                          "repeats": args.repeats, "timesteps": steps,
-                                         "ensemble_size": ens.k}
+                                         "ensemble_size": ens.k, "timings": timings}
         _save(results)
         print(f"{env_id}: true {true_sps:.0f} steps/s, learned {learned_sps:.0f} steps/s, "
               f"ratio {learned_sps / true_sps:.3f}", flush=True)

@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 ALGOS = ("ppo", "sac")
 
@@ -96,78 +96,6 @@ def agent_steps_per_round(config: AgentConfig, venv: VecEnv, total: int, rounds:
     unit = config.n_steps * venv.num_envs if config.resolve_algo(venv.action_space) == "ppo" else 1
     units = max(rounds, -(-total // unit))
     return [unit * (units // rounds + (1 if r < units % rounds else 0)) for r in range(rounds)]
-
-
-class RolloutRecorder(VecEnvWrapper):
-    """Keeps the most recent transitions of every env (obs, action, true reward, episode ends),
-    so that new queries come from the agent's own training rollouts at no extra env steps."""
-
-    def __init__(self, venv: VecEnv, capacity: int = 20_000):
-        super().__init__(venv)
-        self.capacity = capacity
-        self._obs: np.ndarray | None = None
-        self._actions: np.ndarray | None = None
-        self.clear()
-
-    def clear(self) -> None:
-        self.episodes: list[dict[str, list]] = [self._new() for _ in range(self.num_envs)]
-        self.finished: list[dict[str, np.ndarray]] = []
-        self.episode_returns: list[float] = []
-
-    @staticmethod
-    def _new() -> dict[str, list]:
-        return {"obs": [], "actions": [], "true_rewards": []}
-
-    def reset(self) -> np.ndarray:
-        self._obs = self.venv.reset()
-        self.episodes = [self._new() for _ in range(self.num_envs)]
-        return self._obs
-
-    def step_async(self, actions: np.ndarray) -> None:
-        self._actions = np.asarray(actions)
-        self.venv.step_async(actions)
-
-    def step_wait(self):
-        obs, rewards, dones, infos = self.venv.step_wait()
-        assert self._obs is not None and self._actions is not None
-        for i in range(self.num_envs):
-            ep = self.episodes[i]
-            ep["obs"].append(np.array(self._obs[i]))
-            ep["actions"].append(np.array(self._actions[i]))
-            ep["true_rewards"].append(float(infos[i].get("true_reward", rewards[i])))
-            if dones[i]:
-                terminated = not infos[i].get("TimeLimit.truncated", False)
-                self._finish(i, terminated, infos[i].get("terminal_observation"))
-        self._obs = obs
-        return obs, rewards, dones, infos
-
-    def _finish(self, i: int, terminated: bool, final_obs: np.ndarray | None) -> None:
-        ep = self.episodes[i]
-        if ep["obs"]:
-            episode = {"obs": np.asarray(ep["obs"], dtype=np.float32),
-                       "actions": np.asarray(ep["actions"]),
-                       "true_rewards": np.asarray(ep["true_rewards"], dtype=np.float32),
-                       "terminated": np.asarray(terminated)}
-            if final_obs is not None:
-                episode["final_obs"] = np.asarray(final_obs, dtype=np.float32)
-            self.finished.append(episode)
-            self.episode_returns.append(float(np.sum(ep["true_rewards"])))
-        self.episodes[i] = self._new()
-        total = sum(len(e["obs"]) for e in self.finished)
-        while self.finished and total > self.capacity:
-            total -= len(self.finished.pop(0)["obs"])
-
-    def episodes_so_far(self, include_running: bool = True) -> list[dict[str, np.ndarray]]:
-        """Finished episodes plus the running parts (not terminated) of unfinished ones."""
-        out = list(self.finished)
-        if include_running:
-            for ep in self.episodes:
-                if len(ep["obs"]) > 1:
-                    out.append({"obs": np.asarray(ep["obs"], dtype=np.float32),
-                                "actions": np.asarray(ep["actions"]),
-                                "true_rewards": np.asarray(ep["true_rewards"], dtype=np.float32),
-                                "terminated": np.asarray(False)})
-        return out
 
 
 def evaluate_true_return(model: BaseAlgorithm, env_fn: Callable[[], gym.Env], episodes: int,

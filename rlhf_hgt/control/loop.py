@@ -27,7 +27,6 @@ import torch
 from rlhf_hgt.control import checkpoint
 from rlhf_hgt.control.agents import (
     AgentConfig,
-    RolloutRecorder,
     agent_steps_per_round,
     evaluate_true_return,
     make_agent,
@@ -37,6 +36,7 @@ from rlhf_hgt.control.agents import (
 from rlhf_hgt.control.fragments import cut_segments
 from rlhf_hgt.control.queries import query_schedule, select_pairs
 from rlhf_hgt.control.reward_model import RewardEnsemble, RewardModelConfig
+from rlhf_hgt.control.rollouts import BatchedRewardCallback, RolloutRecorder
 from rlhf_hgt.envs import HiddenRewardWrapper, LearnedRewardVecEnv, make_env
 from rlhf_hgt.feedback.store import PreferenceStore
 from rlhf_hgt.feedback.teachers import answer_pending, make_teacher
@@ -159,12 +159,12 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
 
     venv = make_vec_env(env_fn, cfg.agent.envs_for(act_space), cfg.seed, cfg.agent.subprocess)
     recorder = RolloutRecorder(venv)
-    train_env = LearnedRewardVecEnv(recorder, learned_reward)
-    if cfg.agent.normalize_reward and cfg.agent.resolve_algo(act_space) == "ppo":
-        from stable_baselines3.common.vec_env import VecNormalize
-
-        train_env = VecNormalize(train_env, norm_obs=False, norm_reward=True,
-                                 gamma=cfg.agent.gamma)
+    on_policy = cfg.agent.resolve_algo(act_space) == "ppo"
+    # PPO: the learned reward for each whole rollout in one batched call (see rollouts.py);
+    # SAC: per step, into its replay buffer (relabelled after every refit)
+    train_env = recorder if on_policy else LearnedRewardVecEnv(recorder, learned_reward)
+    reward_callback = BatchedRewardCallback(learned_reward, act_space, cfg.agent.gamma,
+                                            cfg.agent.normalize_reward) if on_policy else None
     agent = make_agent(cfg.agent, train_env, cfg.seed)
     if cfg.init_policy:
         agent = _initial_policy(cfg, agent, train_env)
@@ -213,7 +213,8 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
         trainer = None
         if cfg.human and rnd > 0 and cfg.algo == "ppo":
             trainer = threading.Thread(target=agent.learn, kwargs={
-                "total_timesteps": steps_per_round[rnd], "reset_num_timesteps": False})
+                "total_timesteps": steps_per_round[rnd], "reset_num_timesteps": False,
+                "callback": reward_callback})
             trainer.start()
         if teacher is not None:
             answer_pending(store, teacher, rng=rng)
@@ -242,7 +243,7 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
         # 4. train the policy on the learned reward
         if cfg.algo == "ppo" and trainer is None:
             agent.learn(total_timesteps=steps_per_round[rnd], reset_num_timesteps=False,
-                        progress_bar=False)
+                        callback=reward_callback)
         mean_ret, _ = evaluate_true_return(agent, env_fn, max(3, cfg.eval_episodes // 2),
                                            seed=10_000 + rnd)
         row = {"round": rnd, "labels": len(targets), "timesteps": int(agent.num_timesteps)
