@@ -103,10 +103,11 @@ class LMPPOConfig:
         "help": "rollouts per no-grad forward for old/reference log-probs and values "
                 "(default: mini_batch_size)"})
     # optimiser
-    lr: float = field(default=1e-4, metadata={
-        "help": "learning rate of the LoRA weights. 1e-4: the low-rank update (scale 2) needs "
-                "about ten times the 1e-6..1e-5 of full-model PPO; DPO with LoRA here needed "
-                "5e-5, and PPO's clipping and KL penalty tolerate the higher end"})
+    lr: float = field(default=3e-5, metadata={
+        "help": "learning rate of the LoRA weights. 3e-5 (with alpha = 2r): measured on "
+                "SmolLM2-135M, 4 PPO epochs, 1e-4 clipped 20-30% of tokens with approx KL "
+                "0.04-0.15 per update (steps too large), 3e-5 clipped 4-12% with approx KL "
+                "under 0.01, 1e-5 barely moved the policy"})
     value_head_lr: float | None = field(default=None, metadata={
         "help": "learning rate of the value head (a fresh layer, zero-initialised); default "
                 "10 * lr"})
@@ -176,7 +177,7 @@ class LMPPOConfig:
              "generation_batch_size must be >= 1 or None")
         need(self.forward_batch_size is None or self.forward_batch_size >= 1,
              "forward_batch_size must be >= 1 or None")
-        need(self.lr > 0, f"lr must be > 0 (e.g. 1e-4), got {self.lr}")
+        need(self.lr > 0, f"lr must be > 0 (e.g. 3e-5), got {self.lr}")
         if self.value_head_lr is None:
             self.value_head_lr = 10.0 * self.lr
         need(self.value_head_lr > 0, f"value_head_lr must be > 0, got {self.value_head_lr}")

@@ -51,12 +51,17 @@ def add_ppo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     m.add_argument("--no-chat-template", action="store_true",
                    help="feed prompts as plain text even if the tokenizer has a chat template")
     t = parser.add_argument_group("PPO (defaults: LMPPOConfig)")
-    for flag, kind, text in _TUNING:
-        t.add_argument(flag, type=kind, default=None, help=text)
+    for flags, kind, text in _TUNING:
+        t.add_argument(*flags.split("|"), type=kind, default=None, help=text,
+                       dest=_dest(flags))
     t.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations in the backward pass (less memory)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     return parser
+
+
+def _dest(flags: str) -> str:
+    return flags.split("|")[0][2:].replace("-", "_")
 
 
 def _optional_float(text: str) -> float | None:
@@ -75,7 +80,7 @@ _TUNING: list[tuple[str, Callable[[str], Any], str]] = [
     ("--forward-batch-size", int, "rollouts per no-grad scoring forward"),
     ("--lr", float, "learning rate of the LoRA weights"),
     ("--value-head-lr", float, "learning rate of the value head"),
-    ("--init-kl-coef", float, "KL penalty coefficient at the start"),
+    ("--init-kl-coef|--kl-coef", float, "KL penalty coefficient (at the start, if adaptive)"),
     ("--target-kl", _optional_float, "target KL per sequence for an adaptive coefficient "
                                      "(none: fixed)"),
     ("--kl-horizon", int, "horizon of the adaptive KL controller"),
@@ -184,8 +189,7 @@ def build_config(args: argparse.Namespace) -> Any:
     """LMPPOConfig from the flags that were given; a bad value raises UserInputError."""
     from rlhf_hgt.lm.ppo import LMPPOConfig
 
-    given = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
-             for flag, _, _ in _TUNING}
+    given = {_dest(flags): getattr(args, _dest(flags)) for flags, _, _ in _TUNING}
     kwargs = {k: v for k, v in given.items() if v is not None}
     if args.no_chat_template:
         kwargs["use_chat_template"] = False
