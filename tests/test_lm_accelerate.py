@@ -62,3 +62,21 @@ def test_two_cpu_processes(tmp_path, cmd):
     manifest = json.loads((out / "manifest.json").read_text())
     assert "adapter_model.safetensors" in manifest["checkpoints"]
     assert not list(out.glob("*.tmp"))
+
+
+def test_ppo_under_accelerate_launch_with_two_cpu_processes(tmp_path):
+    data, out = pairs_file(tmp_path / "pairs.jsonl"), tmp_path / "ppo"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    proc = subprocess.run([*launcher, "-m", "rlhf_hgt.lm.cli", "lm", "ppo", "--model", "tiny",
+                           "--data", str(data), "--out", str(out), "--reward", "length",
+                           "--steps", "2", "--batch-size", "2", "--mini-batch-size", "2",
+                           "--max-new-tokens", "4", "--quiet"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["steps"] == 2
+    assert (out / "checkpoints" / "adapter_model.safetensors").is_file()
