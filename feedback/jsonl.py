@@ -3,7 +3,8 @@
 Import (``rlhf-hgt feedback import STORE FILE.jsonl``) reads one JSON object per line:
 
 - a labelled pair ``{"prompt", "chosen", "rejected"}``, optionally with ``"annotator"`` and
-  ``"rationale"`` (strings) and ``"tie": true`` (the two were judged equal; which one is
+  ``"rationale"`` (strings), ``"synthetic": true`` (a synthetic teacher gave the label, kept
+  as such in the store's provenance) and ``"tie": true`` (the two were judged equal; which one is
   "chosen" then does not matter);
 - a pending query ``{"prompt", "a", "b"}`` that waits for a person, optionally with
   ``"gold": "a" | "b" | "tie"`` (a gold query, its answer known) and ``"source_a"``,
@@ -33,7 +34,8 @@ An empty rationale is the same as none.
 Export (``rlhf-hgt feedback export STORE FILE.jsonl``) writes one line per active answer of a
 text query: ``{"prompt", "chosen", "rejected"}`` plus, with provenance, ``"annotator"`` and
 ``"rationale"``. TRL's trainers drop columns they do not use, so the provenance columns load
-and train as they are. The ``rationale`` column is written on every line (``""`` for none) or
+and train as they are. A ``"synthetic"`` column (true for a synthetic teacher's answers) is
+written, on every line, when any exported answer is synthetic. The ``rationale`` column is written on every line (``""`` for none) or
 on none, because ``datasets`` infers a column's type from the first rows and fails on a
 column that appears later. Ties and skips have no place in TRL's format: they are left out and
 counted (and logged as a warning). Conversations are written as messages only when every
@@ -64,7 +66,7 @@ log = logging.getLogger(__name__)
 IMPORT_INTERFACE = "import/1"
 LABELLED_FIELDS = ("prompt", "chosen", "rejected")
 PENDING_FIELDS = ("prompt", "a", "b")
-LABELLED_ONLY = ("chosen", "rejected", "tie", "annotator", "rationale")
+LABELLED_ONLY = ("chosen", "rejected", "tie", "annotator", "rationale", "synthetic")
 PENDING_ONLY = ("a", "b", "gold", "source_a", "source_b")
 GOLD_TO_SIDE = {"a": "left", "b": "right", "tie": "tie"}
 EXPORT_FORMS = ("auto", "text")
@@ -94,6 +96,7 @@ class Record:
     tie: bool = False
     annotator: str | None = None
     rationale: str | None = None
+    synthetic: bool = False
     gold: str | None = None  # 'a', 'b' or 'tie'
     source_a: str | None = None
     source_b: str | None = None
@@ -258,8 +261,12 @@ def _parse_object(obj: Any, line: int) -> Record:
             raise _LineError("field 'annotator': is empty; give an annotator id or remove "
                              "the field")
         rationale = _optional_str(obj, "rationale") or None
+        synthetic = obj.get("synthetic")
+        if synthetic is not None and not isinstance(synthetic, bool):
+            raise _LineError(f"field 'synthetic': must be true (a synthetic teacher answered) "
+                             f"or false, got {_type_name(synthetic)}")
         return Record(line, True, prompt, first, second, tie=bool(tie), annotator=annotator,
-                      rationale=rationale, messages=messages)
+                      rationale=rationale, messages=messages, synthetic=bool(synthetic))
     gold = _optional_str(obj, "gold", allowed=tuple(GOLD_TO_SIDE))
     return Record(line, False, prompt, first, second, gold=gold,
                   source_a=_optional_str(obj, "source_a"),
@@ -439,7 +446,8 @@ def _import_records(store: PreferenceStore, cur: sqlite3.Cursor, parsed: ParsedF
         answer = "tie" if rec.tie else ("right" if swapped else "left")
         cur.execute("INSERT INTO answers (query_id, annotator, synthetic, answer, shown_at, "
                     "answered_at, rationale, interface, token) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (qid, annotator, 0, answer, None, now, rec.rationale, IMPORT_INTERFACE,
+                    (qid, annotator, int(rec.synthetic), answer, None, now, rec.rationale,
+                     IMPORT_INTERFACE,
                      token))
         summary.labelled_added += 1
     if summary.labelled_added or summary.pending_added:
@@ -540,6 +548,7 @@ def export_jsonl(store_path: str | os.PathLike, file_path: str | os.PathLike,
     as_messages = form == "auto" and bool(rows) and all(c is not None for c in conv)
     flattened = 0 if as_messages else sum(c is not None for c in conv)
     with_rationale = provenance and any(a.rationale for _, a in rows)
+    with_synthetic = provenance and any(a.synthetic for _, a in rows)
     out = []
     for (query, ans), messages in zip(rows, conv, strict=True):
         chosen, rejected = ((query.left, query.right) if ans.answer == "left"
@@ -554,6 +563,8 @@ def export_jsonl(store_path: str | os.PathLike, file_path: str | os.PathLike,
             record["annotator"] = ans.annotator
             if with_rationale:
                 record["rationale"] = ans.rationale or ""
+            if with_synthetic:
+                record["synthetic"] = bool(ans.synthetic)
         out.append((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
     _write_atomically(path, out)
     result = ExportCount(len(out), ties, skips, flattened, str(path))

@@ -20,8 +20,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   # A bare `torch` requirement would pull a multi-GB CUDA build; take the CPU wheel.
   echo "[setup] installing a CPU torch"
-  "$PY" -m pip install -q "torch==${RLHF_HGT_TORCH:-2.13.0}" \
-    || "$PY" -m pip install -q --index-url https://download.pytorch.org/whl/cpu torch
+  # (RLHF_HGT_TORCH picks another version, e.g. one your CUDA needs)
+  "$PY" -m pip install -q "torch==${RLHF_HGT_TORCH:-2.13.0}" 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" || true
+  "$PY" -c "import torch" || { echo "[setup] torch did not install" >&2; exit 1; }
 fi
 EXTRAS="${1:-}"
 echo "[setup] installing rlhf-hgt${EXTRAS}"

@@ -589,3 +589,27 @@ def test_fuzz_valid_records_round_trip(rows):
         assert Counter(map(pair_key, read_rows(out))) == Counter(map(pair_key, kept))
         if kept:
             assert len(read_jsonl(out).records) == len(kept)
+
+
+def test_synthetic_flag_round_trips(tmp_path):
+    from rlhf_hgt.feedback.store import PreferenceStore
+
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b",
+                               "annotator": "teacher:oracle", "synthetic": True}) + "\n"
+                   + json.dumps({"prompt": "q", "chosen": "c", "rejected": "d",
+                                 "annotator": "ann"}) + "\n")
+    import_jsonl(tmp_path / "s.db", src)
+    with PreferenceStore(tmp_path / "s.db") as store:
+        flags = {a.annotator: a.synthetic for a in store.answers()}
+    assert flags == {"teacher:oracle": True, "ann": False}
+    out = tmp_path / "out.jsonl"
+    export_jsonl(tmp_path / "s.db", out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["annotator"], r["synthetic"]) for r in rows) == [
+        ("ann", False), ("teacher:oracle", True)]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b",
+                               "synthetic": "yes"}) + "\n")
+    with pytest.raises(UserInputError, match="bad.jsonl:1.*synthetic"):
+        import_jsonl(tmp_path / "s2.db", bad)
