@@ -37,12 +37,12 @@ text query: ``{"prompt", "chosen", "rejected"}`` plus, with provenance, ``"annot
 and train as they are. A ``"synthetic"`` column (true for a synthetic teacher's answers) is
 written, on every line, when any exported answer is synthetic. The ``rationale`` column is
 written on every line (``""`` for none) or on none, because ``datasets`` infers a column's
-type from the first rows and fails on a column that appears later. Ties and skips have no place in TRL's format: they are left out and
-counted (and logged as a warning). Conversations are written as messages only when every
-exported pair came in as one (one file must have one form to load in ``datasets``); otherwise
-all pairs are written as text. The file is written to a temporary file beside the target and
-renamed over it, so a failure leaves no half-written file.
-"""
+type from the first rows and fails on a column that appears later. Ties and skips have no
+place in TRL's format: they are left out and counted (and logged as a warning). Conversations
+are written as messages only when every exported pair came in as one (one file must have one
+form to load in ``datasets``); otherwise all pairs are written as text. The file is written to
+a temporary file beside the target and renamed over it, so a failure leaves no half-written
+file. """
 
 from __future__ import annotations
 
