@@ -472,3 +472,33 @@ def test_segment_view_with_frames_on_one_side_only() -> None:
     assert anim.line(5, 0) != anim.line(0, 0)  # the frames differ, so the picture moves
     assert [str(p) for _, p, _ in view.gif_jobs] == view.gif_paths  # only the left side
     assert view.gif_paths[0].endswith("query7-abcdef12-left.gif")
+
+
+def test_sigkill_of_the_label_prompt_loses_no_acknowledged_answer(tmp_path):
+    """Kill -9 the real prompt at random moments, many times: every answer the screen
+    acknowledged ("answered this session: N") is in the store, nothing is duplicated."""
+    import random
+
+    store = tmp_path / "s.db"
+    text_store(store, 60)
+    rng = random.Random(7)
+    acknowledged = 0
+    for _ in range(8):
+        child = spawn(store, annotator="kim")
+        child.expect(r"answered this session: 0")
+        seen = 0
+        for _ in range(rng.randint(1, 5)):
+            child.send(rng.choice("12ts"))
+            if rng.random() < 0.7:  # sometimes wait for the acknowledgement, sometimes not
+                child.expect(rf"answered this session: {seen + 1}\b")
+                seen += 1
+        time.sleep(rng.uniform(0, 0.05))
+        child.kill(signal.SIGKILL)
+        child.close(force=True)
+        acknowledged += seen
+        with PreferenceStore(store) as s:
+            answers = [a for a in s.answers() if a.annotator == "kim"]
+            assert s.integrity_check() == "ok"
+        assert len(answers) >= acknowledged
+        assert len({a.query_id for a in answers}) == len(answers)
+        acknowledged = len(answers)  # the unacknowledged ones that did land count on
