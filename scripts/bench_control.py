@@ -232,9 +232,49 @@ def report(args: argparse.Namespace) -> None:
         if key.startswith("overhead|"):
             lines.append(f"| {key.split('|')[1]} | {res['true_steps_per_s']:.0f} | "
                          f"{res['learned_steps_per_s']:.0f} | {res['ratio']:.3f} |")
+    lines += _peer_lines(results) + _adapt_lines(results)
     text = "\n".join(lines)
     Path("benchmarks/control_summary.md").write_text(text + "\n")
     print(text)
+
+
+def _mean_return(results: dict, prefix: str, env_id: str, labels: int) -> tuple[float, int]:
+    vals = [r["true_return_mean"] for k, r in results.items()
+            if k.startswith(f"{prefix}|{env_id}|") and k.split("|")[3] == str(labels)
+            and k.split("|")[4] == "oracle"]
+    return (statistics.mean(vals), len(vals)) if vals else (float("nan"), 0)
+
+
+def _peer_lines(results: dict) -> list[str]:
+    """Ours vs imitation's PreferenceComparisons: same env, oracle teacher, labels, steps."""
+    peer = {(k.split("|")[1], int(k.split("|")[3])) for k in results if k.startswith("imitation|")}
+    if not peer:
+        return []
+    lines = ["", "| env | labels | imitation return (seeds) | ours (seeds) | "
+             "fewest labels with which ours reached imitation's return |", "|---|---|---|---|---|"]
+    for env_id, labels in sorted(peer):
+        theirs, n_t = _mean_return(results, "imitation", env_id, labels)
+        ours, n_o = _mean_return(results, "ours", env_id, labels)
+        budgets = sorted({int(k.split("|")[3]) for k in results
+                          if k.startswith(f"ours|{env_id}|") and k.split("|")[4] == "oracle"})
+        reached = [b for b in budgets if _mean_return(results, "ours", env_id, b)[0] >= theirs]
+        lines.append(f"| {env_id} | {labels} | {theirs:.1f} ({n_t}) | {ours:.1f} ({n_o}) | "
+                     f"{reached[0] if reached else 'not reached'} (tried {budgets}) |")
+    return lines
+
+
+def _adapt_lines(results: dict) -> list[str]:
+    rows = [(k, r) for k, r in sorted(results.items()) if k.split("|")[0] in ("dpo", "lora")]
+    if not rows:
+        return []
+    lines = ["", "| method | env | seed | labels | start return | final return |",
+             "|---|---|---|---|---|---|"]
+    for key, r in rows:
+        method, env_id, seed, extra = key.split("|")
+        name = "DPO (policy)" if method == "dpo" else f"LoRA {extra} from a CartPole-v1 policy"
+        lines.append(f"| {name} | {env_id} | {seed} | {r['labels']} | "
+                     f"{r['start_return_mean']:.1f} | {r['true_return_mean']:.1f} |")
+    return lines
 
 
 def main() -> int:
