@@ -3,6 +3,7 @@
     rlhf-hgt lm reward --data PAIRS.jsonl --out RUN_DIR [--model smollm2] [--lora-r 16]
     rlhf-hgt lm dpo    --store STORE      --out RUN_DIR [--beta 0.1] [--loss-type sigmoid]
     rlhf-hgt lm ppo    ...                 (arguments from rlhf_hgt.lm.ppo_cli)
+    rlhf-hgt lm online ...                 (the online loop; arguments from rlhf_hgt.lm.online_cli)
 
 Each run writes into RUN_DIR the adapter (or the full model when ``--lora-r 0``) as
 safetensors with the tokenizer, ``metrics.json`` and ``manifest.json``. ``--model tiny``
@@ -102,6 +103,13 @@ def add_lm_subcommands(lsub: argparse._SubParsersAction) -> None:
     else:
         add_ppo_arguments(p)  # the PPO command owns all its arguments
 
+    from rlhf_hgt.lm.online_cli import add_online_arguments  # light: argparse definitions only
+
+    add_online_arguments(lsub.add_parser(
+        "online", help="the online loop: sample pairs, ask, refit the reward, continue PPO/DPO",
+        description="generate two responses per prompt, get them judged (a synthetic teacher "
+                    "or people), refit the reward model, continue PPO or DPO; resumable"))
+
 
 def add_lm_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``lm`` with its sub-commands to the top-level parser's sub-parsers."""
@@ -189,6 +197,10 @@ def run_lm(args: argparse.Namespace) -> int:
         from rlhf_hgt.lm.ppo_cli import run_ppo_command
 
         return int(run_ppo_command(args) or 0)
+    if args.lm_cmd == "online":
+        from rlhf_hgt.lm.online_cli import run_online_command
+
+        return int(run_online_command(args) or 0)
     if args.lm_cmd not in ("reward", "dpo"):
         raise UserInputError(f"unknown lm command {args.lm_cmd!r}; use reward, dpo or ppo")
     return _run_trainer(args)

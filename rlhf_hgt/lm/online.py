@@ -1,0 +1,705 @@
+"""The online preference loop for language models: sample → ask → refit → train, round after round.
+
+Round ``r``:
+
+1. gather: the current policy samples two responses per prompt (temperature sampling; a pair
+   with identical or empty sides is skipped) and the pairs go into the store with
+   ``round=r``; each side's source is the policy's id, ``"{run}:round{r}:{adapter hash}"``;
+2. answers: a synthetic teacher (B-Pref's oracle or another, see ``teacher_model``) judges
+   each pair on a score function (VADER sentiment, response length, or any function given to
+   :func:`run_online`), annotator ``teacher:<model>(<score>)``; or a person answers in this
+   terminal (``human``), or from another one with ``rlhf-hgt label STORE`` while the loop
+   waits (``external``);
+3. fit: PPO refits the reward model (TRL + LoRA, :func:`train_reward_model`) on ALL labelled
+   text pairs of the store; DPO instead trains the policy's adapter on all of them
+   (:func:`train_dpo`);
+4. train (PPO): PPO updates on the round's prompts against the refit reward model, continuing
+   the same adapter, value head, optimiser and KL coefficient (one :class:`LMPPOTrainer`
+   for the whole run).
+
+Memory: the policy is ONE base model (LoRA adapter, value head; the reference is the base
+with the adapter off). The reward model is a second, sequence-classification model: a
+fresh LoRA on its own copy of the base, trained each round, then reloaded for scoring (the
+previous round's one is freed first). With DPO there is no reward model, but TRL holds a
+frozen copy of the policy as it was at the start of the round (the reference of iterated
+DPO) while it trains.
+
+After every round the policy (adapter, value head, optimiser moments as safetensors), then
+metrics.json, then state.json (atomically, the commit point) are written; a killed run
+resumes after its last finished round, and the queries a round already asked are reused,
+never asked again. Randomness is seeded per round, so a resumed run samples what an
+unbroken one would have.
+"""
+
+from __future__ import annotations
+
+import gc
+import getpass
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlhf_hgt.feedback.errors import UserInputError
+from rlhf_hgt.feedback.store import PreferenceStore, TextPair
+from rlhf_hgt.lm.dpo import LMDPOConfig
+from rlhf_hgt.lm.ppo import LMPPOConfig
+from rlhf_hgt.lm.reward import LMRewardConfig
+
+__all__ = ["OnlineConfig", "adapter_hash", "load_prompts", "round_prompts", "run_online",
+           "score_function"]
+
+FORMAT = "rlhf_hgt.lm_online/1"
+STATE_FILE = "state.json"
+METRICS_FILE = "metrics.json"
+CHECKPOINTS = "checkpoints"
+REWARD_DIR = "checkpoints/reward"
+OPTIMIZER_FILE = "optimizer.safetensors"
+SCORES = ("vader", "length")
+PEOPLE = ("human", "external")
+TEACHERS = (*SCORES, *PEOPLE, "custom")
+
+ScoreFn = Callable[[str, str], float]
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+def _quiet(event: str, info: dict[str, Any]) -> None:
+    pass
+
+
+def default_ppo_config() -> LMPPOConfig:
+    return LMPPOConfig(steps=20)
+
+
+@dataclass
+class OnlineConfig:
+    """One run of the online loop (the ``rlhf-hgt lm online`` command)."""
+
+    out: str = field(metadata={"help": "run directory: checkpoints, metrics, state, store"})
+    prompts: str | list[str] | None = field(default=None, metadata={
+        "help": 'a JSONL file whose lines have a "prompt", or a list of prompts'})
+    prompt_store: str | None = field(default=None, metadata={
+        "help": "or: a preference store whose text queries' prompts are used"})
+    max_prompts: int | None = field(default=None, metadata={
+        "help": "use at most this many distinct prompts (default all)"})
+    model: str = field(default="smollm2", metadata={
+        "help": "policy base (and reward-model base): 'smollm2', a local folder, a hub id, "
+                "or 'tiny' (a tiny random model built in memory, for tests)"})
+    rounds: int = field(default=4, metadata={"help": "gather/answer/fit/train rounds in all"})
+    prompts_per_round: int = field(default=16, metadata={
+        "help": "prompts sampled per round (two responses each: one query per prompt)"})
+    teacher: str = field(default="vader", metadata={
+        "help": "vader or length (a synthetic teacher scoring responses by sentiment or by "
+                "characters), human (asks in this terminal), external (waits for "
+                "`rlhf-hgt label STORE`); custom = the score_fn given to run_online"})
+    teacher_model: str = field(default="oracle", metadata={
+        "help": "how a synthetic teacher turns scores into answers: oracle, "
+                "stochastic:beta=B, mistake:eps=E, ... (rlhf_hgt.feedback.teachers)"})
+    annotator: str | None = field(default=None, metadata={
+        "help": "name stored with human answers (default: the login name)"})
+    monitor: str | None = field(default=None, metadata={
+        "help": "score logged for the policy's samples: vader or length (default: the "
+                "teacher's own score; none for people)"})
+    algo: str = field(default="ppo", metadata={
+        "help": "ppo: refit a reward model, then PPO; dpo: DPO on the pairs directly"})
+    reward: LMRewardConfig = field(default_factory=LMRewardConfig, metadata={
+        "help": "reward-model training, refit from scratch every round"})
+    ppo: LMPPOConfig = field(default_factory=default_ppo_config, metadata={
+        "help": "PPO settings; steps = PPO updates per round; lora_* shape the policy "
+                "adapter for both algos"})
+    dpo: LMDPOConfig = field(default_factory=LMDPOConfig, metadata={
+        "help": "DPO settings (algo dpo); the adapter is the policy's, so lora_r is unused "
+                "and chat_template follows the policy's prompt format"})
+    store: str | None = field(default=None, metadata={
+        "help": "preference store (default RUN_DIR/feedback.db); a synthetic teacher "
+                "answers every pending query in it, so share a store with people only "
+                "when they label this run's queries"})
+    seed: int = field(default=0, metadata={
+        "help": "random seed of everything (replaces the nested configs' seeds)"})
+    run_name: str | None = field(default=None, metadata={
+        "help": "prefix of the policy ids stored as sources (default: RUN_DIR's name)"})
+    eval_prompts: int = field(default=16, metadata={
+        "help": "after each round, score one sample on this many fixed prompts with the "
+                "monitor score (0: off)"})
+    keep_checkpoints: int = field(default=2, metadata={
+        "help": "round checkpoints kept (the newest ones)"})
+    poll_seconds: float = field(default=2.0, metadata={
+        "help": "how often the loop looks for answers given elsewhere"})
+
+    def __post_init__(self) -> None:
+        for name, cls in (("reward", LMRewardConfig), ("ppo", LMPPOConfig),
+                          ("dpo", LMDPOConfig)):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                try:
+                    setattr(self, name, cls(**value))
+                except (TypeError, ValueError) as exc:
+                    raise UserInputError(f"{name} settings: {exc}") from None
+        if not str(self.out).strip():
+            raise UserInputError("out: give a run directory, e.g. --out runs/online")
+        if isinstance(self.prompts, tuple):
+            self.prompts = list(self.prompts)
+        if (self.prompts is None) == (self.prompt_store is None):
+            raise UserInputError("give exactly one source of prompts: --prompts FILE.jsonl "
+                                 "(lines with a \"prompt\"), --prompt TEXT, or --prompt-store "
+                                 "STORE" + (", not both" if self.prompts is not None else ""))
+        if isinstance(self.prompts, list):
+            if not self.prompts:
+                raise UserInputError("prompts: the list is empty; give at least one prompt")
+            for i, p in enumerate(self.prompts):
+                if not isinstance(p, str) or not p.strip():
+                    raise UserInputError(f"prompts: item {i + 1} is {p!r}; every prompt must "
+                                         "be a non-empty string")
+        checks = [
+            (self.max_prompts is None or self.max_prompts >= 1,
+             f"max_prompts must be at least 1 (or unset for all), got {self.max_prompts}"),
+            (self.rounds >= 1, f"rounds must be at least 1, got {self.rounds}"),
+            (self.prompts_per_round >= 1,
+             f"prompts_per_round must be at least 1, got {self.prompts_per_round}"),
+            (self.teacher in TEACHERS, f"teacher must be one of {', '.join(TEACHERS[:-1])} "
+                                       f"(or custom with a score function), got {self.teacher!r}"),
+            (self.algo in ("ppo", "dpo"), f"algo must be ppo or dpo, got {self.algo!r}"),
+            (self.monitor is None or self.monitor in SCORES,
+             f"monitor must be vader or length (or unset), got {self.monitor!r}"),
+            (self.eval_prompts >= 0, f"eval_prompts must be >= 0, got {self.eval_prompts}"),
+            (self.keep_checkpoints >= 1,
+             f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}"),
+            (self.poll_seconds > 0, f"poll_seconds must be > 0, got {self.poll_seconds}"),
+            (self.annotator is None or bool(self.annotator.strip()),
+             "annotator: give a non-empty name, or leave it unset"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserInputError(message)
+        if self.synthetic:
+            from rlhf_hgt.feedback.teachers import make_teacher
+
+            make_teacher(self.teacher_model)  # a bad spec raises UserInputError naming it
+        self.ppo = replace(self.ppo, seed=self.seed)
+
+    @property
+    def synthetic(self) -> bool:
+        return self.teacher not in PEOPLE
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.store) if self.store else Path(self.out) / "feedback.db"
+
+    @property
+    def run_id(self) -> str:
+        return self.run_name or Path(self.out).resolve().name
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def score_function(name: str) -> ScoreFn:
+    """A built-in score(prompt, response): ``vader`` (compound sentiment of the response, in
+    [-1, 1]) or ``length`` (characters of the response, surrounding space left out)."""
+    if name == "vader":
+        from rlhf_hgt.lm.data import vader_scorer
+
+        return vader_scorer()
+    if name == "length":
+        return lambda prompt, response: float(len(response.strip()))
+    raise UserInputError(f"unknown score {name!r}; use {' or '.join(SCORES)}")
+
+
+def load_prompts(cfg: OnlineConfig) -> list[str]:
+    """The distinct prompts of the run (file, store or list order)."""
+    if isinstance(cfg.prompts, list):
+        return list(dict.fromkeys(cfg.prompts))[:cfg.max_prompts]
+    from rlhf_hgt.lm.ppo_cli import read_prompts
+
+    for flag, path in (("--prompts", cfg.prompts), ("--prompt-store", cfg.prompt_store)):
+        if path is not None and not Path(path).is_file():
+            raise UserInputError(f"{flag} {path}: no such file; check the path")
+    return read_prompts(cfg.prompts, cfg.prompt_store, cfg.max_prompts)
+
+
+def round_prompts(prompts: Sequence[str], per_round: int, rnd: int, seed: int) -> list[str]:
+    """The prompts of round ``rnd``: consecutive slices of one seeded shuffle of all prompts
+    (wrapping round), each prompt at most once per round. Depends on nothing but its
+    arguments, so a resumed run asks about the same prompts."""
+    order = list(range(len(prompts)))
+    random.Random(f"online-prompts:{seed}").shuffle(order)
+    k = min(per_round, len(prompts))
+    return [prompts[order[(rnd * k + i) % len(order)]] for i in range(k)]
+
+
+def adapter_hash(lm: Any) -> str:
+    """A short hash of a model's LoRA weights: the version of the policy that wrote a query."""
+    h = hashlib.sha256()
+    for name, p in sorted(lm.named_parameters(), key=lambda kv: kv[0]):
+        if "lora_" in name:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def _check_human_terminal() -> None:
+    import sys
+
+    for name, stream in (("stdin", sys.stdin), ("stdout", sys.stdout)):
+        if stream is None or not stream.isatty():
+            raise UserInputError(f"teacher human asks at this terminal, but {name} is not "
+                                 "one; run in an interactive terminal, or use --teacher "
+                                 "external and label with `rlhf-hgt label STORE`")
+
+
+def _no_reward(prompt: str, response: str) -> float:
+    raise RuntimeError("no reward model has been fitted yet")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _mean(xs: Sequence[float]) -> float | None:
+    return float(sum(xs) / len(xs)) if xs else None
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def run_online(cfg: OnlineConfig, progress: Progress = _quiet,
+               score_fn: ScoreFn | None = None) -> dict[str, Any]:
+    """Run (or resume) the loop; returns the metrics written to RUN_DIR/metrics.json.
+
+    ``progress(event, info)`` hears of each step (events: resume, gather, label, waiting,
+    answers, fit, ppo_start, ppo_step, round, done). ``score_fn(prompt, response)`` is the
+    synthetic teacher's score when ``cfg.teacher == "custom"``."""
+    if (cfg.teacher == "custom") != (score_fn is not None):
+        raise UserInputError("teacher custom needs score_fn=..., and a score_fn needs "
+                             "teacher custom")
+    loop = _Loop(cfg, progress, score_fn)
+    try:
+        return loop.run()
+    finally:
+        loop.close()
+
+
+class _Loop:
+    def __init__(self, cfg: OnlineConfig, progress: Progress, score_fn: ScoreFn | None):
+        from rlhf_hgt.lm.ppo import launched_by_accelerate
+
+        if launched_by_accelerate():
+            raise UserInputError("lm online runs in one process; start it without "
+                                 "accelerate launch / torchrun")
+        self.cfg, self.progress = cfg, progress
+        self.out = Path(cfg.out)
+        if self.out.exists() and not self.out.is_dir():
+            raise UserInputError(f"--out {self.out}: exists and is not a folder; give a run "
+                                 "directory")
+        self.prompts = load_prompts(cfg)
+        if cfg.teacher == "human":
+            _check_human_terminal()
+        self.teacher_fn = score_fn if score_fn is not None else (
+            score_function(cfg.teacher) if cfg.teacher in SCORES else None)
+        self.monitor_fn = (score_function(cfg.monitor) if cfg.monitor
+                           else self.teacher_fn)
+        if cfg.model != "tiny":
+            from rlhf_hgt.lm.models import resolve_model_path
+
+            resolve_model_path(cfg.model)  # an unknown model fails here, before any work
+        self.state = self._read_state()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.store = PreferenceStore(cfg.store_path)
+        self.trainer: Any = None
+        self.scorer: Any = None
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- set-up and resume
+
+    def _fingerprint(self) -> dict[str, Any]:
+        c = self.cfg
+        return {"model": c.model, "algo": c.algo, "seed": c.seed, "run": c.run_id,
+                "lora_r": c.ppo.lora_r, "lora_alpha": c.ppo.lora_alpha,
+                "lora_target_modules": c.ppo.lora_target_modules}
+
+    def _read_state(self) -> dict[str, Any]:
+        path = self.out / STATE_FILE
+        if not path.is_file():
+            return {}
+        try:
+            state = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserInputError(f"{path}: not valid JSON; the run directory is damaged: "
+                                 "give a new --out") from None
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise UserInputError(f"{path}: not the state of an online run ({FORMAT}); give a "
+                                 "new --out")
+        old = json.loads(json.dumps(state.get("fingerprint", {})))
+        new = json.loads(json.dumps(self._fingerprint()))
+        diff = [f"{k}={old.get(k)!r} (now {new[k]!r})" for k in new if old.get(k) != new[k]]
+        if diff:
+            raise UserInputError(f"{path}: this run was started with {', '.join(diff)}; "
+                                 "rerun with the same settings to resume, or give a new --out")
+        return state
+
+    def _build_trainer(self) -> None:
+        from rlhf_hgt.lm.models import pick_device
+        from rlhf_hgt.lm.ppo import LMPPOTrainer
+
+        device = pick_device(self.cfg.ppo.device)
+        if self.cfg.model == "tiny":
+            from rlhf_hgt.lm.tiny import tiny_causal_lm
+            from rlhf_hgt.lm.trl_common import TINY_SEED
+
+            model, tok = tiny_causal_lm(seed=TINY_SEED)
+            model = model.to(device)
+        else:
+            from rlhf_hgt.lm.models import load_causal_lm
+
+            model, tok = load_causal_lm(self.cfg.model, device=device)
+        self.trainer = LMPPOTrainer(model, tok, _no_reward, self.cfg.ppo)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        from rlhf_hgt.lm.ppo import VALUE_HEAD_FILE
+
+        ck = self.out / state["checkpoint"]
+        adapter = ck / "adapter_model.safetensors"
+        if not adapter.is_file():
+            raise UserInputError(f"{ck}: the checkpoint named by {self.out / STATE_FILE} is "
+                                 "missing; give a new --out")
+        result = set_peft_model_state_dict(self.trainer.lm, load_file(str(adapter)))
+        if getattr(result, "unexpected_keys", None):
+            raise UserInputError(f"{adapter}: weights of another adapter shape "
+                                 f"({result.unexpected_keys[0]}); give a new --out")
+        self.trainer.policy.value_head.load_state_dict(load_file(str(ck / VALUE_HEAD_FILE)))
+        _load_optimizer(self.trainer.optimizer, ck / OPTIMIZER_FILE)
+        self.trainer.kl_ctl.value = float(state["kl_coef"])
+        self.trainer.step_count = int(state["ppo_updates"])
+        if adapter_hash(self.trainer.lm) != state["policy_hash"]:
+            raise UserInputError(f"{ck}: the adapter does not match the state file; give a "
+                                 "new --out")
+
+    def _seed(self, rnd: int, salt: int) -> None:
+        s = (self.cfg.seed * 1_000_003 + rnd * 101 + salt) % (2**63)
+        torch.manual_seed(s)
+        self.trainer.rng.manual_seed(s)
+
+    # -- the run
+
+    def run(self) -> dict[str, Any]:
+        from rlhf_hgt.lm.trl_common import quiet_libraries
+
+        cfg, state = self.cfg, self.state
+        quiet_libraries()
+        self._build_trainer()
+        history: list[dict[str, Any]] = list(state.get("history", []))
+        start = int(state["round"]) + 1 if state else 0
+        if state:
+            self._restore(state)
+            self.progress("resume", {"round": start, "rounds": cfg.rounds})
+            initial = state.get("eval_score_initial")
+        else:
+            initial = self._eval_score()
+        for rnd in range(start, cfg.rounds):
+            t0 = time.time()
+            prompts = round_prompts(self.prompts, cfg.prompts_per_round, rnd, cfg.seed)
+            row: dict[str, Any] = {"round": rnd}
+            ids, gathered = self._gather(rnd, prompts)
+            row.update(gathered)
+            row.update(self._answer(rnd, ids))
+            row["sample_score_mean"] = self._sample_score(ids)
+            row.update(self._fit(rnd))
+            row.update(self._train(rnd, prompts))
+            row["eval_score_mean"] = self._eval_score()
+            row["seconds"] = time.time() - t0
+            history.append(row)
+            self._checkpoint(rnd, history, initial)
+            self.progress("round", dict(row))
+        metrics = self._metrics(history, initial)
+        self._write_outputs(metrics)
+        self.progress("done", {"rounds": len(history), "out": str(self.out)})
+        return metrics
+
+    # -- 1. gather
+
+    def _gather(self, rnd: int, prompts: list[str]) -> tuple[list[int], dict[str, Any]]:
+        source = f"{self.cfg.run_id}:round{rnd}:{adapter_hash(self.trainer.lm)}"
+        ids = self.store.query_ids(round=rnd, source=source)
+        if ids:  # a run killed after asking keeps the questions it asked
+            info = {"policy": source, "queries": len(ids), "queries_added": 0,
+                    "queries_reused": True, "pairs_skipped": 0}
+            self.progress("gather", {"round": rnd, **info})
+            return ids, info
+        self._seed(rnd, 0)
+        texts = self.trainer.generate(prompts + prompts)
+        n = len(prompts)
+        pairs, skipped = [], 0
+        meta = {"run": self.cfg.run_id, "round": rnd, "policy": source, "algo": self.cfg.algo}
+        for prompt, a, b in zip(prompts, texts[:n], texts[n:], strict=True):
+            if a == b or not a.strip() or not b.strip():
+                skipped += 1
+                continue
+            pairs.append(TextPair(prompt, a, b, source_a=source, source_b=source,
+                                  meta=dict(meta)))
+        if pairs:
+            self.store.add_text_queries(pairs, round=rnd)
+        ids = self.store.query_ids(round=rnd, source=source)
+        self.store.log_event("online_gather", data={**meta, "queries": ids,
+                                                    "skipped": skipped})
+        info = {"policy": source, "queries": len(ids), "queries_added": len(ids),
+                "queries_reused": False, "pairs_skipped": skipped}
+        self.progress("gather", {"round": rnd, **info})
+        return ids, info
+
+    # -- 2. answers
+
+    def _answer(self, rnd: int, ids: list[int]) -> dict[str, Any]:
+        cfg = self.cfg
+        if cfg.synthetic:
+            from rlhf_hgt.feedback.teachers import answer_pending, make_teacher
+
+            teacher = make_teacher(cfg.teacher_model)
+            annotator = f"teacher:{teacher.name}({cfg.teacher})"
+            n = answer_pending(self.store, teacher, annotator=annotator,
+                               score_fn=self.teacher_fn,
+                               rng=np.random.default_rng([cfg.seed, rnd]))
+        else:
+            annotator = cfg.annotator or _login_name()
+            before = len(self.store.answers(kind="text"))
+            if cfg.teacher == "human" and self._open(ids):
+                from rlhf_hgt.feedback.terminal import LabelOptions, run_labelling
+
+                self.progress("label", {"round": rnd, "pending": len(self._open(ids)),
+                                        "annotator": annotator})
+                code = run_labelling(self.store.path, LabelOptions(annotator=annotator))
+                if code >= 128:  # stopped by a signal: stop here, resume this round later
+                    raise KeyboardInterrupt
+            self._wait(rnd, ids)
+            n = len(self.store.answers(kind="text")) - before
+        info = {"annotator": annotator, "answers_added": n,
+                "labels": sum(1 for _ in self.store.labelled(kind="text"))}
+        self.progress("answers", {"round": rnd, **info})
+        return info
+
+    def _open(self, ids: list[int]) -> list[int]:
+        wanted = set(ids)
+        return [q for q in self.store.unanswered_ids() if q in wanted]
+
+    def _wait(self, rnd: int, ids: list[int]) -> None:
+        told = None
+        while True:
+            still = self._open(ids)
+            if not still:
+                return
+            if len(still) != told:
+                self.progress("waiting", {"round": rnd, "pending": len(still),
+                                          "store": str(self.store.path)})
+                told = len(still)
+            time.sleep(self.cfg.poll_seconds)
+
+    def _sample_score(self, ids: list[int]) -> float | None:
+        if self.monitor_fn is None:
+            return None
+        scores = []
+        for qid in ids:
+            q = self.store.get_query(qid)
+            scores += [float(self.monitor_fn(q.prompt or "", q.left)),
+                       float(self.monitor_fn(q.prompt or "", q.right))]
+        return _mean(scores)
+
+    # -- 3. fit
+
+    def _fit(self, rnd: int) -> dict[str, Any]:
+        answers = [a.answer for _, a in self.store.labelled(kind="text")]
+        strict = sum(a in ("left", "right") for a in answers)
+        if not answers or (self.cfg.algo == "dpo" and strict == 0):
+            self.progress("fit", {"round": rnd, "skipped": "no usable labels yet"})
+            return {"fit_pairs": 0}
+        from rlhf_hgt.lm.data import load_pairs
+
+        ds = load_pairs(store=self.store.path)
+        self.progress("fit", {"round": rnd, "pairs": len(ds), "algo": self.cfg.algo})
+        if self.cfg.algo == "dpo":
+            return self._fit_dpo(rnd, ds)
+        from rlhf_hgt.lm.ppo import as_batch_scorer
+        from rlhf_hgt.lm.reward import RewardScorer, train_reward_model
+
+        self.scorer = None  # free the last round's reward model before training the next
+        self.trainer.score_fn = as_batch_scorer(_no_reward)
+        _free_memory()
+        rm_cfg = replace(self.cfg.reward, seed=self.cfg.seed + rnd)
+        m = train_reward_model(self.cfg.model, ds, None, rm_cfg, self.out / REWARD_DIR)
+        _free_memory()
+        self.scorer = RewardScorer.load(str(self.out / REWARD_DIR),
+                                        device=str(self.trainer.device))
+        self.trainer.score_fn = as_batch_scorer(self.scorer)
+        return {"fit_pairs": len(ds), "reward_model_accuracy": m.get("reward_model_accuracy"),
+                "reward_eval_pairs": m.get("eval_pairs"),
+                "reward_train_loss": m.get("train_loss"), "reward_steps": m.get("steps")}
+
+    def _fit_dpo(self, rnd: int, ds: Any) -> dict[str, Any]:
+        """DPO on the policy's own adapter: train_dpo gets the base model with the LoRA layers
+        in it (only they are trainable) and, as its 'full' path does, a frozen copy of it as
+        the reference: the policy at the start of this round."""
+        from rlhf_hgt.lm.dpo import train_dpo
+
+        d = self.cfg.dpo
+        dcfg = replace(d, lora_r=0, learning_rate=d.learning_rate, seed=self.cfg.seed + rnd,
+                       chat_template=self.trainer.chat)
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        if not d.progress:
+            hf_logging.disable_progress_bar()  # the scratch save's bar, too
+        try:
+            with tempfile.TemporaryDirectory(dir=self.out, prefix=".dpo-") as tmp:
+                m = train_dpo((self.trainer.lm.get_base_model(), self.trainer.tokenizer), ds,
+                              None, dcfg, tmp)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        self.trainer.policy.eval()
+        _free_memory()
+        return {"fit_pairs": len(ds),
+                "implicit_reward_accuracy": m.get("implicit_reward_accuracy"),
+                "dpo_eval_pairs": m.get("eval_pairs"), "dpo_train_loss": m.get("train_loss"),
+                "dpo_steps": m.get("steps"), "dpo_ties_dropped": m.get("train_ties_dropped")}
+
+    # -- 4. train
+
+    def _train(self, rnd: int, prompts: list[str]) -> dict[str, Any]:
+        if self.cfg.algo != "ppo" or self.scorer is None:
+            return {}
+        steps = self.cfg.ppo.steps
+        self._seed(rnd, 1)
+        self.progress("ppo_start", {"round": rnd, "steps": steps})
+
+        def hear(stats: dict[str, float]) -> None:
+            self.progress("ppo_step", {"round": rnd, **stats})
+
+        hist = self.trainer.train(prompts, steps=steps, callback=hear)
+        last = hist[-1]
+        return {"ppo_updates": len(hist),
+                "ppo_score_mean": _mean([h["score"] for h in hist]),
+                "ppo_score_last": last["score"],
+                "ppo_reward_mean": _mean([h["reward"] for h in hist]),
+                "ppo_kl_mean": _mean([h["kl_k1"] for h in hist]), "ppo_kl_last": last["kl_k1"],
+                "ppo_kl_coef": self.trainer.kl_ctl.value,
+                "ppo_clipfrac_mean": _mean([h.get("policy_clipfrac", 0.0) for h in hist]),
+                "ppo_tokens_per_s": _mean([h["tokens_per_s"] for h in hist])}
+
+    def _eval_score(self) -> float | None:
+        n = self.cfg.eval_prompts
+        if self.monitor_fn is None or n == 0:
+            return None
+        prompts = self.prompts[:n]
+        self._seed(-1, 2)  # the same sampling noise every time
+        texts = self.trainer.generate(prompts)
+        return _mean([float(self.monitor_fn(p, t)) for p, t in zip(prompts, texts, strict=True)])
+
+    # -- checkpoints and outputs
+
+    def _checkpoint(self, rnd: int, history: list[dict[str, Any]],
+                    initial: float | None) -> None:
+        root = self.out / CHECKPOINTS
+        ck, tmp = root / f"round{rnd:04d}", root / f".round{rnd:04d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.trainer.save(tmp)
+        _save_optimizer(self.trainer.optimizer, tmp / OPTIMIZER_FILE)
+        shutil.rmtree(ck, ignore_errors=True)
+        os.replace(tmp, ck)
+        metrics = self._metrics(history, initial)
+        _write_json(self.out / METRICS_FILE, metrics)
+        _write_json(self.out / STATE_FILE, {  # the commit point of the round: written last
+            "format": FORMAT, "round": rnd, "checkpoint": str(ck.relative_to(self.out)),
+            "policy_hash": adapter_hash(self.trainer.lm), "kl_coef": self.trainer.kl_ctl.value,
+            "ppo_updates": self.trainer.step_count, "eval_score_initial": initial,
+            "fingerprint": self._fingerprint(), "history": history})
+        old = sorted(p for p in root.glob("round*") if p.is_dir())
+        for p in old[:-self.cfg.keep_checkpoints]:
+            shutil.rmtree(p, ignore_errors=True)
+        self._write_manifest()
+
+    def _metrics(self, history: list[dict[str, Any]], initial: float | None) -> dict[str, Any]:
+        def last(key: str) -> Any:
+            return next((h[key] for h in reversed(history) if h.get(key) is not None), None)
+
+        state_ck = sorted(p.name for p in (self.out / CHECKPOINTS).glob("round*") if p.is_dir())
+        return {
+            "format": FORMAT, "model": self.cfg.model, "algo": self.cfg.algo,
+            "teacher": self.cfg.teacher, "teacher_model": self.cfg.teacher_model,
+            "run": self.cfg.run_id, "store": str(self.store.path), "rounds": len(history),
+            "prompts": len(self.prompts),
+            "labels": sum(1 for _ in self.store.labelled(kind="text")),
+            "reward_model_accuracy": last("reward_model_accuracy"),
+            "implicit_reward_accuracy": last("implicit_reward_accuracy"),
+            "sample_score_first": history[0].get("sample_score_mean") if history else None,
+            "sample_score_last": last("sample_score_mean"),
+            "eval_score_initial": initial, "eval_score_final": last("eval_score_mean"),
+            "policy_checkpoint": f"{CHECKPOINTS}/{state_ck[-1]}" if state_ck else None,
+            "history": history,
+        }
+
+    def _write_outputs(self, metrics: dict[str, Any]) -> None:
+        _write_json(self.out / METRICS_FILE, metrics)
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        from rlhf_hgt.governance.manifest import write_manifest
+
+        write_manifest(self.out, {"command": "lm online", **self.cfg.to_dict()},
+                       {"preference_store": self.store.path})
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name in some containers
+        return os.environ.get("USER", "annotator")
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """The optimiser's per-parameter state (AdamW moments, step) as safetensors."""
+    from safetensors.torch import save_file
+
+    flat = {}
+    for idx, st in optimizer.state_dict()["state"].items():
+        for key, value in st.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            flat[f"{idx}.{key}"] = t.detach().cpu().contiguous()
+    save_file(flat, str(path))
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    if not path.is_file():
+        return
+    from safetensors.torch import load_file
+
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, t in load_file(str(path)).items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = t
+    sd = optimizer.state_dict()
+    sd["state"] = state
+    optimizer.load_state_dict(sd)
