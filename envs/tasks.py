@@ -257,10 +257,13 @@ def make_pendulum_at_angle(
 def make_cartpole_left(
     target_x: float = -0.5,
     bonus: float = 1.0,
-    shaped: bool = False,
+    shaped: bool = True,
     render_mode: str | None = None,
 ) -> gym.Env:
-    """Entry point of `rlhf_hgt/CartPoleLeft-v0` (gymnasium.make adds the 500-step limit)."""
+    """Entry point of `rlhf_hgt/CartPoleLeft-v0` (gymnasium.make adds the 500-step limit).
+
+    The registered task is shaped: a person who wants the cart kept left prefers "further
+    left" by degrees, not only past a line (`shaped=False` gives the all-or-nothing bonus)."""
     from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
     return CartPoleLeft(CartPoleEnv(render_mode=render_mode), target_x, bonus, shaped)

@@ -536,3 +536,20 @@ def test_safe_loader_infers_architecture_and_checks_fit(tmp_path):
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
     with pytest.raises(UserInputError, match="junk.zip"):
         lora.load_sb3_checkpoint(tmp_path / "junk.zip", "CartPole-v1")
+
+
+def test_steps_padded_after_an_episode_end_are_not_scored() -> None:
+    """Clips that run past a termination are padded (valid=False); no action was taken
+    there, so DPO must not push the policy's probabilities on them."""
+    model = PPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, seed=5, device="cpu",
+                policy_kwargs=small())
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(6, 4)).astype(np.float32)
+    padded = {"obs": obs, "actions": np.array([1, 0, 1, 0, 0, 0]),
+              "true_rewards": np.array([1, 1, 1, 0, 0, 0], np.float32),
+              "valid": np.array([True, True, True, False, False, False])}
+    full = {"obs": obs, "actions": np.array([1, 0, 1, 1, 1, 1]),
+            "true_rewards": np.ones(6, np.float32)}
+    packed = _pack([(full, padded, 1.0)], model.policy, discount=1.0)
+    assert packed.lengths.tolist() == [6, 3]
+    np.testing.assert_array_equal(packed.obs[6:].numpy(), obs[:3])

@@ -292,11 +292,16 @@ def test_cartpole_left_reward_and_termination_follow_cartpole() -> None:
             _, base_r, b_term, b_trunc, _ = base.step(int(action))
             assert (term, trunc) == (b_term, b_trunc)
             assert info["base_reward"] == base_r == 1.0
-            assert r == (2.0 if obs[0] < -0.5 else 1.0)
+            assert r == pytest.approx(1.0 + float(np.clip(obs[0] / -0.5, 0.0, 1.0)))
             obs = new_obs
             if term or trunc:
                 break
         assert term  # random actions end the episode early, as in CartPole
+    # the all-or-nothing variant pays the bonus only past the line
+    step = make_env(CARTPOLE_LEFT_ID, shaped=False)
+    obs, _ = step.reset(seed=0)
+    _, r, _, _, _ = step.step(0)
+    assert r == (2.0 if obs[0] < -0.5 else 1.0)
     # a cart started far left earns the bonus for the state it acted in
     obs, _ = left.reset(seed=0, options={"low": -0.75, "high": -0.7})
     _, r, term, _, _ = left.step(0)

@@ -198,6 +198,10 @@ def _check_segment(seg: Any, where: str, policy: BasePolicy) -> tuple[np.ndarray
     if isinstance(obs_space, spaces.Dict):
         raise UserInputError(f"{where}: dict observation spaces are not supported by DPO yet")
     obs, act = np.asarray(seg["obs"]), np.asarray(seg["actions"])
+    if "valid" in seg:  # steps padded after an episode's end were never acted in
+        keep = np.asarray(seg["valid"], dtype=bool).reshape(-1)
+        if keep.shape[0] == len(obs) == len(act):
+            obs, act = obs[keep], act[keep]
     n = len(obs) if obs.ndim else 0
     if n < 1:
         raise UserInputError(f"{where}: field 'obs' is empty; a segment needs at least one step")
