@@ -36,47 +36,62 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--only", choices=["dpo", "lora"], default=None,
+                        help="run one of the two (default both)")
+    parser.add_argument("--lora-timesteps", type=int, default=50_000,
+                        help="agent steps of the LoRA adaptation (default 50000)")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
+    runs = Path("runs/bench-adapt")
+    for seed in args.seeds:
+        if args.only != "lora":
+            dpo(seed, runs)
+        if args.only != "dpo":
+            adapt(seed, runs, args.lora_timesteps)
+    return 0
+
+
+def dpo(seed: int, runs: Path) -> None:
+    from rlhf_hgt.control.loop import ControlConfig, run_control
+
+    t0 = time.time()
+    m = run_control(ControlConfig(env_id="CartPole-v1", out=str(runs / f"dpo-s{seed}"),
+                                  algo="dpo", labels=500, timesteps=20_000, seed=seed))
+    _record(f"dpo|CartPole-v1|{seed}|500", {
+        "start_return_mean": m["start_return_mean"],
+        "true_return_mean": m["true_return_mean"], "labels": m["labels"],
+        "seconds": time.time() - t0})
+    print(f"DPO seed {seed}: {m['start_return_mean']:.1f} -> {m['true_return_mean']:.1f}",
+          flush=True)
+
+
+def adapt(seed: int, runs: Path, timesteps: int) -> None:
     from rlhf_hgt.control.agents import AgentConfig, make_agent, make_vec_env
     from rlhf_hgt.control.loop import ControlConfig, run_control
     from rlhf_hgt.envs import make_env
 
-    runs = Path("runs/bench-adapt")
-    for seed in args.seeds:
+    base_dir = runs / f"base-s{seed}"
+    base_dir.mkdir(parents=True, exist_ok=True)
+    base_zip = base_dir / "cartpole_ppo.zip"
+    if not base_zip.exists():
+        venv = make_vec_env(lambda: make_env("CartPole-v1"), 4, seed)
+        base = make_agent(AgentConfig(algo="ppo"), venv, seed)
+        base.learn(30_000)
+        base.save(base_zip)
+    for lora_r in (8,):
         t0 = time.time()
-        m = run_control(ControlConfig(env_id="CartPole-v1", out=str(runs / f"dpo-s{seed}"),
-                                      algo="dpo", labels=500, timesteps=20_000, seed=seed))
-        _record(f"dpo|CartPole-v1|{seed}|500", {
-            "start_return_mean": m["start_return_mean"],
+        m = run_control(ControlConfig(
+            env_id="rlhf_hgt/CartPoleLeft-v0", out=str(runs / f"lora{lora_r}-s{seed}"),
+            labels=300, timesteps=timesteps, seed=seed, init_policy=str(base_zip),
+            lora_r=lora_r, agent=AgentConfig(algo="ppo")))
+        _record(f"lora|rlhf_hgt/CartPoleLeft-v0|{seed}|r{lora_r}", {
+            "start_return_mean": m["start_return_mean"], "timesteps": m["timesteps"],
             "true_return_mean": m["true_return_mean"], "labels": m["labels"],
             "seconds": time.time() - t0})
-        print(f"DPO seed {seed}: {m['start_return_mean']:.1f} -> {m['true_return_mean']:.1f}",
-              flush=True)
-
-        base_dir = runs / f"base-s{seed}"
-        base_dir.mkdir(parents=True, exist_ok=True)
-        base_zip = base_dir / "cartpole_ppo.zip"
-        if not base_zip.exists():
-            venv = make_vec_env(lambda: make_env("CartPole-v1"), 4, seed)
-            base = make_agent(AgentConfig(algo="ppo"), venv, seed)
-            base.learn(30_000)
-            base.save(base_zip)
-        for lora_r in (8,):
-            t0 = time.time()
-            m = run_control(ControlConfig(
-                env_id="rlhf_hgt/CartPoleLeft-v0", out=str(runs / f"lora{lora_r}-s{seed}"),
-                labels=300, timesteps=20_000, seed=seed, init_policy=str(base_zip),
-                lora_r=lora_r, agent=AgentConfig(algo="ppo")))
-            _record(f"lora|rlhf_hgt/CartPoleLeft-v0|{seed}|r{lora_r}", {
-                "start_return_mean": m["start_return_mean"],
-                "true_return_mean": m["true_return_mean"], "labels": m["labels"],
-                "seconds": time.time() - t0})
-            print(f"LoRA r{lora_r} seed {seed}: {m['start_return_mean']:.1f} -> "
-                  f"{m['true_return_mean']:.1f}", flush=True)
-    return 0
+        print(f"LoRA r{lora_r} seed {seed}: {m['start_return_mean']:.1f} -> "
+              f"{m['true_return_mean']:.1f}", flush=True)
 
 
 if __name__ == "__main__":
