@@ -110,12 +110,18 @@ def test_sigkill_import_is_all_or_nothing(tmp_path):
     def cmd(data: Path) -> list[str]:
         return [sys.executable, "-m", "rlhf_hgt.cli", "feedback", "import", str(path), str(data)]
 
+    # how long one whole import takes on this machine, so the kills land inside it
+    scratch = [sys.executable, "-m", "rlhf_hgt.cli", "feedback", "import",
+               str(tmp_path / "scratch.db"), str(files[0])]
+    t0 = time.perf_counter()
+    subprocess.run(scratch, env=ENV, capture_output=True, timeout=300, check=True)
+    whole = time.perf_counter() - t0
     rng = random.Random(1)
     killed = 0
     for k, data in enumerate(files):
         proc = subprocess.Popen(cmd(data), env=ENV, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.05, 0.8))
+        time.sleep(rng.uniform(0.2, 0.9) * whole)
         proc.send_signal(signal.SIGKILL)
         killed += proc.wait() == -signal.SIGKILL
         if path.exists():
