@@ -28,7 +28,8 @@ def main() -> int:
                         help="agent steps (default 40000)")
     parser.add_argument("--teacher", default="oracle", help="synthetic teacher (default oracle)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    parser.add_argument("--out", default=None,
+                        help="run directory (default runs/demo-ENV-sSEED)")
     args = parser.parse_args()
     console = Console()
     console.rule("[bold]rlhf_hgt demo: a policy trained only from preferences")
@@ -39,7 +40,8 @@ def main() -> int:
     from rlhf_hgt.control.baseline import train_on_true_reward
     from rlhf_hgt.control.loop import ControlConfig, run_control, validate
 
-    out = Path(args.out)
+    out = Path(args.out or f"runs/demo-{args.env.replace('/', '_').replace(':', '_')}"
+                                f"-s{args.seed}")
     if (out / "state.json").exists():
         console.print(f"[yellow]{out} holds an earlier run: it is resumed, not repeated "
                       f"(delete it to start over)")
