@@ -160,3 +160,14 @@ def test_lora_adaptation_from_a_base_checkpoint(tmp_path):
         assert got is not None and bool((got == value).all()), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert "start_return_mean" in metrics
+
+
+def test_a_run_directory_of_another_run_is_refused(tmp_path):
+    out = tmp_path / "run"
+    done = _control("CartPole-v1", "--labels", "8", "--timesteps", "512", "--rounds", "1",
+                    "--out", str(out), *TINY)
+    assert done.returncode == 0, done.stderr
+    other = _control("Pendulum-v1", "--labels", "8", "--timesteps", "512", "--rounds", "1",
+                     "--out", str(out), *TINY, timeout=120)
+    assert other.returncode == 2 and "env_id='CartPole-v1'" in other.stderr
+    assert "Traceback" not in other.stderr

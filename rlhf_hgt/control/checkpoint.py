@@ -22,7 +22,8 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save(out: Path, rnd: int, agent, ensemble, history: list[dict[str, Any]]) -> None:
+def save(out: Path, rnd: int, agent, ensemble, history: list[dict[str, Any]],
+         identity: dict[str, Any] | None = None) -> None:
     """Weights first, then the state file that points at them (written last, atomically)."""
     ckpt = out / "checkpoints"
     ckpt.mkdir(exist_ok=True)
@@ -32,7 +33,7 @@ def save(out: Path, rnd: int, agent, ensemble, history: list[dict[str, Any]]) ->
     if getattr(ensemble, "fitted", True):
         ensemble.save(ckpt / "reward_model")
     state = {"round": rnd, "num_timesteps": int(agent.num_timesteps),
-             "history": history}
+             "history": history, "identity": identity or {}}
     _atomic_write(out / STATE, json.dumps(state, indent=2))
 
 

@@ -117,9 +117,28 @@ def _quiet(event: str, info: dict[str, Any]) -> None:
     pass
 
 
+IDENTITY_FIELDS = ("env_id", "algo", "teacher", "labels", "timesteps", "rounds", "seed",
+                   "segment_length", "init_policy", "lora_r")
+
+
+def run_identity(cfg: ControlConfig) -> dict[str, Any]:
+    """What a run directory's checkpoints belong to: resuming with other values is refused."""
+    return {k: getattr(cfg, k) for k in IDENTITY_FIELDS} | {
+        "agent_algo": cfg.agent.algo, "n_envs": cfg.agent.n_envs}
+
+
 def validate(cfg: ControlConfig) -> None:
     """Fail fast, before any work, on what a user can fix: the env id, spaces the reward
-    model cannot take, the teacher spec, an agent that cannot drive these actions."""
+    model cannot take, the teacher spec, an agent that cannot drive these actions, a run
+    directory that holds a different run."""
+    stored = checkpoint.load_state(Path(cfg.out)).get("identity")
+    if stored:
+        diff = {k: (v, stored.get(k)) for k, v in run_identity(cfg).items()
+                if stored.get(k) != v}
+        if diff:
+            what = ", ".join(f"{k}={old!r} (now {new!r})" for k, (new, old) in diff.items())
+            raise ValueError(f"{cfg.out}: holds a run with {what}; it resumes only with the "
+                             f"same settings: give a new --out, or the same settings")
     env = make_env(cfg.env_id)
     try:
         RewardEnsemble(env.observation_space, env.action_space, config=cfg.reward, seed=0)
@@ -252,7 +271,7 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
                **{f"reward_{k}": v for k, v in _scalars(fit_metrics).items()}}
         history.append(row)
         progress("round", row)
-        checkpoint.save(out, rnd, agent, ensemble, history)
+        checkpoint.save(out, rnd, agent, ensemble, history, run_identity(cfg))
 
     # -- evaluate on the env's own reward, write metrics and the learning curve
     mean_ret, std_ret = evaluate_true_return(agent, env_fn, cfg.eval_episodes, seed=123_456)
