@@ -268,20 +268,13 @@ def test_conversational_lines_round_trip_as_messages(tmp_path):
 
 
 def _tiny_tokenizer(chat: bool = False):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """The library's byte-level test tokenizer; without ``chat``, no chat template."""
+    from rlhf_hgt.lm.tiny import tiny_tokenizer
 
-    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    vocab.update({"<eos>": len(vocab), "<pad>": len(vocab) + 1})
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))  # bytes as tokens: any text works
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
-    if chat:
-        hf.chat_template = (
-            "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<eos>\n{% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
-    return hf
+    tok = tiny_tokenizer(padding_side="right")
+    if not chat:
+        tok.chat_template = None
+    return tok
 
 
 def _train_one_step(data_file: Path, tmp_path: Path, reward: bool = True, chat: bool = False):
