@@ -332,6 +332,10 @@ def cmd_speed(plan: Plan) -> None:
            f"tok{plan.new_tokens}")
     run_job(plan, key("speed", "ppo", "ours", *tag),
             {**ppo, "job": "ppo_speed_ours", "out": str(plan.runs / "speed-ppo-ours")})
+    if plan.with_full:  # our PPO with every weight trained: the memory LoRA saves
+        run_job(plan, key("speed", "ppo", "ours_full", *tag),
+                {**ppo, "job": "ppo_speed_ours", "full": True,
+                 "out": str(plan.runs / "speed-ppo-ours-full")})
     variants = [("trl112", True)] + ([("trl112_full", False)] if plan.with_full else [])
     for name, lora in variants:
         k = key("speed", "ppo", name, *tag)
@@ -479,10 +483,14 @@ def report_speed(res: dict[str, Any]) -> list[str]:
         lines.append(f"- our LoRA PPO: {ours['tokens_per_s']:.1f} generated tokens/s over "
                      f"whole updates (sampling alone {ours['sampling_tokens_per_s']:.1f}), "
                      f"peak {ours['peak_memory_mb']:.0f} MB ({ours['peak_memory_kind']})")
-        full = ours.get("full_finetune", {})
-        if not full.get("supported"):
-            lines.append(f"- LoRA vs full fine-tuning PPO: not measured; our LMPPOConfig does "
-                         f"not support lora_r=0 ({full.get('reason', 'unknown')})")
+        full = ppo.get("ours_full")
+        if full:
+            lines.append(f"- our PPO, full fine-tuning (lora_r=0, frozen reference copy): "
+                         f"{full['tokens_per_s']:.1f} tokens/s, peak "
+                         f"{full['peak_memory_mb']:.0f} MB; LoRA / full peak memory "
+                         f"{ours['peak_memory_mb'] / full['peak_memory_mb']:.2f}, trainable "
+                         f"weights {ours.get('trainable_params', 0):,} vs "
+                         f"{full.get('trainable_params', 0):,}")
     if peer and peer.get("missing"):
         lines.append(f"- TRL 1.12 PPOTrainer anchor: MISSING; install with `{PEER_INSTALL}`")
     elif peer:
@@ -756,7 +764,8 @@ def job_dpo_speed_trl(spec: dict[str, Any]) -> dict[str, Any]:
             "batch": spec["batch"], "train_runtime_s": runtime}
 
 
-def _ppo_trainer(spec: dict[str, Any], batch: int, merge: bool) -> tuple[Any, Any]:
+def _ppo_trainer(spec: dict[str, Any], batch: int, merge: bool, full: bool = False
+                 ) -> tuple[Any, Any]:
     from rlhf_hgt.lm.ppo import LMPPOConfig, LMPPOTrainer
     from rlhf_hgt.lm.reward import RewardScorer
 
@@ -765,7 +774,8 @@ def _ppo_trainer(spec: dict[str, Any], batch: int, merge: bool) -> tuple[Any, An
         scorer.model = scorer.model.merge_and_unload().eval()
     model, tok = causal_lm(spec["model"])
     cfg = LMPPOConfig(steps=spec["steps"], batch_size=batch, mini_batch_size=min(8, batch),
-                      max_new_tokens=spec["new_tokens"], seed=spec["seed"])
+                      max_new_tokens=spec["new_tokens"], seed=spec["seed"],
+                      **({"lora_r": 0, "lr": 1e-6} if full else {}))
     return LMPPOTrainer(model, tok, scorer, cfg), scorer
 
 
@@ -806,21 +816,17 @@ def job_ppo_ours(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def job_ppo_speed_ours(spec: dict[str, Any]) -> dict[str, Any]:
-    from rlhf_hgt.lm.ppo import LMPPOConfig
-
+    """Our PPO, LoRA (or with spec["full"] full fine-tuning with a frozen reference copy)."""
     train, _ = pairs({**spec, "n_train": None})
-    trainer, _ = _ppo_trainer(spec, spec["batch"], merge=True)
+    trainer, _ = _ppo_trainer(spec, spec["batch"], merge=True, full=spec.get("full", False))
     hist = trainer.train(list(dict.fromkeys(train["prompt"])), steps=spec["steps"])
-    try:
-        LMPPOConfig(lora_r=0)
-        full = {"supported": True}
-    except ValueError as exc:
-        full = {"supported": False, "reason": str(exc)}
     return {**_throughput(hist, spec["batch"]), "steps": len(hist), "batch": spec["batch"],
             "new_tokens": spec["new_tokens"], "ppo_epochs": trainer.config.ppo_epochs,
             "per_update": [{k: s[k] for k in ("step_time_s", "time_generate_s",
                                               "response_length")} for s in hist],
-            "full_finetune": full}
+            "lora_r": trainer.config.lora_r,
+            "trainable_params": sum(p.numel() for p in trainer.policy.parameters()
+                                    if p.requires_grad)}
 
 
 JOBS = {"reward_ours": job_reward_ours, "reward_trl": job_reward_trl, "dpo_ours": job_dpo_ours,
@@ -868,7 +874,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--ppo-speed-steps", type=positive, default=None, help="(5)")
         p.add_argument("--repeats", type=positive, default=None, help="DPO speed repeats (2)")
         p.add_argument("--with-full", action="store_true",
-                       help="speed: also TRL 1.12 PPO with full fine-tuning (memory)")
+                       help="speed: also PPO with full fine-tuning, ours and TRL 1.12 (memory)")
     args = parser.parse_args(argv)
     plan = make_plan(args)
     print(f"LM benchmark '{args.what}' on {plan.model} → {plan.results}", flush=True)

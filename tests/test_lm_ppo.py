@@ -171,7 +171,8 @@ def test_config_checks_say_how_to_fix():
     with pytest.raises(ValueError, match="must divide batch_size"):
         LMPPOConfig(batch_size=10, mini_batch_size=4)
     with pytest.raises(ValueError, match="lora_r"):
-        LMPPOConfig(lora_r=0)
+        LMPPOConfig(lora_r=-1)
+    assert LMPPOConfig(lora_r=0).full_finetune and not LMPPOConfig().full_finetune
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
         LMPPOConfig(mini_batch_size=4, batch_size=8, gradient_accumulation_steps=3)
     with pytest.raises(ValueError, match="target_kl"):
@@ -228,6 +229,24 @@ def test_reference_is_exactly_the_base_model():
         policy = trainer.lm(input_ids=ids).logits
     assert torch.equal(reference, expected)
     assert not torch.equal(policy, expected)
+
+
+def test_full_finetuning_trains_every_weight_against_a_frozen_copy(tmp_path):
+    trainer = make_trainer(lora_r=0, lr=1e-3)
+    assert not any("lora_" in n for n, _ in trainer.policy.named_parameters())
+    before = {n: p.detach().clone() for n, p in trainer.lm.named_parameters()}
+    stats = trainer.step(PROMPTS * 2)
+    assert stats["kl_k1"] == 0.0 and stats["kl_k3"] == 0.0  # the copy equals the policy at 0
+    moved = [n for n, p in trainer.lm.named_parameters() if not torch.equal(before[n], p)]
+    assert len(moved) > len(before) // 2, moved  # base weights train (not only a few)
+    base, tok = tiny(0)
+    ids = tok(["hello world"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():  # the reference is still exactly the base; the policy is not
+        assert torch.equal(trainer.reference.lm(input_ids=ids).logits, base(input_ids=ids).logits)
+        assert not torch.equal(trainer.lm(input_ids=ids).logits, base(input_ids=ids).logits)
+    assert trainer.step(PROMPTS * 2)["kl_k3"] > 0
+    out = trainer.save(tmp_path / "full")
+    assert (out / "model.safetensors").is_file() and (out / "value_head.safetensors").is_file()
 
 
 def test_batched_left_padded_greedy_equals_one_by_one():

@@ -169,6 +169,8 @@ class OnlineConfig:
             (self.teacher in TEACHERS, f"teacher must be one of {', '.join(TEACHERS[:-1])} "
                                        f"(or custom with a score function), got {self.teacher!r}"),
             (self.algo in ("ppo", "dpo"), f"algo must be ppo or dpo, got {self.algo!r}"),
+            (self.ppo.lora_r >= 1, "the online loop trains a LoRA adapter: --lora-r must be at "
+                                   "least 1 (full fine-tuning is `rlhf-hgt lm ppo --lora-r 0`)"),
             (self.monitor is None or self.monitor in SCORES,
              f"monitor must be vader or length (or unset), got {self.monitor!r}"),
             (self.eval_prompts >= 0, f"eval_prompts must be >= 0, got {self.eval_prompts}"),

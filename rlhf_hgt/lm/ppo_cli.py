@@ -70,7 +70,7 @@ def _optional_float(text: str) -> float | None:
 
 _TUNING: list[tuple[str, Callable[[str], Any], str]] = [
     ("--steps", int, "PPO updates"),
-    ("--lora-r", int, "LoRA rank"),
+    ("--lora-r", int, "LoRA rank (0: full fine-tuning, with a frozen reference copy)"),
     ("--lora-alpha", float, "LoRA alpha (default 2 * rank)"),
     ("--batch-size", int, "rollouts per update, per process"),
     ("--mini-batch-size", int, "rollouts per optimiser step (divides --batch-size)"),
@@ -78,7 +78,7 @@ _TUNING: list[tuple[str, Callable[[str], Any], str]] = [
     ("--ppo-epochs", int, "passes over each rollout batch"),
     ("--generation-batch-size", int, "prompts generated at once (default the whole batch)"),
     ("--forward-batch-size", int, "rollouts per no-grad scoring forward"),
-    ("--lr", float, "learning rate of the LoRA weights"),
+    ("--lr", float, "learning rate of the LoRA (or, at rank 0, all) weights"),
     ("--value-head-lr", float, "learning rate of the value head"),
     ("--init-kl-coef|--kl-coef", float, "KL penalty coefficient (at the start, if adaptive)"),
     ("--target-kl", _optional_float, "target KL per sequence for an adaptive coefficient "

@@ -23,19 +23,31 @@ if TYPE_CHECKING:
 
 
 def attach_lora(model: Any, config: LMPPOConfig) -> Any:
-    """``model`` with a LoRA adapter (a PeftModel as it is); base weights frozen."""
+    """``model`` with a LoRA adapter (a PeftModel as it is); base weights frozen. With
+    ``lora_r=0`` (full fine-tuning) the model itself, every weight trainable."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if isinstance(model, PeftModel):
+        if config.full_finetune:
+            raise ValueError("lora_r=0 (full fine-tuning) needs a plain model, not one with "
+                             "LoRA adapters; merge them first (merge_and_unload)")
         return model
+    if config.full_finetune:
+        return model.requires_grad_(True)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
                       target_modules=config.lora_target_modules, bias="none",
                       task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
 
 
+def base_model(lm: Any) -> Any:
+    """The transformers model under a PeftModel (or ``lm`` itself when it has no adapter)."""
+    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+
+
 class PolicyValueModel(nn.Module):
-    """A LoRA causal LM and a value head reading the hidden state that enters its output layer.
+    """A causal LM (LoRA or plain) and a value head reading the hidden state that enters its
+    output layer.
 
     One forward returns logits and values for the last ``n_keep`` positions only (through
     ``logits_to_keep`` where the model accepts it), so prompt positions never reach the
@@ -52,7 +64,7 @@ class PolicyValueModel(nn.Module):
         self._captured: list[torch.Tensor] = []
         self._capturing = False
         out.register_forward_pre_hook(self._capture)
-        params = inspect.signature(lm.get_base_model().forward).parameters
+        params = inspect.signature(base_model(lm).forward).parameters
         self._keep_arg = "logits_to_keep" in params
 
     def _capture(self, module: nn.Module, args: tuple[Any, ...]) -> None:
