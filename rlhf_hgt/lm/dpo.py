@@ -47,8 +47,9 @@ DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "
 
 
 @dataclass
-class LMDPOConfig:
-    """How a policy is trained with DPO. The defaults serve a few hundred labels with LoRA."""
+class LMDPOConfig(common.PairTrainingConfig):
+    """How a policy is trained with DPO. The defaults serve a few hundred labels with LoRA;
+    the LoRA, optimiser, batch and evaluation settings are :class:`PairTrainingConfig`'s."""
 
     beta: float = field(default=0.1, metadata={
         "help": "strength of the pull towards the reference policy (higher = stay closer); "
@@ -63,38 +64,13 @@ class LMDPOConfig:
                 "exo_pair (> 0, e.g. 1e-3), and used by aot"})
     lora_r: int = field(default=16, metadata={
         "help": "LoRA rank; 0 = full fine-tuning against a frozen copy of the model"})
-    lora_alpha: float | None = field(default=None, metadata={
-        "help": "LoRA scaling numerator; default 2 × lora_r"})
-    target_modules: str | tuple[str, ...] = field(default=common.ALL_LINEAR, metadata={
-        "help": "layers that get adapters: 'all-linear' (attention and MLP, never lm_head) or "
-                "names such as ('q_proj', 'v_proj')"})
     learning_rate: float | None = field(default=None, metadata={
         "help": "peak learning rate; default 5e-5 with LoRA (TRL's 1e-6 barely moves an "
                 "adapter), 5e-7 for full fine-tuning"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    warmup_ratio: float = field(default=0.1, metadata={
-        "help": "share of the optimiser steps spent warming the learning rate up"})
-    lr_scheduler: str = field(default="linear", metadata={
-        "help": "transformers scheduler name: linear, cosine, constant_with_warmup, ..."})
     epochs: float = field(default=2.0, metadata={"help": "passes over the training pairs"})
-    max_steps: int = field(default=-1, metadata={
-        "help": "stop after this many optimiser steps (smoke tests); -1 = no limit"})
-    batch_size: int = field(default=8, metadata={"help": "pairs per device and step"})
-    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
     max_length: int = field(default=512, metadata={
         "help": "most tokens of prompt + response; longer ones keep their start (TRL); pairs "
                 "whose prompt alone fills it are dropped by TRL"})
-    chat_template: bool = field(default=False, metadata={
-        "help": "format with the tokenizer's chat template (user = prompt, assistant = "
-                "response) instead of prompt + response + end token"})
-    eval_fraction: float = field(default=0.1, metadata={
-        "help": "share of the pairs held out when no evaluation set is given"})
-    eval_batch_size: int = field(default=8, metadata={"help": "pairs per evaluation batch"})
-    seed: int = field(default=0, metadata={"help": "seed of adapters, data order and split"})
-    logging_steps: int = field(default=10, metadata={"help": "optimiser steps between logs"})
-    gradient_checkpointing: bool = field(default=False, metadata={
-        "help": "trade compute for memory on a GPU (always off on a CPU)"})
-    progress: bool = field(default=True, metadata={"help": "show the progress bar"})
 
     def __post_init__(self) -> None:
         if isinstance(self.loss_type, str):
@@ -102,8 +78,6 @@ class LMDPOConfig:
         self.loss_type = tuple(self.loss_type)
         if self.loss_weights is not None:
             self.loss_weights = tuple(float(w) for w in self.loss_weights)
-        if isinstance(self.target_modules, list):
-            self.target_modules = tuple(self.target_modules)
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0 (0.1 is usual), got {self.beta}")
         if not self.loss_type:
@@ -120,37 +94,9 @@ class LMDPOConfig:
                              f"got {self.label_smoothing}")
         if "exo_pair" in self.loss_type and self.label_smoothing == 0:
             raise ValueError("exo_pair needs label_smoothing > 0; the EXO paper uses 1e-3")
-        if self.lora_r < 0:
-            raise ValueError(f"lora_r must be >= 0 (16 is usual; 0 = full fine-tuning), "
-                             f"got {self.lora_r}")
-        if self.lora_alpha is None:
-            self.lora_alpha = float(2 * max(self.lora_r, 1))
-        if not self.lora_alpha > 0:
-            raise ValueError(f"lora_alpha must be > 0 (2 × lora_r is usual), got {self.lora_alpha}")
-        if not self.target_modules:
-            raise ValueError("target_modules must name layers, e.g. 'all-linear'")
-        if self.learning_rate is None:
-            self.learning_rate = 5e-5 if self.lora_r > 0 else 5e-7
-        if not 0 < self.learning_rate < 1:
-            raise ValueError(f"learning_rate must lie in (0, 1) (5e-5 with LoRA, 5e-7 full), "
-                             f"got {self.learning_rate}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+        self.check_shared(lr_lora=5e-5, lr_full=5e-7)
         if not self.epochs > 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError(f"max_steps must be >= 1, or -1 for no limit, got {self.max_steps}")
-        for name in ("batch_size", "grad_accum", "eval_batch_size", "logging_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_length < 8:
-            raise ValueError(f"max_length must be >= 8 tokens (512 is usual), "
-                             f"got {self.max_length}")
-        if not 0 <= self.eval_fraction < 1:
-            raise ValueError(f"eval_fraction must lie in [0, 1) (0.1 is usual), "
-                             f"got {self.eval_fraction}")
 
 
 # --------------------------------------------------------------------------- data

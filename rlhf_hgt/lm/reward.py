@@ -42,28 +42,19 @@ META_FILE = "reward_model.json"
 
 
 @dataclass
-class LMRewardConfig:
-    """How a language reward model is trained. The defaults serve a few hundred labels."""
+class LMRewardConfig(common.PairTrainingConfig):
+    """How a language reward model is trained. The defaults serve a few hundred labels; the
+    LoRA, optimiser, batch and evaluation settings are :class:`PairTrainingConfig`'s."""
 
-    lora_r: int = field(default=16, metadata={
-        "help": "LoRA rank; 0 = full fine-tuning of every weight (needs a lower learning_rate, "
-                "e.g. 1e-5)"})
-    lora_alpha: float | None = field(default=None, metadata={
-        "help": "LoRA scaling numerator (adapter output × alpha / r); default 2 × lora_r"})
     lora_dropout: float = field(default=0.05, metadata={
         "help": "dropout on the LoRA branch (regularises small label sets); the base model's "
                 "own dropout is turned off"})
-    target_modules: str | tuple[str, ...] = field(default=common.ALL_LINEAR, metadata={
-        "help": "layers that get adapters: 'all-linear' (every linear layer of attention and "
-                "MLP, never the output head) or names such as ('q_proj', 'v_proj')"})
     learning_rate: float | None = field(default=None, metadata={
         "help": "peak AdamW learning rate; default 2e-4 with LoRA (LoRA reward models like "
                 "1e-4..5e-4), 1e-5 for full fine-tuning"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     warmup_ratio: float = field(default=0.05, metadata={
         "help": "share of the optimiser steps spent warming the learning rate up"})
-    lr_scheduler: str = field(default="linear", metadata={
-        "help": "transformers scheduler name: linear, cosine, constant_with_warmup, ..."})
     epochs: float | None = field(default=None, metadata={
         "help": "passes over the training pairs; None = enough passes for min_updates "
                 "optimiser steps (at least 1, at most max_auto_epochs): 400 pairs → 4"})
@@ -72,12 +63,6 @@ class LMRewardConfig:
                 "passes: 200 steps of 8 reached 0.90 held-out accuracy on critic pairs)"})
     max_auto_epochs: int = field(default=8, metadata={
         "help": "most passes the automatic epoch count may choose"})
-    max_steps: int = field(default=-1, metadata={
-        "help": "stop after this many optimiser steps (smoke tests); -1 = no limit"})
-    batch_size: int = field(default=8, metadata={"help": "pairs per device and step"})
-    grad_accum: int = field(default=1, metadata={
-        "help": "gradient accumulation steps (effective batch = batch_size × grad_accum × "
-                "processes)"})
     max_length: int = field(default=512, metadata={
         "help": "most tokens of prompt + response; longer texts keep their end (the reward "
                 "is read at the last token)"})
@@ -89,54 +74,18 @@ class LMRewardConfig:
     center_rewards: float = field(default=0.01, metadata={
         "help": "weight of the mean-zero term mean((r_chosen + r_rejected)^2) (Eisenstein et "
                 "al. 2023); keeps rewards centred for PPO; 0 = off"})
-    chat_template: bool = field(default=False, metadata={
-        "help": "format with the tokenizer's chat template (user = prompt, assistant = "
-                "response) instead of prompt + response + end token"})
-    eval_fraction: float = field(default=0.1, metadata={
-        "help": "share of the pairs held out for accuracy when no evaluation set is given"})
     eval_batch_size: int = field(default=16, metadata={"help": "pairs per scoring batch"})
-    seed: int = field(default=0, metadata={"help": "seed of adapters, data order and split"})
-    logging_steps: int = field(default=10, metadata={"help": "optimiser steps between logs"})
-    gradient_checkpointing: bool = field(default=False, metadata={
-        "help": "trade compute for memory on a GPU (always off on a CPU)"})
-    progress: bool = field(default=True, metadata={"help": "show the progress bar"})
 
     def __post_init__(self) -> None:
-        if isinstance(self.target_modules, list):
-            self.target_modules = tuple(self.target_modules)
-        if self.lora_r < 0:
-            raise ValueError(f"lora_r must be >= 0 (16 is usual; 0 = full fine-tuning), "
-                             f"got {self.lora_r}")
-        if self.lora_alpha is None:
-            self.lora_alpha = float(2 * max(self.lora_r, 1))
-        if not self.lora_alpha > 0:
-            raise ValueError(f"lora_alpha must be > 0 (2 × lora_r is usual), got {self.lora_alpha}")
+        self.check_shared(lr_lora=2e-4, lr_full=1e-5)
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must lie in [0, 1) (0.05 is usual), "
                              f"got {self.lora_dropout}")
-        if not self.target_modules:
-            raise ValueError("target_modules must name layers, e.g. 'all-linear' or "
-                             "('q_proj', 'v_proj')")
-        if self.learning_rate is None:
-            self.learning_rate = 2e-4 if self.lora_r > 0 else 1e-5
-        if not 0 < self.learning_rate < 1:
-            raise ValueError(f"learning_rate must lie in (0, 1) (2e-4 with LoRA, 1e-5 full), "
-                             f"got {self.learning_rate}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
         if self.epochs is not None and not self.epochs > 0:
             raise ValueError(f"epochs must be > 0, or None for automatic, got {self.epochs}")
-        for name in ("min_updates", "max_auto_epochs", "batch_size", "grad_accum",
-                     "eval_batch_size", "logging_steps"):
+        for name in ("min_updates", "max_auto_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError(f"max_steps must be >= 1, or -1 for no limit, got {self.max_steps}")
-        if self.max_length < 8:
-            raise ValueError(f"max_length must be >= 8 tokens (512 is usual), "
-                             f"got {self.max_length}")
         if not 0 <= self.label_noise < 1:
             raise ValueError(f"label_noise is a probability of a random answer: use "
                              f"0 <= label_noise < 1 (0.05 is usual), got {self.label_noise}")
@@ -145,9 +94,6 @@ class LMRewardConfig:
         if self.center_rewards < 0:
             raise ValueError(f"center_rewards must be >= 0 (0.01 is usual), "
                              f"got {self.center_rewards}")
-        if not 0 <= self.eval_fraction < 1:
-            raise ValueError(f"eval_fraction must lie in [0, 1) (0.1 is usual), "
-                             f"got {self.eval_fraction}")
 
     def resolved_epochs(self, n_pairs: int, processes: int = 1) -> float:
         """The epoch count for ``n_pairs`` training pairs (see ``epochs``)."""

@@ -20,6 +20,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,92 @@ TINY_SEED = 0
 
 #: PEFT's shorthand for every linear layer of attention and MLP blocks (not the output head).
 ALL_LINEAR = "all-linear"
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass
+class PairTrainingConfig:
+    """What the reward-model and DPO settings share (LoRA, optimiser, batches, formatting,
+    evaluation, logging); each subclass adds its own loss settings and defaults, and calls
+    :meth:`check_shared` from its ``__post_init__``."""
+
+    lora_r: int = field(default=16, metadata={
+        "help": "LoRA rank; 0 = full fine-tuning of every weight (needs a lower "
+                "learning_rate)"})
+    lora_alpha: float | None = field(default=None, metadata={
+        "help": "LoRA scaling numerator (adapter output × alpha / r); default 2 × lora_r"})
+    target_modules: str | tuple[str, ...] = field(default=ALL_LINEAR, metadata={
+        "help": "layers that get adapters: 'all-linear' (every linear layer of attention and "
+                "MLP, never the output head) or names such as ('q_proj', 'v_proj')"})
+    learning_rate: float | None = field(default=None, metadata={
+        "help": "peak AdamW learning rate; default set by the trainer (LoRA or full)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup_ratio: float = field(default=0.1, metadata={
+        "help": "share of the optimiser steps spent warming the learning rate up"})
+    lr_scheduler: str = field(default="linear", metadata={
+        "help": "transformers scheduler name: linear, cosine, constant_with_warmup, ..."})
+    max_steps: int = field(default=-1, metadata={
+        "help": "stop after this many optimiser steps (smoke tests); -1 = no limit"})
+    batch_size: int = field(default=8, metadata={"help": "pairs per device and step"})
+    grad_accum: int = field(default=1, metadata={
+        "help": "gradient accumulation steps (effective batch = batch_size × grad_accum × "
+                "processes)"})
+    max_length: int = field(default=512, metadata={
+        "help": "most tokens of prompt + response"})
+    chat_template: bool = field(default=False, metadata={
+        "help": "format with the tokenizer's chat template (user = prompt, assistant = "
+                "response) instead of prompt + response + end token"})
+    eval_fraction: float = field(default=0.1, metadata={
+        "help": "share of the pairs held out when no evaluation set is given"})
+    eval_batch_size: int = field(default=8, metadata={"help": "pairs per evaluation batch"})
+    seed: int = field(default=0, metadata={"help": "seed of adapters, data order and split"})
+    logging_steps: int = field(default=10, metadata={"help": "optimiser steps between logs"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "trade compute for memory on a GPU (always off on a CPU)"})
+    progress: bool = field(default=True, metadata={"help": "show the progress bar"})
+
+    def check_shared(self, lr_lora: float, lr_full: float) -> None:
+        """Check the shared fields, fill the defaults that depend on others."""
+        if isinstance(self.target_modules, list):
+            self.target_modules = tuple(self.target_modules)
+        if self.lora_r < 0:
+            raise ValueError(f"lora_r must be >= 0 (16 is usual; 0 = full fine-tuning), "
+                             f"got {self.lora_r}")
+        if self.lora_alpha is None:
+            self.lora_alpha = float(2 * max(self.lora_r, 1))
+        if not self.lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be > 0 (2 × lora_r is usual), got {self.lora_alpha}")
+        if not self.target_modules:
+            raise ValueError("target_modules must name layers, e.g. 'all-linear' or "
+                             "('q_proj', 'v_proj')")
+        if self.learning_rate is None:
+            self.learning_rate = lr_lora if self.lora_r > 0 else lr_full
+        if not 0 < self.learning_rate < 1:
+            raise ValueError(f"learning_rate must lie in (0, 1) ({_sci(lr_lora)} with LoRA, "
+                             f"{_sci(lr_full)} full), got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be >= 1, or -1 for no limit, got {self.max_steps}")
+        for name in ("batch_size", "grad_accum", "eval_batch_size", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be >= 8 tokens (512 is usual), "
+                             f"got {self.max_length}")
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction must lie in [0, 1) (0.1 is usual), "
+                             f"got {self.eval_fraction}")
+
+
+def _sci(x: float) -> str:
+    """2e-4 rather than 0.0002."""
+    mantissa, exponent = f"{x:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
 
 
 # --------------------------------------------------------------------------- devices
