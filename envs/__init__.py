@@ -10,22 +10,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .tasks import (
-    CARTPOLE_LEFT_ID,
-    DEFAULT_TARGET_ANGLE,
-    PENDULUM_AT_ANGLE_ID,
-    TASK_IDS,
-    CartPoleLeft,
-    EnvCreationError,
-    PendulumAtAngle,
-    TaskRewardWrapper,
-    UnknownEnvError,
-    cartpole_left_reward,
-    make_env,
-    pendulum_at_angle_reward,
-    register_tasks,
-    suggest_env_ids,
-)
+from . import tasks
+from .tasks import *  # noqa: F403 - the tasks' public names are this package's too
+from .tasks import register_tasks
 
 _LAZY_WRAPPERS = (
     "DISTRACTOR_KINDS",
@@ -35,23 +22,7 @@ _LAZY_WRAPPERS = (
     "RewardFn",
 )
 
-__all__ = [
-    "CARTPOLE_LEFT_ID",
-    "DEFAULT_TARGET_ANGLE",
-    "PENDULUM_AT_ANGLE_ID",
-    "TASK_IDS",
-    "CartPoleLeft",
-    "EnvCreationError",
-    "PendulumAtAngle",
-    "TaskRewardWrapper",
-    "UnknownEnvError",
-    "cartpole_left_reward",
-    "make_env",
-    "pendulum_at_angle_reward",
-    "register_tasks",
-    "suggest_env_ids",
-    *_LAZY_WRAPPERS,
-]
+__all__ = [*tasks.__all__, *_LAZY_WRAPPERS]
 
 register_tasks()
 

@@ -392,8 +392,9 @@ class PreferenceStore:
     # -- pending work and claims
 
     def pending_ids(self, annotator: str, per_query: int | None = None,
-                    kind: str | None = None) -> list[int]:
-        """Queries this annotator has not answered and that still need answers, oldest first.
+                    kind: str | None = None, among: Iterable[int] | None = None) -> list[int]:
+        """Queries this annotator has not answered and that still need answers, oldest first;
+        only those in ``among`` when given (e.g. one round's queries in a shared store).
 
         Claimed by someone else (a live lease) counts as taken."""
         need = per_query or self.annotators_per_query
@@ -410,7 +411,11 @@ class PreferenceStore:
         if kind:
             sql += " AND q.kind = ?"
             args.append(kind)
-        return [r[0] for r in self.conn.execute(sql + " ORDER BY q.id", args)]
+        ids = [r[0] for r in self.conn.execute(sql + " ORDER BY q.id", args)]
+        if among is not None:
+            wanted = set(among)
+            ids = [i for i in ids if i in wanted]
+        return ids
 
     def count_pending(self, annotator: str, per_query: int | None = None) -> int:
         return len(self.pending_ids(annotator, per_query))
@@ -464,30 +469,53 @@ class PreferenceStore:
         from others, or this annotator already answered it. A repeated ``token`` returns the
         id of the answer saved the first time."""
         _check_answer(answer)
-        token = token or uuid.uuid4().hex
         need = per_query or self.annotators_per_query
         with self.transaction() as cur:
-            row = cur.execute("SELECT id FROM answers WHERE token = ?", (token,)).fetchone()
-            if row:
-                return row[0]
-            if cur.execute("SELECT 1 FROM queries WHERE id = ?", (query_id,)).fetchone() is None:
-                raise StoreError(f"{self.path}: no query with id {query_id}")
-            if enforce_quota:
-                mine = cur.execute("SELECT COUNT(*) FROM active_answers WHERE query_id = ? "
-                                   "AND annotator = ?", (query_id, annotator)).fetchone()[0]
-                total = cur.execute("SELECT COUNT(*) FROM active_answers WHERE query_id = ?",
-                                    (query_id,)).fetchone()[0]
-                if mine or total >= need:
-                    return None
-            cur.execute("INSERT INTO answers (query_id, annotator, synthetic, answer, shown_at, "
-                        "answered_at, rationale, interface, token) VALUES (?,?,?,?,?,?,?,?,?)",
-                        (query_id, annotator, int(synthetic), answer, shown_at,
-                         answered_at if answered_at is not None else time.time(),
-                         rationale, interface, token))
-            answer_id = cur.lastrowid
-            cur.execute("DELETE FROM claims WHERE query_id = ? AND annotator = ?",
-                        (query_id, annotator))
-            return answer_id
+            return self._insert_answer(cur, query_id, answer, annotator, synthetic, shown_at,
+                                       answered_at, rationale, interface,
+                                       token or uuid.uuid4().hex, need if enforce_quota else 0)
+
+    def record_answers(self, answers: Iterable[tuple[int, str]], annotator: str, *,
+                       synthetic: bool = False, interface: str = "api/1",
+                       per_query: int | None = None) -> list[int | None]:
+        """Save many ``(query_id, answer)`` answers of one annotator in one transaction, each
+        with the checks of :meth:`record_answer` (None where the query needs no more answers
+        or this annotator already answered it); all or none are written."""
+        items = list(answers)
+        for _, answer in items:
+            _check_answer(answer)
+        need = per_query or self.annotators_per_query
+        now = time.time()
+        with self.transaction() as cur:
+            return [self._insert_answer(cur, qid, answer, annotator, synthetic, now, now, None,
+                                        interface, uuid.uuid4().hex, need)
+                    for qid, answer in items]
+
+    def _insert_answer(self, cur: sqlite3.Cursor, query_id: int, answer: str, annotator: str,
+                       synthetic: bool, shown_at: float | None, answered_at: float | None,
+                       rationale: str | None, interface: str, token: str,
+                       need: int) -> int | None:
+        """One answer inside an open transaction; ``need`` 0 skips the quota check."""
+        row = cur.execute("SELECT id FROM answers WHERE token = ?", (token,)).fetchone()
+        if row:
+            return row[0]
+        if cur.execute("SELECT 1 FROM queries WHERE id = ?", (query_id,)).fetchone() is None:
+            raise StoreError(f"{self.path}: no query with id {query_id}")
+        if need:
+            mine = cur.execute("SELECT COUNT(*) FROM active_answers WHERE query_id = ? "
+                               "AND annotator = ?", (query_id, annotator)).fetchone()[0]
+            total = cur.execute("SELECT COUNT(*) FROM active_answers WHERE query_id = ?",
+                                (query_id,)).fetchone()[0]
+            if mine or total >= need:
+                return None
+        cur.execute("INSERT INTO answers (query_id, annotator, synthetic, answer, shown_at, "
+                    "answered_at, rationale, interface, token) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (query_id, annotator, int(synthetic), answer, shown_at,
+                     answered_at if answered_at is not None else time.time(),
+                     rationale, interface, token))
+        cur.execute("DELETE FROM claims WHERE query_id = ? AND annotator = ?",
+                    (query_id, annotator))
+        return cur.lastrowid
 
     def undo(self, answer_id: int, annotator: str | None = None, reason: str = "") -> None:
         """Supersede an answer with an undo event (nothing is deleted)."""

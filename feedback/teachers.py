@@ -43,9 +43,7 @@ simulates a person in numpy, while rlhf_hgt.preference models one.
 from __future__ import annotations
 
 import math
-import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -372,7 +370,7 @@ def make_teacher(spec: str) -> Teacher:
 def answer_pending(store: PreferenceStore | str | Path, teacher: Teacher,
                    annotator: str | None = None, score_fn: ScoreFn | None = None,
                    rng: np.random.Generator | None = None, limit: int | None = None,
-                   per_query: int | None = None) -> int:
+                   per_query: int | None = None, among: Iterable[int] | None = None) -> int:
     """Answer the store's pending queries with a synthetic teacher; return how many it answered.
 
     Segment queries are judged on the ``true_rewards`` stored with each side; text queries on
@@ -381,6 +379,8 @@ def answer_pending(store: PreferenceStore | str | Path, teacher: Teacher,
     thresholds see the whole batch) and written in a few transactions, each answer marked
     synthetic, annotator ``teacher:<name>`` unless given, interface ``teacher/1``. A query
     that filled up meanwhile (another annotator answered it) is left alone and not counted.
+    ``among`` limits the teacher to those query ids (a shared store may hold other people's
+    pending pairs).
     """
     if limit is not None and limit < 0:
         raise UserInputError(f"limit must be >= 0 (or unset for all), got {limit}")
@@ -392,7 +392,7 @@ def answer_pending(store: PreferenceStore | str | Path, teacher: Teacher,
     try:
         return _answer_pending(st, teacher, annotator or f"teacher:{teacher.name}", score_fn,
                                rng if rng is not None else np.random.default_rng(), limit,
-                               per_query)
+                               per_query, among)
     finally:
         if own:
             st.close()
@@ -400,8 +400,8 @@ def answer_pending(store: PreferenceStore | str | Path, teacher: Teacher,
 
 def _answer_pending(store: PreferenceStore, teacher: Teacher, annotator: str,
                     score_fn: ScoreFn | None, rng: np.random.Generator, limit: int | None,
-                    per_query: int | None) -> int:
-    ids = store.pending_ids(annotator, per_query)
+                    per_query: int | None, among: Iterable[int] | None) -> int:
+    ids = store.pending_ids(annotator, per_query, among=among)
     if limit is not None:
         ids = ids[:limit]
     if not ids:
@@ -429,12 +429,17 @@ def _answer_pending(store: PreferenceStore, teacher: Teacher, annotator: str,
     if len(answers) != len(ids):
         raise RuntimeError(f"teacher {teacher.name} gave {len(answers)} answers for "
                            f"{len(ids)} queries")
-    need = per_query or store.annotators_per_query
+    for answer in answers:
+        if answer not in ("left", "right", "tie", "skip"):
+            raise RuntimeError(f"teacher {teacher.name} answered {answer!r}; teachers answer "
+                               "left, right, tie or skip")
     written = 0
     for start in range(0, len(ids), _WRITE_BATCH):
-        end = start + _WRITE_BATCH
-        chunk = list(zip(ids[start:end], answers[start:end], strict=True))
-        written += _write_answers(store, chunk, annotator, need)
+        chunk = zip(ids[start:start + _WRITE_BATCH], answers[start:start + _WRITE_BATCH],
+                    strict=True)
+        saved = store.record_answers(chunk, annotator, synthetic=True, interface=INTERFACE,
+                                     per_query=per_query)
+        written += sum(a is not None for a in saved)
     store.log_event("teacher", annotator=annotator,
                     data={"teacher": teacher.name, "answered": written, "taken": len(ids)})
     return written
@@ -451,28 +456,3 @@ def _score(score_fn: ScoreFn, prompt: str, response: str, qid: int) -> float:
         raise ValueError(f"score function returned {value} for query {qid}; it must return "
                          "a finite number")
     return value
-
-
-def _write_answers(store: PreferenceStore, chunk: list[tuple[int, str]], annotator: str,
-                   need: int) -> int:
-    """One transaction: the same checks as PreferenceStore.record_answer, for many answers."""
-    written = 0
-    with store.transaction() as cur:
-        for qid, answer in chunk:
-            if answer not in ("left", "right", "tie", "skip"):
-                raise RuntimeError(f"teacher answered {answer!r}; teachers answer "
-                                   "left, right, tie or skip")
-            mine = cur.execute("SELECT COUNT(*) FROM active_answers WHERE query_id = ? "
-                               "AND annotator = ?", (qid, annotator)).fetchone()[0]
-            total = cur.execute("SELECT COUNT(*) FROM active_answers WHERE query_id = ?",
-                                (qid,)).fetchone()[0]
-            if mine or total >= need:
-                continue
-            now = time.time()
-            cur.execute("INSERT INTO answers (query_id, annotator, synthetic, answer, shown_at, "
-                        "answered_at, rationale, interface, token) VALUES (?,?,?,?,?,?,?,?,?)",
-                        (qid, annotator, 1, answer, now, now, None, INTERFACE, uuid.uuid4().hex))
-            cur.execute("DELETE FROM claims WHERE query_id = ? AND annotator = ?",
-                        (qid, annotator))
-            written += 1
-    return written

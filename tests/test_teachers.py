@@ -299,6 +299,42 @@ def test_answer_pending_limit_per_query_and_store_path(tmp_path):
         assert len(store.answers()) == 10
 
 
+def _distinct(i: int, reward: float) -> dict:
+    """A one-step segment whose observation (what the store tells pairs apart by) is i."""
+    return {"obs": np.full((1, 2), i, np.float32), "actions": np.zeros(1, np.int64),
+            "true_rewards": np.array([reward], np.float32)}
+
+
+def test_answer_pending_keeps_to_the_queries_it_is_given(tmp_path):
+    """In a shared store a teacher answers its own round's pairs, not other people's."""
+    with PreferenceStore(tmp_path / "prefs.db") as store:
+        theirs = store.add_segment_queries(
+            [(_distinct(i, 1.0), _distinct(-1, 0.0)) for i in range(3)], round=0)
+        mine = store.add_segment_queries(
+            [(_distinct(-1, 0.0), _distinct(i + 10, 1.0)) for i in range(2)], round=1)
+        assert answer_pending(store, make_teacher("oracle"), among=store.query_ids(round=1)) == 2
+        assert sorted(a.query_id for a in store.answers()) == mine
+        assert store.unanswered_ids() == theirs
+
+
+def test_record_answers_is_one_transaction_with_the_single_answer_checks(tmp_path):
+    from rlhf_hgt.feedback.store import StoreError
+
+    with PreferenceStore(tmp_path / "prefs.db") as store:
+        ids = store.add_segment_queries([(_distinct(i, 1.0), _distinct(-1, 0.0))
+                                         for i in range(3)])
+        assert store.record_answer(ids[0], "left", "ann") is not None
+        saved = store.record_answers([(ids[0], "right"), (ids[1], "tie"), (ids[2], "skip")],
+                                     "ann", synthetic=True)
+        assert saved[0] is None and all(isinstance(x, int) for x in saved[1:])  # already answered
+        assert [a.answer for a in store.answers()] == ["left", "tie", "skip"]
+        with pytest.raises(StoreError):  # an unknown query: nothing of the batch is written
+            store.record_answers([(ids[1], "left"), (999, "left")], "other")
+        assert len(store.answers()) == 3
+        with pytest.raises(StoreError, match="answer must be one of"):
+            store.record_answers([(ids[1], "maybe")], "other")
+
+
 def test_answer_pending_text_queries_need_a_score_function(tmp_path):
     path = tmp_path / "prefs.db"
     with PreferenceStore(path) as store:

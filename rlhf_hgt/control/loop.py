@@ -236,7 +236,7 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
                 "callback": reward_callback})
             trainer.start()
         if teacher is not None:
-            answer_pending(store, teacher, rng=rng)
+            answer_pending(store, teacher, rng=rng, among=store.query_ids(round=rnd))
         else:
             _wait_for_people(store, cfg, ask_human, progress)
         if trainer is not None:

@@ -479,7 +479,7 @@ class _Loop:
             annotator = f"teacher:{teacher.name}({cfg.teacher})"
             n = answer_pending(self.store, teacher, annotator=annotator,
                                score_fn=self.teacher_fn,
-                               rng=np.random.default_rng([cfg.seed, rnd]))
+                               rng=np.random.default_rng([cfg.seed, rnd]), among=ids)
         else:
             annotator = cfg.annotator or _login_name()
             before = len(self.store.answers(kind="text"))
