@@ -51,6 +51,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="adapt the starting policy through LoRA adapters of this rank, base "
                         "weights frozen; the adapter is saved to RUN_DIR/adapter (default 0: "
                         "train all weights)")
+    c.add_argument("--pessimism", type=float, default=0.0,
+                   help="train on the reward ensemble's mean minus this many standard "
+                        "deviations, keeping the policy where people judged it (e.g. 1 when "
+                        "adapting a trained policy; default 0)")
     c.add_argument("--quiet", action="store_true", help="no progress output")
 
     from rlhf_hgt.lm.cli import add_lm_commands  # light: argparse definitions only
@@ -75,6 +79,7 @@ def _run_control(args: argparse.Namespace) -> int:
     with console.status("loading the control stack…"):
         from rlhf_hgt.control.agents import AgentConfig
         from rlhf_hgt.control.loop import ControlConfig, run_control, validate
+        from rlhf_hgt.control.reward_model import RewardModelConfig
 
     try:
         cfg = ControlConfig(
@@ -84,7 +89,8 @@ def _run_control(args: argparse.Namespace) -> int:
             eval_episodes=args.eval_episodes, store=args.store,
             init_policy=args.init_policy, lora_r=args.lora_r,
             agent=AgentConfig(algo=args.agent_algo, n_envs=args.n_envs,
-                              subprocess=args.subprocess_envs))
+                              subprocess=args.subprocess_envs),
+            reward=RewardModelConfig(pessimism=args.pessimism))
         validate(cfg)
     except UserInputError:
         raise

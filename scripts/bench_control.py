@@ -274,6 +274,17 @@ def _adapt_lines(results: dict) -> list[str]:
         name = "DPO (policy)" if method == "dpo" else f"LoRA {extra} from a CartPole-v1 policy"
         lines.append(f"| {name} | {env_id} | {seed} | {r['labels']} | "
                      f"{r['start_return_mean']:.1f} | {r['true_return_mean']:.1f} |")
+    groups: dict[str, list[dict]] = {}
+    for key, r in rows:
+        method, _, _, extra = key.split("|")
+        groups.setdefault(method if method == "dpo" else f"LoRA {extra}", []).append(r)
+    lines += ["", "| method | seeds | improved on its start | start (mean) | final (mean) |",
+              "|---|---|---|---|---|"]
+    for name, runs in sorted(groups.items()):
+        better = sum(r["true_return_mean"] > r["start_return_mean"] for r in runs)
+        lines.append(f"| {name} | {len(runs)} | {better}/{len(runs)} | "
+                     f"{statistics.mean(r['start_return_mean'] for r in runs):.1f} | "
+                     f"{statistics.mean(r['true_return_mean'] for r in runs):.1f} |")
     return lines
 
 

@@ -478,3 +478,23 @@ def test_a_reward_learned_on_cartpole_prefers_staying_alive():
     # living earns more than the absorbing state's 0 on most steps the policy sees
     assert (ens.predict(obs, acts) > 0).mean() > 0.9
     env.close()
+
+
+def test_pessimism_lowers_the_reward_most_where_no_label_reached(fitted):
+    ens, _, _ = fitted
+    rng = np.random.default_rng(5)
+    seen = rng.uniform(-1, 1, size=(400, 6)).astype(np.float32)  # where the pairs came from
+    far = seen * 8.0  # far outside the labelled range
+    acts = rng.uniform(-1, 1, size=(400, 2)).astype(np.float32)
+    mean = {k: ens.predict(x, acts, normalize=False) for k, x in (("seen", seen), ("far", far))}
+    ens.config.pessimism = 1.0
+    try:
+        low = {k: ens.predict(x, acts, normalize=False) for k, x in (("seen", seen), ("far", far))}
+    finally:
+        ens.config.pessimism = 0.0
+    gap = {k: mean[k] - low[k] for k in mean}
+    assert (gap["seen"] >= -1e-6).all() and (gap["far"] >= -1e-6).all()
+    assert gap["far"].mean() > 3 * gap["seen"].mean() > 0, (gap["far"].mean(),
+                                                           gap["seen"].mean())
+    with pytest.raises(ValueError, match="pessimism"):
+        RewardModelConfig(pessimism=-1.0)

@@ -83,6 +83,10 @@ class RewardModelConfig:
         "help": "penalty on the squared per-step reward, keeps the scale bounded"})
     bootstrap: bool = field(default=True, metadata={
         "help": "each member trains on its own bootstrap resample of the pairs"})
+    pessimism: float = field(default=0.0, metadata={
+        "help": "the agent's reward is the members' mean minus this many of their standard "
+                "deviations: where the labels never reached, the members disagree and the "
+                "reward drops, so the policy stays where people have judged it"})
     center_rewards: bool | None = field(default=None, metadata={
         "help": "fit_normalization subtracts the mean reward: True, False, or None = only "
                 "when no training segment ran past a terminal state (otherwise the reward "
@@ -103,6 +107,8 @@ class RewardModelConfig:
                              f"(16, 32, 32); got {self.cnn_channels}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0 (1e-3 is usual), got {self.lr}")
+        if not self.pessimism >= 0:
+            raise ValueError(f"pessimism must be >= 0 (0 turns it off), got {self.pessimism}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         for name in ("epochs", "batch_size"):
@@ -474,11 +480,11 @@ class RewardEnsemble(nn.Module):
                     o = o.float()
                 a = None if not uses_actions else torch.as_tensor(
                     actions[s:s + batch_size], dtype=torch.float32, device=self.device)
-                r = torch.zeros(len(o), device=self.device)
-                for member in self.members:
-                    member.eval()
-                    r += member(o, a)
-                out.append(r / self.k)
+                rs = torch.stack([member.eval()(o, a) for member in self.members])
+                r = rs.mean(0)
+                if self.config.pessimism > 0 and self.k > 1:
+                    r = r - self.config.pessimism * rs.std(0, unbiased=False)
+                out.append(r)
         return torch.cat(out) if out else torch.zeros(0)
 
     def predict(self, obs: np.ndarray, actions: np.ndarray | None = None,
