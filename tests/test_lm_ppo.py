@@ -314,7 +314,8 @@ def _args(*argv: str) -> argparse.Namespace:
     return add_ppo_arguments(argparse.ArgumentParser()).parse_args(list(argv))
 
 
-def test_cli_end_to_end_with_tiny_model(tmp_path):
+@pytest.mark.parametrize("rank", [2, 0])  # LoRA, and full fine-tuning
+def test_cli_end_to_end_with_tiny_model(tmp_path, rank):
     data = tmp_path / "prompts.jsonl"
     data.write_text("\n".join(json.dumps(x) for x in [
         {"prompt": "Review Alien:", "chosen": "great", "rejected": "bad"},
@@ -323,16 +324,17 @@ def test_cli_end_to_end_with_tiny_model(tmp_path):
     out = tmp_path / "run"
     args = _args("--data", str(data), "--out", str(out), "--model", "tiny", "--reward",
                  "length", "--steps", "2", "--batch-size", "4", "--mini-batch-size", "2",
-                 "--max-new-tokens", "6", "--lora-r", "2", "--device", "cpu", "--quiet")
+                 "--max-new-tokens", "6", "--lora-r", str(rank), "--device", "cpu", "--quiet")
     assert run_ppo_command(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 2 and len(metrics["curve"]) == 2 and metrics["prompts"] == 3
     assert metrics["final"]["kl_k1"] == metrics["final"]["kl_k1"]  # a number
-    assert (out / "checkpoints" / "adapter_model.safetensors").is_file()
+    weights = "checkpoints/" + ("adapter_model" if rank else "model") + ".safetensors"
+    assert (out / weights).is_file()
     assert (out / "checkpoints" / "value_head.safetensors").is_file()
     manifest = json.loads((out / "manifest.json").read_text())
-    assert "checkpoints/adapter_model.safetensors" in manifest["checkpoints"]
-    assert manifest["config"]["lora_r"] == 2 and manifest["data"]["data"]["sha256"]
+    assert weights in manifest["checkpoints"]
+    assert manifest["config"]["lora_r"] == rank and manifest["data"]["data"]["sha256"]
 
 
 def test_cli_bad_input_exit_2_and_nothing_written(tmp_path, capsys):

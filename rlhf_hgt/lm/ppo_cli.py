@@ -307,7 +307,9 @@ def _metrics(history: list[dict[str, float]], trainer: Any, args: argparse.Names
                              else "process max RSS"),
         "model": args.model, "reward": reward_name, "prompts": n_prompts,
         "device": str(trainer.device), "processes": trainer.world,
-        "adapter": f"{CHECKPOINT_DIR}/adapter_model.safetensors",
+        "adapter" if not trainer.config.full_finetune else "model":
+            f"{CHECKPOINT_DIR}/"
+            f"{'model' if trainer.config.full_finetune else 'adapter_model'}.safetensors",
         "value_head": f"{CHECKPOINT_DIR}/value_head.safetensors",
         "curve": history,
     }
