@@ -24,7 +24,7 @@ import copy
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -325,23 +325,9 @@ def train_dpo(model: Any, train_ds: Any, eval_ds: Any = None, config: LMDPOConfi
                         "implicit_reward_accuracy": None})
     metrics["eval_pairs"] = len(eval_rows)
     metrics["eval_ties"] = eval_ties
-    _save(policy, tok, out, cfg, base_name)
+    common.save_trained(policy, tok, out, cfg, base_name, FORMAT, META_FILE)
     common.wait_for_everyone()
     return common.clean_metrics(metrics)
-
-
-def _save(model: Any, tok: Any, out: Path, cfg: LMDPOConfig, base_name: str | None) -> None:
-    if not common.is_main_process():
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=True)
-    tok.save_pretrained(str(out))
-    meta = {"format": FORMAT, "base_model": base_name, "lora": cfg.lora_r > 0,
-            "tiny_seed": common.TINY_SEED if base_name == common.TINY else None,
-            "chat_template": cfg.chat_template, "max_length": cfg.max_length,
-            "config": {k: (list(v) if isinstance(v, tuple) else v)
-                       for k, v in asdict(cfg).items()}}
-    common.write_json(out / META_FILE, meta)
 
 
 def load_policy(folder: str | Path, base: Any = None, device: str | None = None,

@@ -25,7 +25,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -301,7 +301,7 @@ def train_reward_model(model: Any, train_ds: Any, eval_ds: Any = None,
         metrics.update(evaluate_reward_model(trained, tok, eval_ds, cfg))
     else:
         metrics.update({"reward_model_accuracy": None, "eval_loss": None, "eval_pairs": 0})
-    _save(trained, tok, out, cfg, base_name)
+    common.save_trained(trained, tok, out, cfg, base_name, FORMAT, META_FILE)
     common.wait_for_everyone()
     return common.clean_metrics(metrics)
 
@@ -331,20 +331,6 @@ def evaluate_reward_model(model: Any, tok: Any, ds: Any,
         "eval_reward_mean": float(torch.cat([s_chosen, s_rejected]).mean()),
         "eval_reward_std": float(torch.cat([s_chosen, s_rejected]).std()),
     }
-
-
-def _save(model: Any, tok: Any, out: Path, cfg: LMRewardConfig, base_name: str | None) -> None:
-    if not common.is_main_process():
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=True)
-    tok.save_pretrained(str(out))
-    meta = {"format": FORMAT, "base_model": base_name, "lora": cfg.lora_r > 0,
-            "tiny_seed": common.TINY_SEED if base_name == common.TINY else None,
-            "chat_template": cfg.chat_template, "max_length": cfg.max_length,
-            "config": {k: (list(v) if isinstance(v, tuple) else v)
-                       for k, v in asdict(cfg).items()}}
-    common.write_json(out / META_FILE, meta)
 
 
 # --------------------------------------------------------------------------- scoring

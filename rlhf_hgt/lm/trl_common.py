@@ -20,7 +20,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +251,23 @@ def write_json(path: str | Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
     os.replace(tmp, path)
+
+
+def save_trained(model: Any, tok: Any, out: Path, cfg: PairTrainingConfig,
+                 base_name: str | None, fmt: str, meta_file: str) -> None:
+    """Write a trained model (adapter or full weights, safetensors), its tokenizer and a
+    JSON file naming the format, base model and settings; on the main process only."""
+    if not is_main_process():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    meta = {"format": fmt, "base_model": base_name, "lora": cfg.lora_r > 0,
+            "tiny_seed": TINY_SEED if base_name == TINY else None,
+            "chat_template": cfg.chat_template, "max_length": cfg.max_length,
+            "config": {k: (list(v) if isinstance(v, tuple) else v)
+                       for k, v in asdict(cfg).items()}}
+    write_json(out / meta_file, meta)
 
 
 def _json_default(o: Any) -> Any:
