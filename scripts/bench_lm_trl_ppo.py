@@ -34,7 +34,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_lm  # noqa: E402 - light at import: shared loaders, data, result writer
+import bench_lm_jobs as jobs  # noqa: E402 - light at import: shared loaders, data, result writer
+from bench_lm import PEER_INSTALL  # noqa: E402
 
 EXPECTED = "1.12.0"
 
@@ -45,7 +46,7 @@ def check_trl() -> Any:
 
     if trl.__version__ != EXPECTED:
         print(f"bench_lm_trl_ppo: needs TRL {EXPECTED}, found {trl.__version__} at "
-              f"{trl.__file__}; install it with `{bench_lm.PEER_INSTALL}` and run with "
+              f"{trl.__file__}; install it with `{PEER_INSTALL}` and run with "
               "PYTHONPATH=.peers/trl112", file=sys.stderr)
         raise SystemExit(3)
     return trl
@@ -70,15 +71,15 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     trl_common.quiet_libraries()
     set_seed(spec["seed"])
     batch, steps = spec["batch"], spec["steps"]
-    policy, tok = bench_lm.causal_lm(spec["model"])
-    value_model, _ = bench_lm.reward_lm(spec["model"])  # TRL's critic: a whole second model
+    policy, tok = jobs.causal_lm(spec["model"])
+    value_model, _ = jobs.reward_lm(spec["model"])  # TRL's critic: a whole second model
     scorer = RewardScorer.load(spec["reward_dir"])
     reward = scorer.model
     if hasattr(reward, "merge_and_unload"):
         reward = reward.merge_and_unload()
     reward.eval()
 
-    train, _ = bench_lm.pairs({**spec, "n_train": None})
+    train, _ = jobs.pairs({**spec, "n_train": None})
     prompts = list(dict.fromkeys(train["prompt"]))
     chat = bool(getattr(tok, "chat_template", None))  # as our trainer formats prompts
 
@@ -99,7 +100,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         num_sample_generations=0, report_to=[], save_strategy="no", logging_steps=1,
         disable_tqdm=True, use_cpu=not gpu, bf16=bool(gpu and torch.cuda.is_bf16_supported()),
         activation_checkpointing=False)
-    peft_config = (LoraConfig(task_type="CAUSAL_LM", **bench_lm.TRL_LORA) if spec["lora"]
+    peft_config = (LoraConfig(task_type="CAUSAL_LM", **jobs.TRL_LORA) if spec["lora"]
                    else None)
 
     generated: list[dict[str, float]] = []
@@ -175,7 +176,7 @@ def main(argv: list[str]) -> int:
     res["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     if torch.cuda.is_available():
         res["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    bench_lm.write_json(argv[1], res)
+    jobs.write_json(argv[1], res)
     return 0
 
 
