@@ -6,10 +6,11 @@ one. While the person looks at a pair, a worker thread claims and lays out the n
 (frames scaled, half-block strings and GIFs made), so the next pair is on screen as soon as
 an answer is saved.
 
-Keys are read one at a time in cbreak mode (``termios``/``tty`` + ``select``), so a frame
-animation can be interrupted by a key. Ctrl-C, SIGTERM and a closed terminal (SIGHUP) lose
-nothing: every answer is committed when it is given; the terminal mode is restored, the
-claims released and a ``session_stop`` event logged on the way out.
+Keys are read one at a time in cbreak mode (``termios``/``tty`` + ``select``, in
+:mod:`.term_io`), so a frame animation can be interrupted by a key. Ctrl-C, SIGTERM and a
+closed terminal (SIGHUP) lose nothing: every answer is committed when it is given; the
+terminal mode is restored, the claims released and a ``session_stop`` event logged on the
+way out.
 
 Never shown: the hidden true rewards of segments, the gold answer of text pairs, and which
 policy or model produced which side.
@@ -17,21 +18,17 @@ policy or model produced which side.
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import os
-import select
 import signal
 import statistics
 import sys
-import termios
 import time
-import tty
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from rich.console import Console
 
@@ -47,15 +44,13 @@ from .render import (
     sanitize,
 )
 from .store import CLAIM_SECONDS, PreferenceStore
+from .term_io import Stop, Terminal
 
 INTERFACE = "terminal/1"
 ANSWER_KEYS = {"1": "left", "2": "right", "t": "tie", "s": "skip"}
 SCROLL_KEYS = {"j": 1, "down": 1, "k": -1, "up": -1, " ": "page", "pgdn": "page",
                "f": "page", "b": "-page", "pgup": "-page", "g": "top", "home": "top",
                "G": "end", "end": "end"}
-ESCAPES = {"\x1b[A": "up", "\x1bOA": "up", "\x1b[B": "down", "\x1bOB": "down",
-           "\x1b[5~": "pgup", "\x1b[6~": "pgdn", "\x1b[H": "home", "\x1bOH": "home",
-           "\x1b[1~": "home", "\x1b[F": "end", "\x1bOF": "end", "\x1b[4~": "end"}
 STACK_VIEWS = 5  # views kept for undo (older ones are read from the store again)
 
 
@@ -79,14 +74,6 @@ class LabelOptions:
                                  "leave it out to label until none is left")
 
 
-class _Stop(Exception):
-    """Leave the session now (a signal, or the terminal went away)."""
-
-    def __init__(self, reason: str, code: int):
-        super().__init__(reason)
-        self.reason, self.code = reason, code
-
-
 @dataclass
 class _Given:
     """An answer given in this session (kept for undo and the timing numbers)."""
@@ -97,99 +84,9 @@ class _Given:
     view: View | None
 
 
-class _Terminal:
-    """Single keys in cbreak mode and whole-screen drawing on the alternate screen."""
-
-    def __init__(self, in_fd: int, out: TextIO):
-        self.fd, self.out = in_fd, out
-        self.saved: list | None = None
-        self.buf = ""
-        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
-
-    def start(self) -> None:
-        self.saved = termios.tcgetattr(self.fd)
-        tty.setcbreak(self.fd, termios.TCSANOW)
-        self.write("\x1b[?1049h\x1b[?25l\x1b[H\x1b[2J")
-
-    def stop(self) -> None:
-        """Give the terminal back as it was (safe to call twice, and on a dead terminal)."""
-        if self.saved is None:
-            return
-        with contextlib.suppress(termios.error, OSError):
-            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
-        with contextlib.suppress(OSError, ValueError):
-            self.write("\x1b[0m\x1b[?25h\x1b[?1049l")
-        self.saved = None
-
-    def size(self) -> tuple[int, int]:
-        for fd in (self.out.fileno(), self.fd):
-            try:
-                cols, rows = os.get_terminal_size(fd)
-                if cols > 0 and rows > 0:
-                    return max(40, cols), max(12, rows)
-            except OSError:
-                continue
-        return 100, 30
-
-    def write(self, text: str) -> None:
-        self.out.write(text)
-        self.out.flush()
-
-    def drop_typeahead(self) -> None:
-        """Forget keys typed before the pair now on screen was drawn."""
-        with contextlib.suppress(termios.error, OSError):
-            termios.tcflush(self.fd, termios.TCIFLUSH)
-        self.buf = ""
-
-    def _fill(self, timeout: float | None) -> bool:
-        ready, _, _ = select.select([self.fd], [], [], timeout)
-        if not ready:
-            return False
-        data = os.read(self.fd, 1024)
-        if not data:  # end of input: the terminal is gone
-            raise _Stop("hangup", 128 + signal.SIGHUP)
-        self.buf += self.decoder.decode(data)
-        return True
-
-    def read_key(self, timeout: float | None) -> str | None:
-        """The next key (a character, or a name like 'pgdn'), or None after ``timeout``."""
-        if not self.buf and not self._fill(timeout):
-            return None
-        if self.buf == "\x1b":  # a lone escape, or the start of a sequence still arriving
-            self._fill(0.03)
-        b = self.buf
-        if b[:2] in ("\x1b[", "\x1bO") and len(b) > 2:
-            end = next((i for i in range(2, len(b)) if "\x40" <= b[i] <= "\x7e"), len(b) - 1)
-            key, self.buf = b[: end + 1], b[end + 1:]
-            return ESCAPES.get(key, key)
-        key, self.buf = b[0], b[1:]
-        return key
-
-    def read_line(self, prompt: str, row: int) -> str:
-        """One line of text, typed with the terminal's own line editing (cooked mode)."""
-        assert self.saved is not None
-        self.write(f"\x1b[{row};1H\x1b[0m\x1b[K{prompt}\x1b[?25h")
-        termios.tcsetattr(self.fd, termios.TCSANOW, self.saved)
-        try:
-            chunks = []
-            while True:
-                data = os.read(self.fd, 4096)
-                if not data:
-                    raise _Stop("hangup", 128 + signal.SIGHUP)
-                chunks.append(data)
-                if data.endswith(b"\n"):
-                    break
-            return b"".join(chunks).decode("utf-8", "replace").strip()
-        finally:
-            with contextlib.suppress(termios.error, OSError):
-                tty.setcbreak(self.fd, termios.TCSANOW)
-                self.write("\x1b[?25l")
-            self.buf = ""
-
-
 class _Session:
     def __init__(self, store: PreferenceStore, path: Path, opts: LabelOptions, gif_dir: Path,
-                 term: _Terminal, console: Console):
+                 term: Terminal, console: Console):
         self.store, self.path, self.opts, self.gif_dir = store, path, opts, gif_dir
         self.term, self.console = term, console
         self.who = opts.annotator
@@ -217,14 +114,14 @@ class _Session:
         self.latencies: list[float] = []  # seconds from a key to the next pair on screen
         self._critical = False
         self._closing = False
-        self._pending_stop: _Stop | None = None
+        self._pending_stop: Stop | None = None
 
     # -- signals: stop between store writes, never inside one
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         names = {signal.SIGINT: "interrupt", signal.SIGTERM: "terminated",
                  signal.SIGHUP: "hangup"}
-        stop = _Stop(names.get(signum, f"signal {signum}"), 128 + signum)
+        stop = Stop(names.get(signum, f"signal {signum}"), 128 + signum)
         if self._pending_stop is None:
             self._pending_stop = stop
         if not (self._critical or self._closing):
@@ -281,7 +178,7 @@ class _Session:
             self.term.start()
             self.current = self._build(first, self.term.size())
             reason = self._loop()
-        except _Stop as stop:
+        except Stop as stop:
             reason, code = stop.reason, stop.code
         finally:
             self._closing = True
@@ -434,7 +331,7 @@ class _Session:
             view = build_view(query, cols, rows, self.opts.animate, self.gif_dir)
             self.gifs.submit(view)
             return view
-        except _Stop:
+        except Stop:
             raise
         except Exception as exc:  # a broken payload must not end the session
             return error_view(qid, cols, rows, f"{type(exc).__name__}: {exc}")
@@ -639,7 +536,7 @@ def run_labelling(store_path: str | os.PathLike, opts: LabelOptions) -> int:
                     "`rlhf-hgt feedback import` to add labels from a file")
         console = Console(file=sys.stdout, force_terminal=True, color_system="truecolor")
         gif_dir = Path(opts.gif_dir) if opts.gif_dir else path.parent / "gifs"
-        term = _Terminal(sys.stdin.fileno(), console.file)
+        term = Terminal(sys.stdin.fileno(), console.file)
         return _Session(store, path, opts, gif_dir, term, console).run()
     finally:
         store.close()

@@ -55,6 +55,17 @@ def spawn(store: Path, *extra: str, annotator: str = "alice") -> pexpect.spawn:
     return child
 
 
+def label(store: Path, keys: str, left: int, *extra: str,
+          annotator: str = "alice") -> pexpect.spawn:
+    """Spawn the prompt and answer like a person: before each key, wait until the screen says
+    "left: N", N counting down from ``left``."""
+    child = spawn(store, *extra, annotator=annotator)
+    for i, key in enumerate(keys):
+        child.expect_exact(f"left: {left - i}")
+        child.send(key)
+    return child
+
+
 def run_plain(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rlhf_hgt.cli", *args], env=_env(),
                           capture_output=True, text=True, timeout=60, **kw)
@@ -109,10 +120,7 @@ def shown_ids(output: str) -> list[int]:
 def test_keys_in_answers_and_timings_out(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     ids = text_store(path, 3)
-    child = spawn(path)
-    for left, key in zip((3, 2, 1), "12t", strict=True):
-        child.expect_exact(f"left: {left}")
-        child.send(key)
+    child = label(path, "12t", left=3)
     assert finish(child) == 0
     out = child.logfile_read.getvalue()
     assert "All done" in out
@@ -134,11 +142,7 @@ def test_keys_in_answers_and_timings_out(tmp_path: Path) -> None:
 def test_undo_then_reanswer_with_rationale(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     q1, q2 = text_store(path, 2)
-    child = spawn(path)
-    child.expect_exact("left: 2")
-    child.send("1")
-    child.expect_exact("left: 1")
-    child.send("u")
+    child = label(path, "1u", left=2)
     child.expect_exact("left: 2")  # the undone pair is pending again ...
     child.expect_exact("undone")  # ... and back on screen
     child.send("r")
@@ -164,21 +168,11 @@ def test_undo_then_reanswer_with_rationale(tmp_path: Path) -> None:
 def test_quit_then_resume_shows_only_the_rest(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     ids = text_store(path, 4)
-    child = spawn(path)
-    child.expect_exact("left: 4")
-    child.send("1")
-    child.expect_exact("left: 3")
-    child.send("s")
-    child.expect_exact("left: 2")
-    child.send("q")
+    child = label(path, "1sq", left=4)
     assert finish(child) == 0
     assert claims(path) == []  # the prefetched next pair is given back
 
-    child = spawn(path)
-    child.expect_exact("left: 2")
-    child.send("2")
-    child.expect_exact("left: 1")
-    child.send("2")
+    child = label(path, "22", left=2)
     assert finish(child) == 0
     second = child.logfile_read.getvalue()
     assert shown_ids(second) == ids[2:]
@@ -249,11 +243,7 @@ def test_no_animation_and_gif_dir_flags(tmp_path: Path) -> None:
 def test_ctrl_c_keeps_every_acknowledged_answer(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     ids = text_store(path, 4)
-    child = spawn(path)
-    child.expect_exact("left: 4")
-    child.send("1")
-    child.expect_exact("left: 3")
-    child.send("2")
+    child = label(path, "12", left=4)
     child.expect_exact("left: 2")
     child.sendintr()
     child.expect(pexpect.EOF)
@@ -275,9 +265,7 @@ def test_ctrl_c_keeps_every_acknowledged_answer(tmp_path: Path) -> None:
 def test_sigterm_and_closed_terminal_lose_nothing(tmp_path: Path, how: str) -> None:
     path = tmp_path / "s.db"
     ids = text_store(path, 3)
-    child = spawn(path)
-    child.expect_exact("left: 3")
-    child.send("t")
+    child = label(path, "t", left=3)
     child.expect_exact("left: 2")
     if how == "sigterm":
         child.kill(signal.SIGTERM)
@@ -300,9 +288,7 @@ def test_sigterm_and_closed_terminal_lose_nothing(tmp_path: Path, how: str) -> N
 def test_limit_stops_after_n_answers(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     text_store(path, 3)
-    child = spawn(path, "--limit", "1")
-    child.expect_exact("left: 3")
-    child.send("2")
+    child = label(path, "2", 3, "--limit", "1")
     assert finish(child) == 0
     assert "--limit 1" in child.logfile_read.getvalue()
     answers, _, _ = read_store(path)
