@@ -13,8 +13,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-EXIT_USAGE = 2
-
 
 def _default_annotator() -> str:
     try:
@@ -116,16 +114,9 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from rlhf_hgt.feedback.errors import UserInputError
+    from rlhf_hgt.feedback.errors import exit_code
 
-    try:
-        return run(args)
-    except UserInputError as exc:
-        print(f"rlhf-hgt: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("rlhf-hgt: interrupted", file=sys.stderr)
-        return 130
+    return exit_code(run, args)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rlhf_hgt.feedback.errors import UserInputError
+from rlhf_hgt.feedback.errors import UserInputError, exit_code
 
 PPO_MODULE = "rlhf_hgt.lm.ppo_cli"
 
@@ -281,14 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["lm"]:
         argv = argv[1:]
     args = build_parser().parse_args(argv)
-    try:
-        return run_lm(args)
-    except UserInputError as exc:
-        print(f"rlhf-hgt: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("rlhf-hgt: interrupted", file=sys.stderr)
-        return 130
+    return exit_code(run_lm, args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rlhf_hgt.feedback.errors import UserInputError
+from rlhf_hgt.feedback.errors import UserInputError, exit_code
 
 # (flags, type, nested config, field, help); unset flags keep the config defaults
 _Flag = tuple[str, Callable[[str], Any], str, str, str]
@@ -286,14 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="rlhf-hgt lm online", description="the online preference loop for a language "
                                                "model"))
     args = parser.parse_args(argv)
-    try:
-        return run_online_command(args)
-    except UserInputError as exc:
-        print(f"rlhf-hgt: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("rlhf-hgt: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    return exit_code(run_online_command, args,
+                     interrupted="interrupted; rerun the same command to resume")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rlhf_hgt.feedback.errors import UserInputError
+from rlhf_hgt.feedback.errors import UserInputError, exit_code
 
 BUILTIN_REWARDS = ("vader", "length")
 CHECKPOINT_DIR = "checkpoints"
@@ -320,11 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = add_ppo_arguments(argparse.ArgumentParser(
         prog="rlhf-hgt lm ppo", description="PPO with LoRA on a causal LM against a reward"))
     args = parser.parse_args(argv)
-    try:
-        return run_ppo_command(args)
-    except UserInputError as exc:
-        print(f"rlhf-hgt: error: {exc}", file=sys.stderr)
-        return 2
+    return exit_code(run_ppo_command, args)
 
 
 if __name__ == "__main__":
