@@ -210,6 +210,45 @@ def test_dpo_full_parameters_against_a_reference_copy(tmp_path):
     assert m["implicit_reward_accuracy"] is not None
 
 
+def test_dpo_on_a_model_with_an_adapter_trains_it_against_its_own_frozen_copy(tmp_path,
+                                                                             monkeypatch):
+    """A PPO policy (a PeftModel) keeps training its adapter under DPO: the reference is the
+    adapter as it came (TRL's "ref" adapter), the model is never copied, and it leaves with
+    one adapter again."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = tiny_causal_lm(seed=6)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                            task_type="CAUSAL_LM"))
+    with torch.no_grad():  # an adapter that already moved the policy away from the base
+        for n, p in peft.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    adapter_before = {n: p.detach().clone() for n, p in peft.named_parameters() if "lora_" in n}
+    base_before = {n: p.detach().clone() for n, p in peft.named_parameters() if "lora_" not in n}
+
+    real_deepcopy = copy.deepcopy
+
+    def no_model_copy(obj, *a, **k):
+        if isinstance(obj, torch.nn.Module) and any(True for _ in obj.parameters()):
+            raise AssertionError("the model was copied")
+        return real_deepcopy(obj, *a, **k)
+
+    monkeypatch.setattr(copy, "deepcopy", no_model_copy)
+    cfg = LMDPOConfig(lora_r=0, max_steps=1, learning_rate=1e-2, warmup_ratio=0,
+                      batch_size=8, eval_fraction=0, progress=False)
+    m = train_dpo((peft, tok), ab_pairs(8), ab_pairs(8, 1), cfg, tmp_path / "again")
+    # first step: the policy equals its frozen copy, so the sigmoid loss is exactly log 2
+    # (against the bare base it would not be: the adapter had already moved it)
+    assert m["train_loss"] == pytest.approx(math.log(2), rel=1e-5)
+    assert list(peft.peft_config) == ["default"] and peft.active_adapter == "default"
+    after = dict(peft.named_parameters())
+    assert any(not torch.equal(after[n], v) for n, v in adapter_before.items())
+    assert all(torch.equal(after[n], v) for n, v in base_before.items())
+    assert all(after[n].requires_grad for n in adapter_before)
+    assert m["implicit_reward_accuracy"] is not None
+
+
 @pytest.mark.parametrize(("loss_type", "weights", "smoothing", "first_loss"), [
     (("sigmoid",), None, 0.0, math.log(2)),
     (("hinge",), None, 0.0, 1.0),

@@ -20,10 +20,11 @@ wrong and averages per batch, so it reads 0 before training and may differ sligh
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ __all__ = ["DPO_LOSS_TYPES", "LMDPOConfig", "implicit_reward_accuracy", "implici
 
 FORMAT = "rlhf_hgt.lm_dpo/1"
 META_FILE = "dpo_model.json"
+#: Name TRL gives the frozen copy of an adapter that was there before DPO.
+REF_ADAPTER = "ref"
 
 #: The loss types TRL 1.16's DPOTrainer accepts (DPOConfig.loss_type).
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
@@ -186,11 +189,28 @@ def _sequence_logps(model: Any, tok: Any, seqs: list[tuple[list[int], list[int]]
     return out
 
 
+@contextlib.contextmanager
+def _reference_adapter(model: Any) -> Iterator[None]:
+    """The PEFT model as its reference: TRL's "ref" adapter when there is one, else adapters
+    off."""
+    if REF_ADAPTER not in getattr(model, "peft_config", {}):
+        with model.disable_adapter():
+            yield
+        return
+    previous = model.active_adapter
+    model.set_adapter(REF_ADAPTER)
+    try:
+        yield
+    finally:
+        model.set_adapter(previous)
+
+
 def implicit_rewards(model: Any, ref: Any, tok: Any, ds: Any, beta: float = 0.1,
                      max_length: int = 512, chat_template: bool = False,
                      batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """DPO's implicit rewards beta * (log pi - log pi_ref) of the chosen and the rejected
-    responses of each pair. ``ref=None`` on a PEFT model = the model with adapters off.
+    responses of each pair. ``ref=None`` on a PEFT model = its frozen "ref" adapter where TRL
+    made one (training an adapter that already existed), else the model with adapters off.
     Sharded over processes and gathered (every process gets all rewards)."""
     if ref is None and not hasattr(model, "disable_adapter"):
         raise ValueError("ref=None means 'adapters off' and needs a PEFT model; pass the "
@@ -205,7 +225,7 @@ def implicit_rewards(model: Any, ref: Any, tok: Any, ds: Any, beta: float = 0.1,
         model.eval()
         pol = _sequence_logps(model, tok, seqs, max_length, batch_size)
         if ref is None:
-            with model.disable_adapter():
+            with _reference_adapter(model):
                 base = _sequence_logps(model, tok, seqs, max_length, batch_size)
         else:
             ref.eval()
@@ -239,8 +259,11 @@ def train_dpo(model: Any, train_ds: Any, eval_ds: Any = None, config: LMDPOConfi
     """Train a policy with DPO on preference pairs and save it into ``out_dir``.
 
     ``model``: ``"tiny"``, a hub id or local path of a causal LM, or a ``(model,
-    tokenizer)`` pair. Returns metrics: implicit_reward_accuracy (held out), TRL's eval
-    loss and reward accuracy, train_loss, train_samples_per_second, ties dropped."""
+    tokenizer)`` pair. A model that already carries a LoRA adapter (a PeftModel, e.g. a PPO
+    policy) has that adapter trained whatever ``lora_r`` says, against a frozen copy of the
+    adapter as it came (TRL's "ref" adapter, removed again at the end): no second copy of
+    the model is made. Returns metrics: implicit_reward_accuracy (held out), TRL's eval loss
+    and reward accuracy, train_loss, train_samples_per_second, ties dropped."""
     cfg = config or LMDPOConfig()
     common.check_pairs(train_ds, "training pairs")
     if eval_ds is None and cfg.eval_fraction > 0 and len(train_ds) >= 4:
@@ -261,7 +284,10 @@ def train_dpo(model: Any, train_ds: Any, eval_ds: Any = None, config: LMDPOConfi
 
     set_seed(cfg.seed)
     model, tok, base_name = common.load_lm("causal", model, dtype=torch.float32)
-    if cfg.lora_r > 0:
+    has_adapter = hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+    if has_adapter:  # train its adapter; TRL keeps a frozen copy as the "ref" adapter
+        peft_config, ref_model = None, None
+    elif cfg.lora_r > 0:
         ref_model = None
         peft_config = common.lora_config("CAUSAL_LM", cfg.lora_r, cfg.lora_alpha, 0.0,
                                          cfg.target_modules)
@@ -325,6 +351,8 @@ def train_dpo(model: Any, train_ds: Any, eval_ds: Any = None, config: LMDPOConfi
                         "implicit_reward_accuracy": None})
     metrics["eval_pairs"] = len(eval_rows)
     metrics["eval_ties"] = eval_ties
+    if has_adapter and REF_ADAPTER in policy.peft_config:
+        policy.delete_adapter(REF_ADAPTER)  # the model leaves as it came: one adapter
     common.save_trained(policy, tok, out, cfg, base_name, FORMAT, META_FILE)
     common.wait_for_everyone()
     return common.clean_metrics(metrics)

@@ -422,13 +422,12 @@ class _Loop:
                 "reward_train_loss": m.get("train_loss"), "reward_steps": m.get("steps")}
 
     def _fit_dpo(self, rnd: int, ds: Any) -> dict[str, Any]:
-        """DPO on the policy's own adapter: train_dpo gets the base model with the LoRA layers
-        in it (only they are trainable) and, as its 'full' path does, a frozen copy of it as
-        the reference: the policy at the start of this round."""
+        """DPO on the policy's own adapter against a frozen copy of that adapter (the policy
+        at the start of this round); the model itself is not copied."""
         from rlhf_hgt.lm.dpo import train_dpo
 
         d = self.cfg.dpo
-        dcfg = replace(d, lora_r=0, learning_rate=d.learning_rate, seed=self.cfg.seed + rnd,
+        dcfg = replace(d, lora_r=self.cfg.ppo.lora_r, seed=self.cfg.seed + rnd,
                        chat_template=self.trainer.chat)
         from transformers.utils import logging as hf_logging
 
@@ -437,8 +436,7 @@ class _Loop:
             hf_logging.disable_progress_bar()  # the scratch save's bar, too
         try:
             with tempfile.TemporaryDirectory(dir=self.out, prefix=".dpo-") as tmp:
-                m = train_dpo((self.trainer.lm.get_base_model(), self.trainer.tokenizer), ds,
-                              None, dcfg, tmp)
+                m = train_dpo((self.trainer.lm, self.trainer.tokenizer), ds, None, dcfg, tmp)
         finally:
             if bars:
                 hf_logging.enable_progress_bar()

@@ -60,7 +60,7 @@ class OnlineConfig:
         "help": "PPO settings; steps = PPO updates per round; lora_* shape the policy "
                 "adapter for both algos"})
     dpo: LMDPOConfig = field(default_factory=LMDPOConfig, metadata={
-        "help": "DPO settings (algo dpo); the adapter is the policy's, so lora_r is unused "
+        "help": "DPO settings (algo dpo); DPO trains the policy's adapter, so lora_r is unused "
                 "and chat_template follows the policy's prompt format"})
     store: str | None = field(default=None, metadata={
         "help": "preference store (default RUN_DIR/feedback.db); a synthetic teacher "
