@@ -1,17 +1,19 @@
 """Errors a user can fix: the CLI prints the message (file, line, field, how to fix) and exits 2."""
 
+from collections.abc import Callable
+
 
 class UserInputError(ValueError):
     """Bad input from a user: the message names the file, line and field and says how to fix it."""
 
 
-def exit_code(run: object, *args: object, interrupted: str = "interrupted") -> int:
+def exit_code(run: Callable[..., int], *args: object, interrupted: str = "interrupted") -> int:
     """Call ``run(*args)`` as a command: its return code, or 2 with the message of a
     UserInputError (no traceback), or 130 with ``interrupted`` after Ctrl-C."""
     import sys
 
     try:
-        return int(run(*args))  # type: ignore[operator]
+        return int(run(*args))
     except UserInputError as exc:
         print(f"rlhf-hgt: error: {exc}", file=sys.stderr)
         return 2

@@ -513,9 +513,10 @@ class PreferenceStore:
                     (query_id, annotator, int(synthetic), answer, shown_at,
                      answered_at if answered_at is not None else time.time(),
                      rationale, interface, token))
+        answer_id = cur.lastrowid
         cur.execute("DELETE FROM claims WHERE query_id = ? AND annotator = ?",
                     (query_id, annotator))
-        return cur.lastrowid
+        return answer_id
 
     def undo(self, answer_id: int, annotator: str | None = None, reason: str = "") -> None:
         """Supersede an answer with an undo event (nothing is deleted)."""

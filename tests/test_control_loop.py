@@ -125,6 +125,8 @@ def test_a_human_round_through_a_pseudo_terminal(tmp_path):
     (["CartPole-v1", "--teacher", "wizard"], "oracle"),
     (["nosuchmodule:Env-v0"], "nosuchmodule"),
     (["CartPole-v1", "--pessimism", "-1"], "pessimism must be >= 0"),
+    (["CartPole-v1", "--pessimism", "inf"], "finite"),
+    (["CartPole-v1", "--algo", "dpo", "--pessimism", "1"], "--algo dpo has none"),
 ])
 def test_bad_input_exits_2_with_one_clear_message(tmp_path, args, message):
     out = tmp_path / "bad"

@@ -173,12 +173,13 @@ def test_config_checks_say_how_to_fix():
     with pytest.raises(ValueError, match="lora_r"):
         LMPPOConfig(lora_r=-1)
     assert LMPPOConfig(lora_r=0).full_finetune and not LMPPOConfig().full_finetune
+    assert LMPPOConfig(lora_r=0).lr == 1e-6 and LMPPOConfig().lr == 3e-5  # per mode
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
         LMPPOConfig(mini_batch_size=4, batch_size=8, gradient_accumulation_steps=3)
     with pytest.raises(ValueError, match="target_kl"):
         LMPPOConfig(target_kl=-1.0)
     cfg = LMPPOConfig(lora_r=8)
-    assert cfg.lora_alpha == 16 and cfg.value_head_lr == 10 * cfg.lr
+    assert cfg.lora_alpha == 16 and cfg.value_head_lr == 3e-4
 
 
 def test_reward_wrapping_and_prompt_lists():
@@ -247,6 +248,20 @@ def test_full_finetuning_trains_every_weight_against_a_frozen_copy(tmp_path):
     assert trainer.step(PROMPTS * 2)["kl_k3"] > 0
     out = trainer.save(tmp_path / "full")
     assert (out / "model.safetensors").is_file() and (out / "value_head.safetensors").is_file()
+
+
+def test_full_finetuning_of_a_bf16_model_trains_in_fp32():
+    """bf16 weights would swallow AdamW steps of ~1e-6: full fine-tuning trains in fp32."""
+    model, tok = tiny(0)
+    model = model.to(torch.bfloat16)
+    trainer = LMPPOTrainer(model, tok, letters, LMPPOConfig(
+        lora_r=0, lr=1e-6, batch_size=8, mini_batch_size=8, max_new_tokens=6,
+        temperature=1.0, use_chat_template=False, device="cpu"))
+    assert all(p.dtype == torch.float32 for p in trainer.lm.parameters())
+    before = {n: p.detach().clone() for n, p in trainer.lm.named_parameters()}
+    trainer.step(PROMPTS * 2)
+    moved = sum(not torch.equal(before[n], p) for n, p in trainer.lm.named_parameters())
+    assert moved > len(before) // 2
 
 
 def test_batched_left_padded_greedy_equals_one_by_one():

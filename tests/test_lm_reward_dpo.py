@@ -246,7 +246,12 @@ def test_dpo_on_a_model_with_an_adapter_trains_it_against_its_own_frozen_copy(tm
     assert any(not torch.equal(after[n], v) for n, v in adapter_before.items())
     assert all(torch.equal(after[n], v) for n, v in base_before.items())
     assert all(after[n].requires_grad for n in adapter_before)
-    assert m["implicit_reward_accuracy"] is not None
+    assert m["implicit_reward_accuracy"] is not None and m["lora_r"] == 4
+    monkeypatch.undo()
+    saved, _ = load_policy(tmp_path / "again", base=tiny_causal_lm(seed=6))  # an adapter
+    ids = tok(["Q1: aaaa"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(saved(input_ids=ids).logits, peft(input_ids=ids).logits)
 
 
 @pytest.mark.parametrize(("loss_type", "weights", "smoothing", "first_loss"), [

@@ -103,6 +103,9 @@ class ControlConfig:
                              ".zip or a .safetensors policy checkpoint")
         if self.eval_episodes < 1:
             raise ValueError(f"--eval-episodes must be at least 1, got {self.eval_episodes}")
+        if self.algo == "dpo" and self.reward.pessimism > 0:
+            raise ValueError("--pessimism shapes the learned reward; --algo dpo has none "
+                             "(leave --pessimism out, or use --algo ppo)")
         self.rounds = min(self.rounds, self.labels)
 
     @property
@@ -236,7 +239,8 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
                 "callback": reward_callback})
             trainer.start()
         if teacher is not None:
-            answer_pending(store, teacher, rng=rng, among=store.query_ids(round=rnd))
+            answer_pending(store, teacher, rng=rng,
+                           among=store.query_ids(round=rnd, source=source))
         else:
             _wait_for_people(store, cfg, ask_human, progress)
         if trainer is not None:

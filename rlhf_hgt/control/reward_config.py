@@ -3,6 +3,7 @@ the reason for its default."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -64,8 +65,9 @@ class RewardModelConfig:
                              f"(16, 32, 32); got {self.cnn_channels}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0 (1e-3 is usual), got {self.lr}")
-        if not self.pessimism >= 0:
-            raise ValueError(f"pessimism must be >= 0 (0 turns it off), got {self.pessimism}")
+        if not 0 <= self.pessimism < math.inf:
+            raise ValueError(f"pessimism must be >= 0 and finite (0 turns it off, 1 is "
+                             f"usual), got {self.pessimism}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         for name in ("epochs", "batch_size"):

@@ -403,7 +403,8 @@ class RewardEnsemble(nn.Module):
 
     def predict(self, obs: np.ndarray, actions: np.ndarray | None = None,
                 normalize: bool = True, batch_size: int = 8192) -> np.ndarray:
-        """Per-step learned rewards (N,) float32: the members' mean, then normalised as set
+        """Per-step learned rewards (N,) float32: the members' mean (less ``pessimism``
+        times their standard deviation), then normalised as set
         by :meth:`fit_normalization` (identity before it is called)."""
         r = self._raw(obs, actions, batch_size)
         if normalize:

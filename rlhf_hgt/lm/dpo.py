@@ -280,7 +280,7 @@ def train_dpo(model: Any, train_ds: Any, eval_ds: Any = None, config: LMDPOConfi
 
     common.quiet_libraries()
     from transformers import set_seed
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig
 
     set_seed(cfg.seed)
     model, tok, base_name = common.load_lm("causal", model, dtype=torch.float32)
@@ -308,6 +308,48 @@ def train_dpo(model: Any, train_ds: Any, eval_ds: Any = None, config: LMDPOConfi
         label_smoothing=cfg.label_smoothing, max_length=cfg.max_length,
         disable_dropout=True, precompute_ref_log_probs=False,
     )
+    with _adapter_kept(model if has_adapter else None):
+        metrics, policy = _fit(model, ref_model, args, tok, train_rows, eval_rows, eval_ds, cfg,
+                               peft_config, callbacks)
+    metrics.update({"train_pairs": len(train_rows), "train_ties_dropped": train_ties,
+                    "train_pairs_turned": int(train_flipped), "base_model": base_name,
+                    "eval_pairs": len(eval_rows), "eval_ties": eval_ties,
+                    "lora_r": (policy.peft_config["default"].r if has_adapter else cfg.lora_r)})
+    common.save_trained(policy, tok, out, cfg, base_name, FORMAT, META_FILE,
+                        lora=has_adapter or cfg.lora_r > 0)
+    common.wait_for_everyone()
+    return common.clean_metrics(metrics)
+
+
+@contextlib.contextmanager
+def _adapter_kept(model: Any) -> Iterator[None]:
+    """Around DPO on a model that came with its LoRA adapter: it must be the "default" one;
+    TRL's frozen "ref" copy is removed afterwards (also after an error) and the adapter's
+    trainable flags are as they were."""
+    if model is None:
+        yield
+        return
+    names = list(model.peft_config)
+    if names != ["default"]:
+        raise UserInputError(f"DPO on a model with adapters needs exactly one, named "
+                             f"'default'; this one has {names}")
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    try:
+        yield
+    finally:
+        if REF_ADAPTER in model.peft_config:
+            model.delete_adapter(REF_ADAPTER)
+        model.set_adapter("default")
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags.get(n, False))
+
+
+def _fit(model: Any, ref_model: Any, args: Any, tok: Any, train_rows: list[dict[str, str]],
+         eval_rows: list[dict[str, str]], eval_ds: Any, cfg: LMDPOConfig, peft_config: Any,
+         callbacks: list[Any] | None) -> tuple[dict[str, Any], Any]:
+    """Train with TRL's DPOTrainer and evaluate: (metrics, the trained policy)."""
+    from trl import DPOTrainer
+
     trainer = DPOTrainer(
         model=model, ref_model=ref_model, args=args,
         train_dataset=_trl_dataset(train_rows, cfg.chat_template),
@@ -323,19 +365,14 @@ def train_dpo(model: Any, train_ds: Any, eval_ds: Any = None, config: LMDPOConfi
         "train_loss": result.training_loss,
         "train_samples_per_second": result.metrics.get("train_samples_per_second"),
         "train_runtime_s": train_time,
-        "train_pairs": len(train_rows),
-        "train_ties_dropped": train_ties,
-        "train_pairs_turned": int(train_flipped),
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
         "learning_rate": cfg.learning_rate,
         "beta": cfg.beta,
         "loss_type": "+".join(cfg.loss_type),
-        "lora_r": cfg.lora_r,
         "trainable_params": trainable,
         "total_params": total,
         "world_size": common.world_size(),
-        "base_model": base_name,
     }
     policy = trainer.accelerator.unwrap_model(trainer.model)
     if eval_rows:
@@ -349,13 +386,7 @@ def train_dpo(model: Any, train_ds: Any, eval_ds: Any = None, config: LMDPOConfi
     else:
         metrics.update({"eval_loss": None, "trl_eval_rewards_accuracies": None,
                         "implicit_reward_accuracy": None})
-    metrics["eval_pairs"] = len(eval_rows)
-    metrics["eval_ties"] = eval_ties
-    if has_adapter and REF_ADAPTER in policy.peft_config:
-        policy.delete_adapter(REF_ADAPTER)  # the model leaves as it came: one adapter
-    common.save_trained(policy, tok, out, cfg, base_name, FORMAT, META_FILE)
-    common.wait_for_everyone()
-    return common.clean_metrics(metrics)
+    return metrics, policy
 
 
 def load_policy(folder: str | Path, base: Any = None, device: str | None = None,

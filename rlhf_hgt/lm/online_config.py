@@ -64,8 +64,7 @@ class OnlineConfig:
                 "and chat_template follows the policy's prompt format"})
     store: str | None = field(default=None, metadata={
         "help": "preference store (default RUN_DIR/feedback.db); a synthetic teacher "
-                "answers every pending query in it, so share a store with people only "
-                "when they label this run's queries"})
+                "answers only this run's queries in it, so people can share it"})
     seed: int = field(default=0, metadata={
         "help": "random seed of everything (replaces the nested configs' seeds)"})
     run_name: str | None = field(default=None, metadata={

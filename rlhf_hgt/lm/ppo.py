@@ -82,7 +82,8 @@ STATE_FILE = "trainer_state.json"
 
 
 class LMPPOTrainer:
-    """PPO with a LoRA policy, a value head and the disabled-adapter reference on one base."""
+    """PPO with a LoRA policy, a value head and the disabled-adapter reference on one base
+    (with ``lora_r=0``: every weight trained, in fp32, against a frozen copy)."""
 
     def __init__(self, model: Any, tokenizer: Any, reward_fn: Any,
                  config: LMPPOConfig | None = None) -> None:
@@ -105,8 +106,13 @@ class LMPPOTrainer:
         torch.manual_seed(cfg.seed)  # same LoRA and head init on every process
         self.reference: PolicyValueModel | None = None
         if cfg.full_finetune:  # the reference is a frozen copy; LoRA disables its adapter
+            if hasattr(model, "peft_config"):
+                raise ValueError("lora_r=0 (full fine-tuning) needs a plain model, not one "
+                                 "with LoRA adapters; merge them first (merge_and_unload)")
             frozen = copy.deepcopy(model).requires_grad_(False)
             self.reference = PolicyValueModel(frozen).to(self.device).eval()
+            if any(p.dtype != torch.float32 for p in model.parameters()):
+                model = model.float()  # AdamW steps of ~1e-6 vanish in bf16 weights
         lm = attach_lora(model, cfg)
         if cfg.gradient_checkpointing:
             base_model(lm).gradient_checkpointing_enable(
@@ -456,8 +462,9 @@ class LMPPOTrainer:
     # ------------------------------------------------------------------ saving
 
     def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write the adapter (``adapter_model.safetensors`` + ``adapter_config.json``), the
-        value head (``value_head.safetensors``), the config and the trainer state (JSON).
+        """Write the adapter (``adapter_model.safetensors`` + ``adapter_config.json``; under
+        full fine-tuning the whole model, ``model.safetensors``), the value head
+        (``value_head.safetensors``), the config and the trainer state (JSON).
         Only the main process writes; every process waits for it."""
         from safetensors.torch import save_file
 

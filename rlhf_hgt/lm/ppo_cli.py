@@ -1,14 +1,18 @@
-"""``rlhf-hgt lm ppo``: PPO with LoRA on a causal language model against a reward.
+"""``rlhf-hgt lm ppo``: PPO with LoRA (or, ``--lora-r 0``, full fine-tuning) on a causal
+language model against a reward.
 
     rlhf-hgt lm ppo --data prompts.jsonl --out runs/ppo --reward vader
     rlhf-hgt lm ppo --store feedback.db --out runs/ppo --reward-model runs/reward
-    accelerate launch --num_processes 2 --cpu -m rlhf_hgt.lm.ppo_cli --data ... --out ...
+    accelerate launch --multi_gpu --num_processes 2 -m rlhf_hgt.lm.ppo_cli --data ... --out ...
+
+(two CPU processes: ``CUDA_VISIBLE_DEVICES=""`` in front.)
 
 Prompts are the "prompt" field of every line of a JSONL file (labelled TRL pairs, pending
 queries or prompt-only lines), or the prompts of the text queries in a preference store;
 duplicates count once. The reward is a trained reward model folder (``rlhf-hgt lm reward``)
 or a built-in scorer. The run directory gets metrics.json (final numbers and the per-step
-curve), checkpoints/ (the LoRA adapter and value head as safetensors, config JSON) and
+curve), checkpoints/ (the LoRA adapter, or the whole model under full fine-tuning, and the
+value head as safetensors, config JSON) and
 manifest.json. Input is checked before anything is written.
 """
 
@@ -78,7 +82,8 @@ _TUNING: list[tuple[str, Callable[[str], Any], str]] = [
     ("--ppo-epochs", int, "passes over each rollout batch"),
     ("--generation-batch-size", int, "prompts generated at once (default the whole batch)"),
     ("--forward-batch-size", int, "rollouts per no-grad scoring forward"),
-    ("--lr", float, "learning rate of the LoRA (or, at rank 0, all) weights"),
+    ("--lr", float, "learning rate of the LoRA (or, at rank 0, all) weights (default 3e-5 "
+                    "with LoRA, 1e-6 at rank 0)"),
     ("--value-head-lr", float, "learning rate of the value head"),
     ("--init-kl-coef|--kl-coef", float, "KL penalty coefficient (at the start, if adaptive)"),
     ("--target-kl", _optional_float, "target KL per sequence for an adaptive coefficient "
@@ -318,7 +323,8 @@ def _metrics(history: list[dict[str, float]], trainer: Any, args: argparse.Names
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m rlhf_hgt.lm.ppo_cli`` (and ``accelerate launch -m``)."""
     parser = add_ppo_arguments(argparse.ArgumentParser(
-        prog="rlhf-hgt lm ppo", description="PPO with LoRA on a causal LM against a reward"))
+        prog="rlhf-hgt lm ppo", description="PPO (LoRA, or full fine-tuning at --lora-r 0) "
+                                            "on a causal LM against a reward"))
     args = parser.parse_args(argv)
     return exit_code(run_ppo_command, args)
 

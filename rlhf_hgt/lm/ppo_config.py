@@ -36,14 +36,15 @@ class LMPPOConfig:
         "help": "rollouts per no-grad forward for old/reference log-probs and values "
                 "(default: mini_batch_size)"})
     # optimiser
-    lr: float = field(default=3e-5, metadata={
-        "help": "learning rate of the LoRA weights. 3e-5 (with alpha = 2r): measured on "
-                "SmolLM2-135M, 4 PPO epochs, 1e-4 clipped 20-30% of tokens with approx KL "
-                "0.04-0.15 per update (steps too large), 3e-5 clipped 4-12% with approx KL "
-                "under 0.01, 1e-5 barely moved the policy"})
+    lr: float | None = field(default=None, metadata={
+        "help": "learning rate of the LoRA weights (of every weight when lora_r is 0). "
+                "Default 3e-5 with LoRA (alpha = 2r), measured on SmolLM2-135M, 4 PPO epochs: "
+                "1e-4 clipped 20-30% of tokens with approx KL 0.04-0.15 per update (steps too "
+                "large), 3e-5 clipped 4-12% with approx KL under 0.01, 1e-5 barely moved the "
+                "policy; 1e-6 under full fine-tuning (the usual order for full-model PPO)"})
     value_head_lr: float | None = field(default=None, metadata={
         "help": "learning rate of the value head (a fresh layer, zero-initialised); default "
-                "10 * lr"})
+                "3e-4 (10 times the LoRA default)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float | None = field(default=1.0, metadata={
         "help": "clip the gradient norm to this (None: no clipping)"})
@@ -111,9 +112,11 @@ class LMPPOConfig:
              "generation_batch_size must be >= 1 or None")
         need(self.forward_batch_size is None or self.forward_batch_size >= 1,
              "forward_batch_size must be >= 1 or None")
-        need(self.lr > 0, f"lr must be > 0 (e.g. 3e-5), got {self.lr}")
+        if self.lr is None:
+            self.lr = 1e-6 if self.full_finetune else 3e-5
+        need(self.lr > 0, f"lr must be > 0 (e.g. 3e-5 with LoRA), got {self.lr}")
         if self.value_head_lr is None:
-            self.value_head_lr = 10.0 * self.lr
+            self.value_head_lr = 3e-4
         need(self.value_head_lr > 0, f"value_head_lr must be > 0, got {self.value_head_lr}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(self.max_grad_norm is None or self.max_grad_norm > 0,

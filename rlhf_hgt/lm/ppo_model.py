@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from rlhf_hgt.lm.ppo import LMPPOConfig
+    from rlhf_hgt.lm.ppo_config import LMPPOConfig
 
 
 # ----------------------------------------------------------------------------- model pieces

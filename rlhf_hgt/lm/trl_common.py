@@ -254,15 +254,18 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def save_trained(model: Any, tok: Any, out: Path, cfg: PairTrainingConfig,
-                 base_name: str | None, fmt: str, meta_file: str) -> None:
+                 base_name: str | None, fmt: str, meta_file: str,
+                 lora: bool | None = None) -> None:
     """Write a trained model (adapter or full weights, safetensors), its tokenizer and a
-    JSON file naming the format, base model and settings; on the main process only."""
+    JSON file naming the format, base model and settings; on the main process only.
+    ``lora``: whether ``model`` is saved as an adapter (default: ``cfg.lora_r > 0``)."""
     if not is_main_process():
         return
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))
-    meta = {"format": fmt, "base_model": base_name, "lora": cfg.lora_r > 0,
+    meta = {"format": fmt, "base_model": base_name,
+            "lora": cfg.lora_r > 0 if lora is None else lora,
             "tiny_seed": TINY_SEED if base_name == TINY else None,
             "chat_template": cfg.chat_template, "max_length": cfg.max_length,
             "config": {k: (list(v) if isinstance(v, tuple) else v)
