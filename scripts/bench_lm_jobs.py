@@ -295,6 +295,13 @@ def _throughput(hist: list[dict[str, float]], batch: int) -> dict[str, float]:
             "updates_measured": len(h), "tokens": tokens}
 
 
+def _print_update(stats: dict[str, float]) -> None:
+    """One progress line per PPO update (the parent shows the child's output)."""
+    print(f"    PPO update {stats['step']:.0f}: score {stats['score']:.3f} KL "
+          f"{stats['kl_k1']:.3f} clip {stats.get('policy_clipfrac', 0):.2f} "
+          f"{stats['step_time_s']:.0f}s", flush=True)
+
+
 def job_ppo_ours(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
@@ -308,7 +315,8 @@ def job_ppo_ours(spec: dict[str, Any]) -> dict[str, Any]:
         return float(scorer.score(prompts, texts).mean()), vader_mean(prompts, texts), texts
 
     r0, v0, before = evaluate()
-    hist = trainer.train(list(dict.fromkeys(train["prompt"])), steps=spec["steps"])
+    hist = trainer.train(list(dict.fromkeys(train["prompt"])), steps=spec["steps"],
+                         callback=_print_update)
     r1, v1, after = evaluate()
     trainer.save(spec["out"])
     keep = ("step", "score", "reward", "kl_k1", "kl_k3", "kl_coef", "entropy", "approx_kl",
@@ -325,7 +333,8 @@ def job_ppo_speed_ours(spec: dict[str, Any]) -> dict[str, Any]:
     """Our PPO, LoRA (or with spec["full"] full fine-tuning with a frozen reference copy)."""
     train, _ = pairs({**spec, "n_train": None})
     trainer, _ = _ppo_trainer(spec, spec["batch"], merge=True, full=spec.get("full", False))
-    hist = trainer.train(list(dict.fromkeys(train["prompt"])), steps=spec["steps"])
+    hist = trainer.train(list(dict.fromkeys(train["prompt"])), steps=spec["steps"],
+                         callback=_print_update)
     return {**_throughput(hist, spec["batch"]), "steps": len(hist), "batch": spec["batch"],
             "new_tokens": spec["new_tokens"], "ppo_epochs": trainer.config.ppo_epochs,
             "per_update": [{k: s[k] for k in ("step_time_s", "time_generate_s",
