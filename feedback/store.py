@@ -22,21 +22,28 @@ This module imports nothing of ours and no torch: the store knows no trainer.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import UserInputError
+from .records import (
+    Answer,
+    Query,
+    StoreError,
+    TextPair,
+    arrays_hash,
+    content_hash,
+    decode_arrays,
+    encode_arrays,
+    query_uid,
+)
 
 SCHEMA_VERSION = 1
 APP_ID = "rlhf_hgt.feedback"
@@ -98,87 +105,6 @@ CREATE VIEW IF NOT EXISTS active_answers AS
     SELECT a.* FROM answers a
     WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.kind = 'undo' AND e.answer_id = a.id);
 """
-
-
-class StoreError(UserInputError):
-    """A store that cannot be used as asked; the message says why and how to fix it."""
-
-
-# ----------------------------------------------------------------------------- payloads
-
-
-def encode_arrays(arrays: Mapping[str, np.ndarray]) -> bytes:
-    """Numpy arrays as compressed .npz bytes (no pickles: object arrays are refused)."""
-    buf = io.BytesIO()
-    clean = {}
-    for name, value in arrays.items():
-        arr = np.asarray(value)
-        if arr.dtype == object:
-            raise StoreError(f"segment field {name!r} is not numeric; store numbers only")
-        clean[name] = arr
-    np.savez_compressed(buf, **clean)
-    return buf.getvalue()
-
-
-def decode_arrays(blob: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(blob), allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
-
-
-def content_hash(data: bytes | str) -> str:
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    return hashlib.sha256(data).hexdigest()
-
-
-# ----------------------------------------------------------------------------- records
-
-
-@dataclass
-class Query:
-    """One pair to compare, as read back from the store."""
-
-    id: int
-    uid: str
-    kind: str
-    prompt: str | None
-    left: Any  # str for text, dict of arrays for segments
-    right: Any
-    left_hash: str
-    right_hash: str
-    left_source: str | None
-    right_source: str | None
-    env_id: str | None
-    round: int | None
-    gold: str | None
-    meta: dict = field(default_factory=dict)
-    created_at: float = 0.0
-
-
-@dataclass
-class Answer:
-    id: int
-    query_id: int
-    annotator: str
-    synthetic: bool
-    answer: str
-    shown_at: float | None
-    answered_at: float
-    rationale: str | None
-    interface: str
-
-
-@dataclass
-class TextPair:
-    """A pending text comparison to add (prompt with responses a and b)."""
-
-    prompt: str
-    a: str
-    b: str
-    source_a: str | None = None
-    source_b: str | None = None
-    gold: str | None = None
-    meta: dict = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- the store
@@ -303,7 +229,7 @@ class PreferenceStore:
         rows = []
         for p in pairs:
             lh, rh = content_hash(p.a), content_hash(p.b)
-            uid = _query_uid("text", p.prompt, lh, rh)
+            uid = query_uid("text", p.prompt, lh, rh)
             rows.append((uid, "text", p.prompt, p.a.encode("utf-8"), p.b.encode("utf-8"), lh, rh,
                          p.source_a, p.source_b, None, round, p.gold, json.dumps(p.meta)))
         return self._insert_queries(rows, cur)
@@ -325,8 +251,8 @@ class PreferenceStore:
         rows = []
         for left, right in pairs:
             lb, rb = encode_arrays(left), encode_arrays(right)
-            lh, rh = _arrays_hash(left), _arrays_hash(right)
-            uid = _query_uid("segment", env_id or "", lh, rh)
+            lh, rh = arrays_hash(left), arrays_hash(right)
+            uid = query_uid("segment", env_id or "", lh, rh)
             rows.append((uid, "segment", None, lb, rb, lh, rh, left_source, right_source,
                          env_id, round, None, json.dumps(meta or {})))
         return self._insert_queries(rows, cur)
@@ -587,23 +513,6 @@ def _looks_like_sqlite(path: Path) -> bool:
             return fh.read(16) == b"SQLite format 3\x00"
     except OSError:
         return False
-
-
-def _arrays_hash(arrays: Mapping[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        arr = np.ascontiguousarray(np.asarray(arrays[name]))
-        h.update(name.encode())
-        h.update(str(arr.dtype).encode())
-        h.update(str(arr.shape).encode())
-        h.update(arr.tobytes())
-    return h.hexdigest()
-
-
-def _query_uid(kind: str, context: str, left_hash: str, right_hash: str) -> str:
-    """The same two sides in either order are the same query."""
-    a, b = sorted((left_hash, right_hash))
-    return content_hash(f"{kind}\x00{context}\x00{a}\x00{b}")
 
 
 def open_store(path: str | os.PathLike, create: bool = True) -> PreferenceStore:
