@@ -97,6 +97,7 @@ class Plan:
     ppo_batch: int = 16
     reward_pairs: int = 800  # the reward model PPO and the PPO speed test use
     dpo_speed_steps: int = 20
+    dpo_loss: str | None = None  # ours with other TRL DPO losses, e.g. "sigmoid,sft"
     ppo_speed_steps: int = 5
     speed_batch: int = 8
     repeats: int = 2
@@ -138,7 +139,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         plan.dpo_speed_steps, plan.ppo_speed_steps, plan.speed_batch = 2, 2, 4
         plan.repeats = 1
     for name in ("max_steps", "samples", "new_tokens", "ppo_steps", "ppo_batch", "reward_pairs",
-                 "dpo_speed_steps", "ppo_speed_steps", "repeats"):
+                 "dpo_speed_steps", "ppo_speed_steps", "repeats", "dpo_loss"):
         value = getattr(args, name, None)
         if value is not None:
             setattr(plan, name, value)
@@ -286,10 +287,13 @@ def cmd_reward(plan: Plan) -> None:
 def cmd_dpo(plan: Plan) -> None:
     for seed in plan.seeds:
         for n in plan.n_train or [800]:
-            for side in ("ours", "trl"):
+            sides = [f"ours+{plan.dpo_loss.replace(',', '+')}"] if plan.dpo_loss else \
+                ["ours", "trl"]
+            for side in sides:
                 out = plan.runs / f"dpo-{side}-{plan.slug}-n{n}-{plan.t}-s{seed}"
                 run_job(plan, key("dpo", side, plan.slug, f"n{n}", plan.t, f"s{seed}"),
-                        {"job": f"dpo_{side}", "model": plan.model, "n_train": n,
+                        {"job": "dpo_trl" if side == "trl" else "dpo_ours",
+                         "model": plan.model, "n_train": n, "loss": plan.dpo_loss,
                          "n_test": plan.n_test, "seed": seed, "max_steps": plan.max_steps,
                          "samples": plan.samples, "new_tokens": plan.new_tokens,
                          "out": str(out)})
@@ -429,13 +433,14 @@ def cmd_report(plan: Plan) -> str:
               f"reviews, base ≈ {ANCHORS['base_vader']})", "",
               "| model | pairs | side | seeds | epochs | accuracy | VADER before → after |"
               " samples/s |", "|" + "---|" * 8]
-    for side in ("ours", "trl"):
+    sides = sorted({k.split("|")[1] for k in res if k.startswith("dpo|")}, key=len)
+    for side in sides:
         for g, runs in sorted(_group(res, "dpo", side).items()):
             model, n, _ = g.split("|")
             acc = _mean([r.get("implicit_reward_accuracy") for r in runs])
             mark = _mark(acc >= TARGETS["dpo_acc"]) if side == "ours" and acc else ""
             lines.append(
-                f"| {model} | {n[1:]} | {'ours' if side == 'ours' else 'plain TRL'} | "
+                f"| {model} | {n[1:]} | {'plain TRL' if side == 'trl' else side} | "
                 f"{len(runs)} | {_f(_mean([r.get('epochs') for r in runs]), '.1f')} | "
                 f"{_f(acc)}{mark} | {_f(_mean([r.get('vader_before') for r in runs]))} → "
                 f"{_f(_mean([r.get('vader_after') for r in runs]))} | "
@@ -552,6 +557,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--dpo-speed-steps", type=positive, default=None, help="(20)")
         p.add_argument("--ppo-speed-steps", type=positive, default=None, help="(5)")
         p.add_argument("--repeats", type=positive, default=None, help="DPO speed repeats (2)")
+        p.add_argument("--dpo-loss", default=None,
+                       help="dpo: ours only, with these TRL losses summed (e.g. sigmoid,sft); "
+                            "recorded as side 'ours+LOSSES'")
         p.add_argument("--with-full", action="store_true",
                        help="speed: also PPO with full fine-tuning, ours and TRL 1.12 (memory)")
     args = parser.parse_args(argv)

@@ -203,7 +203,9 @@ def job_dpo_ours(spec: dict[str, Any]) -> dict[str, Any]:
     from rlhf_hgt.lm.dpo import LMDPOConfig, load_policy, train_dpo
 
     train, test = pairs(spec)
-    cfg = LMDPOConfig(seed=spec["seed"], progress=False, max_steps=spec["max_steps"])
+    losses = tuple(spec["loss"].split(",")) if spec.get("loss") else ("sigmoid",)
+    cfg = LMDPOConfig(seed=spec["seed"], progress=False, max_steps=spec["max_steps"],
+                      loss_type=losses)
     m = train_dpo(spec["model"], train, test, cfg, out_dir=spec["out"])
     policy, tok = load_policy(spec["out"])
     return {"implicit_reward_accuracy": m["implicit_reward_accuracy"], "steps": m["steps"],
