@@ -32,12 +32,20 @@ def run_job_file(spec_path: str, out_path: str) -> int:
     if not torch.cuda.is_available():
         torch.set_num_threads(1)
     trl_common.quiet_libraries()
+    return finish_job(JOBS[spec["job"]], spec, out_path, "bench_lm")
+
+
+def finish_job(job: Any, spec: dict[str, Any], out_path: str | Path, name: str) -> int:
+    """Run one child job: its result with the device (and CUDA peak) written as JSON, or
+    exit code 2 with the message of a UserInputError."""
+    import torch
+
     from rlhf_hgt.feedback.errors import UserInputError
 
     try:
-        res = JOBS[spec["job"]](spec)
+        res = job(spec)
     except UserInputError as exc:
-        print(f"bench_lm: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
     res["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     if torch.cuda.is_available():

@@ -164,20 +164,7 @@ def main(argv: list[str]) -> int:
               "RESULT.json", file=sys.stderr)
         return 2
     spec = json.loads(Path(argv[0]).read_text())
-    from rlhf_hgt.feedback.errors import UserInputError
-
-    try:
-        res = run(spec)
-    except UserInputError as exc:
-        print(f"bench_lm_trl_ppo: error: {exc}", file=sys.stderr)
-        return 2
-    import torch
-
-    res["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    if torch.cuda.is_available():
-        res["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    jobs.write_json(argv[1], res)
-    return 0
+    return jobs.finish_job(run, spec, argv[1], "bench_lm_trl_ppo")
 
 
 if __name__ == "__main__":

@@ -104,16 +104,13 @@ class LMPPOTrainer:
         self.autocast_dtype = self._autocast_dtype()
 
         torch.manual_seed(cfg.seed)  # same LoRA and head init on every process
+        lm = attach_lora(model, cfg)  # full fine-tuning: the model itself, all trainable
         self.reference: PolicyValueModel | None = None
         if cfg.full_finetune:  # the reference is a frozen copy; LoRA disables its adapter
-            if hasattr(model, "peft_config"):
-                raise ValueError("lora_r=0 (full fine-tuning) needs a plain model, not one "
-                                 "with LoRA adapters; merge them first (merge_and_unload)")
-            frozen = copy.deepcopy(model).requires_grad_(False)
+            frozen = copy.deepcopy(lm).requires_grad_(False)
             self.reference = PolicyValueModel(frozen).to(self.device).eval()
-            if any(p.dtype != torch.float32 for p in model.parameters()):
-                model = model.float()  # AdamW steps of ~1e-6 vanish in bf16 weights
-        lm = attach_lora(model, cfg)
+            if any(p.dtype != torch.float32 for p in lm.parameters()):
+                lm = lm.float()  # AdamW steps of ~1e-6 vanish in bf16 weights
         if cfg.gradient_checkpointing:
             base_model(lm).gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
