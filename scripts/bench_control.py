@@ -53,26 +53,27 @@ def _save(results: dict) -> None:
 
 
 def _job(kind: str, env_id: str, seed: int, labels: int, teacher: str, timesteps: int,
-         algo: str = "ppo") -> dict:
+         algo: str = "ppo", variant: str = "") -> dict:
+    """One run. ``variant`` 'AGENT-STEPS' (e.g. 'sac-50000') overrides the env's default
+    agent (AGENT_ALGO) and marks the result key, so both kinds of run sit side by side."""
     import torch
+
+    from rlhf_hgt.control.agents import AgentConfig
 
     torch.set_num_threads(1)
     t0 = time.time()
+    agent = AgentConfig(algo=variant.split("-")[0] if variant else AGENT_ALGO.get(env_id, "auto"))
     if kind == "true":
-        from rlhf_hgt.control.agents import AgentConfig
         from rlhf_hgt.control.baseline import train_on_true_reward
 
-        res = train_on_true_reward(env_id, timesteps, seed,
-                                   AgentConfig(algo=AGENT_ALGO.get(env_id, "auto")))
+        res = train_on_true_reward(env_id, timesteps, seed, agent)
     else:
-        from rlhf_hgt.control.agents import AgentConfig
         from rlhf_hgt.control.loop import ControlConfig, run_control
 
-        safe = env_id.replace("/", "_")
+        safe = env_id.replace("/", "_") + (f"-{variant}" if variant else "")
         out = RUNS / f"{safe}-{algo}-{teacher.replace(':', '_')}-l{labels}-s{seed}"
         cfg = ControlConfig(env_id=env_id, out=str(out), teacher=teacher, labels=labels,
-                            timesteps=timesteps, seed=seed, algo=algo,
-                            agent=AgentConfig(algo=AGENT_ALGO.get(env_id, "auto")))
+                            timesteps=timesteps, seed=seed, algo=algo, agent=agent)
         m = run_control(cfg)
         res = {k: m[k] for k in ("true_return_mean", "true_return_std", "labels", "timesteps",
                                  "reward_model_accuracy", "random_return_mean")}
@@ -81,13 +82,31 @@ def _job(kind: str, env_id: str, seed: int, labels: int, teacher: str, timesteps
 
 
 def _key(kind: str, env_id: str, seed: int, labels: int = 0, teacher: str = "",
-         algo: str = "ppo") -> str:
-    return "|".join([kind, env_id, str(seed), str(labels), teacher, algo])
+         algo: str = "ppo", variant: str = "") -> str:
+    return "|".join([kind, env_id, str(seed), str(labels), teacher, algo]
+                    + ([variant] if variant else []))
+
+
+def _variant(key: str) -> str:
+    parts = key.split("|")
+    return parts[6] if len(parts) > 6 else ""
+
+
+def _label(env_id: str, variant: str) -> str:
+    """How a row names its env: 'HalfCheetah-v5' or 'HalfCheetah-v5 (SAC, 50k steps)'."""
+    if not variant:
+        return env_id
+    agent, steps = variant.split("-")
+    return f"{env_id} ({agent.upper()}, {int(steps) // 1000}k steps)"
+
+
+def _variant_of(args: argparse.Namespace, steps: int) -> str:
+    return f"{args.agent}-{steps}" if args.agent else ""
 
 
 def _run_jobs(jobs: list[tuple], n_jobs: int) -> None:
     results = _load()
-    todo = [j for j in jobs if _key(*j[:5], algo=j[6]) not in results]
+    todo = [j for j in jobs if _key(*j[:5], algo=j[6], variant=j[7]) not in results]
     print(f"{len(jobs) - len(todo)} done already, {len(todo)} to run", flush=True)
     with ProcessPoolExecutor(max_workers=n_jobs) as pool:
         futures = {pool.submit(_job, *j): j for j in todo}
@@ -95,7 +114,7 @@ def _run_jobs(jobs: list[tuple], n_jobs: int) -> None:
             j = futures[fut]
             res = fut.result()
             results = _load()
-            results[_key(*j[:5], algo=j[6])] = res
+            results[_key(*j[:5], algo=j[6], variant=j[7])] = res
             _save(results)
             print(f"{j[0]:5s} {j[1]:14s} seed {j[2]} labels {j[3]:4d} {j[4]:10s}: "
                   f"return {res['true_return_mean']:8.1f} ({res['seconds']:.0f}s)", flush=True)
@@ -105,10 +124,11 @@ def efficiency(args: argparse.Namespace) -> None:
     jobs = []
     for env_id in args.envs:
         steps = args.timesteps or TIMESTEPS.get(env_id, 50_000)
+        var = _variant_of(args, steps)
         for seed in args.seeds:
-            jobs.append(("true", env_id, seed, 0, "", steps, "ppo"))
+            jobs.append(("true", env_id, seed, 0, "", steps, "ppo", var))
             for labels in args.labels:
-                jobs.append(("ours", env_id, seed, labels, "oracle", steps, "ppo"))
+                jobs.append(("ours", env_id, seed, labels, "oracle", steps, "ppo", var))
     _run_jobs(jobs, args.jobs)
 
 
@@ -116,10 +136,11 @@ def teachers(args: argparse.Namespace) -> None:
     jobs = []
     for env_id in args.envs:
         steps = args.timesteps or TIMESTEPS.get(env_id, 50_000)
+        var = _variant_of(args, steps)
         for seed in args.seeds:
-            for teacher in TEACHERS:
+            for teacher in args.teachers:
                 for labels in args.labels:
-                    jobs.append(("ours", env_id, seed, labels, teacher, steps, "ppo"))
+                    jobs.append(("ours", env_id, seed, labels, teacher, steps, "ppo", var))
     _run_jobs(jobs, args.jobs)
 
 
@@ -191,11 +212,11 @@ def report(args: argparse.Namespace) -> None:
         parts = key.split("|")
         if parts[0] != "ours" or parts[4] != "oracle":
             continue
-        rows.setdefault((parts[1], int(parts[3])), []).append((int(parts[2]), res))
-    for (env_id, labels), runs in sorted(rows.items()):
+        rows.setdefault((parts[1], _variant(key), int(parts[3])), []).append((int(parts[2]), res))
+    for (env_id, variant, labels), runs in sorted(rows.items()):
         scores, ours, base = [], [], []
         for seed, res in runs:
-            b = results.get(_key("true", env_id, seed))
+            b = results.get(_key("true", env_id, seed, variant=variant))
             if b is None:
                 continue
             rand = res["random_return_mean"]
@@ -206,7 +227,8 @@ def report(args: argparse.Namespace) -> None:
         if not scores:
             continue
         acc = [r["reward_model_accuracy"] for _, r in runs if r["reward_model_accuracy"]]
-        lines.append(f"| {env_id} | {labels} | {len(scores)} | {statistics.mean(ours):.1f} | "
+        lines.append(f"| {_label(env_id, variant)} | {labels} | {len(scores)} | "
+                     f"{statistics.mean(ours):.1f} | "
                      f"{statistics.mean(base):.1f} | {runs[0][1]['random_return_mean']:.1f} | "
                      f"{statistics.mean(scores):.2f}, {min(scores):.2f} | "
                      f"{statistics.mean(acc):.2f} |")
@@ -216,15 +238,16 @@ def report(args: argparse.Namespace) -> None:
     for key, res in results.items():
         parts = key.split("|")
         if parts[0] == "ours":
-            trows.setdefault((parts[1], parts[4], int(parts[3])), []).append(res)
-    for (env_id, teacher, labels), runs in sorted(trows.items()):
-        oracle = trows.get((env_id, "oracle", labels))
+            trows.setdefault((parts[1], _variant(key), parts[4], int(parts[3])), []).append(res)
+    for (env_id, variant, teacher, labels), runs in sorted(trows.items()):
+        oracle = trows.get((env_id, variant, "oracle", labels))
         if teacher == "oracle" or not oracle or len(runs) < 1:
             continue
         rand = runs[0]["random_return_mean"]
         mean = statistics.mean(r["true_return_mean"] for r in runs)
         omean = statistics.mean(r["true_return_mean"] for r in oracle)
-        lines.append(f"| {env_id} | {teacher} | {labels} | {len(runs)} | {mean:.1f} | "
+        lines.append(f"| {_label(env_id, variant)} | {teacher} | {labels} | {len(runs)} | "
+                     f"{mean:.1f} | "
                      f"{(mean - rand) / max(omean - rand, 1e-9):.2f} |")
     lines += ["", "| env | PPO true reward steps/s | PPO learned reward steps/s | ratio |",
               "|---|---|---|---|"]
@@ -241,7 +264,7 @@ def report(args: argparse.Namespace) -> None:
 def _mean_return(results: dict, prefix: str, env_id: str, labels: int) -> tuple[float, int]:
     vals = [r["true_return_mean"] for k, r in results.items()
             if k.startswith(f"{prefix}|{env_id}|") and k.split("|")[3] == str(labels)
-            and k.split("|")[4] == "oracle"]
+            and k.split("|")[4] == "oracle" and not _variant(k)]
     return (statistics.mean(vals), len(vals)) if vals else (float("nan"), 0)
 
 
@@ -256,7 +279,8 @@ def _peer_lines(results: dict) -> list[str]:
         theirs, n_t = _mean_return(results, "imitation", env_id, labels)
         ours, n_o = _mean_return(results, "ours", env_id, labels)
         budgets = sorted({int(k.split("|")[3]) for k in results
-                          if k.startswith(f"ours|{env_id}|") and k.split("|")[4] == "oracle"})
+                          if k.startswith(f"ours|{env_id}|") and k.split("|")[4] == "oracle"
+                          and not _variant(k)})
         reached = [b for b in budgets if _mean_return(results, "ours", env_id, b)[0] >= theirs]
         lines.append(f"| {env_id} | {labels} | {theirs:.1f} ({n_t}) | {ours:.1f} ({n_o}) | "
                      f"{reached[0] if reached else 'not reached'} (tried {budgets}) |")
@@ -300,6 +324,11 @@ def main() -> int:
         p.add_argument("--timesteps", type=int, default=None)
         p.add_argument("--jobs", type=int, default=1)
         p.add_argument("--repeats", type=int, default=3)
+        p.add_argument("--agent", choices=["ppo", "sac"], default=None,
+                       help="efficiency/teachers: this agent for both sides instead of the "
+                            "env's default; results kept apart as 'AGENT-STEPS'")
+        p.add_argument("--teachers", nargs="+", default=TEACHERS, choices=TEACHERS,
+                       help="teachers: which ones (default all)")
     sub.add_parser("report")
     args = parser.parse_args()
     {"efficiency": efficiency, "teachers": teachers, "overhead": overhead,

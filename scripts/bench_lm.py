@@ -98,6 +98,8 @@ class Plan:
     reward_pairs: int = 800  # the reward model PPO and the PPO speed test use
     dpo_speed_steps: int = 20
     dpo_loss: str | None = None  # ours with other TRL DPO losses, e.g. "sigmoid,sft"
+    dpo_weights: str | None = None  # their weights, e.g. "1,0.1"
+    dpo_beta: float | None = None  # ours with another beta
     ppo_speed_steps: int = 5
     speed_batch: int = 8
     repeats: int = 2
@@ -139,7 +141,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         plan.dpo_speed_steps, plan.ppo_speed_steps, plan.speed_batch = 2, 2, 4
         plan.repeats = 1
     for name in ("max_steps", "samples", "new_tokens", "ppo_steps", "ppo_batch", "reward_pairs",
-                 "dpo_speed_steps", "ppo_speed_steps", "repeats", "dpo_loss"):
+                 "dpo_speed_steps", "ppo_speed_steps", "repeats", "dpo_loss", "dpo_weights",
+                 "dpo_beta"):
         value = getattr(args, name, None)
         if value is not None:
             setattr(plan, name, value)
@@ -284,16 +287,29 @@ def cmd_reward(plan: Plan) -> None:
                         reward_spec(plan, job, n, seed))
 
 
+def dpo_variant(plan: Plan) -> str:
+    """The side name of our DPO with non-default settings, e.g. 'ours+sigmoid+sft@1+0.1,b0.3'."""
+    name = "ours"
+    if plan.dpo_loss:
+        name += "+" + plan.dpo_loss.replace(",", "+")
+    if plan.dpo_weights:
+        name += "@" + plan.dpo_weights.replace(",", "+")
+    if plan.dpo_beta is not None:
+        name += f",b{plan.dpo_beta:g}"
+    return name
+
+
 def cmd_dpo(plan: Plan) -> None:
     for seed in plan.seeds:
         for n in plan.n_train or [800]:
-            sides = [f"ours+{plan.dpo_loss.replace(',', '+')}"] if plan.dpo_loss else \
-                ["ours", "trl"]
+            variant = dpo_variant(plan)
+            sides = [variant] if variant != "ours" else ["ours", "trl"]
             for side in sides:
                 out = plan.runs / f"dpo-{side}-{plan.slug}-n{n}-{plan.t}-s{seed}"
                 run_job(plan, key("dpo", side, plan.slug, f"n{n}", plan.t, f"s{seed}"),
                         {"job": "dpo_trl" if side == "trl" else "dpo_ours",
                          "model": plan.model, "n_train": n, "loss": plan.dpo_loss,
+                         "weights": plan.dpo_weights, "beta": plan.dpo_beta,
                          "n_test": plan.n_test, "seed": seed, "max_steps": plan.max_steps,
                          "samples": plan.samples, "new_tokens": plan.new_tokens,
                          "out": str(out)})
@@ -560,6 +576,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--dpo-loss", default=None,
                        help="dpo: ours only, with these TRL losses summed (e.g. sigmoid,sft); "
                             "recorded as side 'ours+LOSSES'")
+        p.add_argument("--dpo-weights", default=None,
+                       help="dpo: weights of the --dpo-loss losses (e.g. 1,0.1)")
+        p.add_argument("--dpo-beta", type=float, default=None, help="dpo: ours with this beta")
         p.add_argument("--with-full", action="store_true",
                        help="speed: also PPO with full fine-tuning, ours and TRL 1.12 (memory)")
     args = parser.parse_args(argv)

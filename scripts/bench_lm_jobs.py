@@ -212,12 +212,16 @@ def job_dpo_ours(spec: dict[str, Any]) -> dict[str, Any]:
 
     train, test = pairs(spec)
     losses = tuple(spec["loss"].split(",")) if spec.get("loss") else ("sigmoid",)
+    weights = (tuple(float(w) for w in spec["weights"].split(","))
+               if spec.get("weights") else None)
+    extra = {"beta": spec["beta"]} if spec.get("beta") is not None else {}
     cfg = LMDPOConfig(seed=spec["seed"], progress=False, max_steps=spec["max_steps"],
-                      loss_type=losses)
+                      loss_type=losses, loss_weights=weights, **extra)
     m = train_dpo(spec["model"], train, test, cfg, out_dir=spec["out"])
     policy, tok = load_policy(spec["out"])
     return {"implicit_reward_accuracy": m["implicit_reward_accuracy"], "steps": m["steps"],
-            "epochs": m["epochs"], "learning_rate": cfg.learning_rate,
+            "epochs": m["epochs"], "learning_rate": cfg.learning_rate, "beta": cfg.beta,
+            "loss_type": list(cfg.loss_type), "loss_weights": cfg.loss_weights,
             "samples_per_s": m["steps"] * cfg.batch_size / m["train_runtime_s"],
             "train_runtime_s": m["train_runtime_s"], "train_pairs": len(train),
             "eval_pairs": len(test), **sentiment(policy, tok, test, spec)}
