@@ -164,8 +164,7 @@ def compute_stats(store_path: str | Path | PreferenceStore,
 
 
 def _compute(store: PreferenceStore, min_overlap: int) -> dict[str, Any]:
-    # light read of query metadata: no payloads are decoded
-    qrows = store.conn.execute("SELECT id, kind, gold FROM queries ORDER BY id").fetchall()
+    qrows = store.query_kinds()
     kind_of = {qid: kind for qid, kind, _ in qrows}
     gold = {qid: g for qid, _, g in qrows if g is not None}
     every = store.answers(include_undone=True)

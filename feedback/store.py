@@ -312,6 +312,10 @@ class PreferenceStore:
             args += [source, source]
         return [r[0] for r in self.conn.execute(sql + " ORDER BY id", args)]
 
+    def query_kinds(self) -> list[tuple[int, str, str | None]]:
+        """(id, kind, gold answer or None) of every query, in id order; no payload is read."""
+        return self.conn.execute("SELECT id, kind, gold FROM queries ORDER BY id").fetchall()
+
     def count_queries(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM queries").fetchone()[0]
 
@@ -499,6 +503,11 @@ class PreferenceStore:
     def has_event_token(self, token: str) -> bool:
         return self.conn.execute("SELECT 1 FROM events WHERE token = ?",
                                  (token,)).fetchone() is not None
+
+    def flush(self) -> None:
+        """Write the WAL into the main file, so the file alone (its hash, a copy) holds every
+        answer recorded so far."""
+        self.conn.execute("PRAGMA wal_checkpoint(FULL)")
 
     def integrity_check(self) -> str:
         return self.conn.execute("PRAGMA integrity_check").fetchone()[0]

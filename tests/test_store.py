@@ -29,6 +29,23 @@ def test_new_store_is_wal_and_versioned(store):
     assert store.integrity_check() == "ok"
 
 
+def test_flush_puts_every_answer_in_the_main_file(store, tmp_path):
+    """A manifest hashes the store's main file: after flush() it alone holds the answers."""
+    import shutil
+
+    ids = store.add_text_queries([TextPair("p", "a", "b"), TextPair("p", "c", "d")])
+    store.record_answers([(ids[0], "left"), (ids[1], "right")], "ann")
+    store.flush()
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(store.path, copy)  # the file alone, without its -wal companion
+    other = PreferenceStore(copy, create=False)
+    try:
+        assert sorted(a.answer for a in other.answers()) == ["left", "right"]
+        assert [k for _, k, _ in other.query_kinds()] == ["text", "text"]
+    finally:
+        other.close()
+
+
 def test_text_queries_dedup_in_either_order(store):
     ids = store.add_text_queries([TextPair("p", "a", "b"), TextPair("p", "b", "a"),
                                   TextPair("p2", "a", "b")])

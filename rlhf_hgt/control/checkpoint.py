@@ -57,8 +57,7 @@ def restore(out: Path, agent, ensemble) -> None:
 def write_manifest(out: Path, config: dict[str, Any], store) -> None:
     from rlhf_hgt.governance.manifest import write_manifest as _write
 
-    # checkpoint the WAL into the main file so the data hash covers every answer
-    store.conn.execute("PRAGMA wal_checkpoint(FULL)")
+    store.flush()  # the data hash then covers every answer
     _write(out, config, {"preference_store": Path(store.path)})
 
 

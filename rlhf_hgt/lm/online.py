@@ -529,6 +529,7 @@ class _Loop:
     def _write_manifest(self) -> None:
         from rlhf_hgt.governance.manifest import write_manifest
 
+        self.store.flush()  # the data hash then covers every answer
         write_manifest(self.out, {"command": "lm online", **self.cfg.to_dict()},
                        {"preference_store": self.store.path})
 
