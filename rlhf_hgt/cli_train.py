@@ -122,9 +122,11 @@ def _run_control(args: argparse.Namespace) -> int:
                                                    animate=True))
 
     metrics = run_control(cfg, progress=progress, ask_human=ask_human)
+    acc = metrics["reward_model_accuracy"]
+    acc_text = f"{acc:.2f}" if acc is not None else "n/a"
     console.print(f"true return {metrics['true_return_mean']:.1f} ± "
                   f"{metrics['true_return_std']:.1f} over {metrics['eval_episodes']} episodes "
                   f"(random {metrics['random_return_mean']:.1f}); labels {metrics['labels']}; "
-                  f"reward model accuracy {metrics['reward_model_accuracy']}")
+                  f"held-out reward model accuracy {acc_text}")
     console.print(f"wrote {cfg.out}/metrics.json, manifest.json, learning_curve.png")
     return 0
