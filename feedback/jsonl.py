@@ -19,6 +19,10 @@ content hash of its rendered text, so a swapped orientation maps back). Export w
 pairs back as messages. Two conversations that render to the same text are the same query;
 the messages of the first one imported are kept.
 
+A labelled pair may also leave out ``prompt`` (TRL's implicit-prompt form): the prompt is
+then the start ``chosen`` and ``rejected`` share, cut at its last whitespace for text and
+after the shared messages for a conversation; a pair that shares no start is refused.
+
 Blank lines are ignored; other fields are ignored too (and named in the summary). The whole
 file is checked before anything is written, and the import is one transaction: it lands
 whole or not at all. A bad line raises :class:`UserInputError` naming the file, the line, the
@@ -193,6 +197,34 @@ def _messages(obj: dict, name: str) -> list[dict]:
     return value
 
 
+def _split_implicit_prompt(obj: dict) -> dict:
+    """TRL's implicit-prompt form: ``chosen`` and ``rejected`` each hold the whole text (or
+    conversation), and the prompt is what they share at the start. Text is cut at the last
+    whitespace of the shared start (so both responses begin with it, as in TRL's explicit form);
+    a conversation is cut after the messages both share. Returns the line with an explicit
+    prompt; one that has no shared start, or whose fields are not both text or both lists, is
+    returned as it is (the missing prompt is then reported)."""
+    chosen, rejected = obj.get("chosen"), obj.get("rejected")
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        n = 0
+        while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+            n += 1
+        cut = max((i for i in range(n) if chosen[i].isspace()), default=0)
+    elif isinstance(chosen, list) and isinstance(rejected, list):
+        cut = 0
+        while cut < min(len(chosen), len(rejected)) - 1 and chosen[cut] == rejected[cut]:
+            cut += 1
+    else:
+        return obj
+    prompt = chosen[:cut]
+    if not (prompt.strip() if isinstance(prompt, str) else prompt):
+        raise _LineError(
+            "field 'prompt': is missing, and 'chosen' and 'rejected' do not begin with a shared "
+            "prompt to take instead (TRL's implicit-prompt form); add the prompt, e.g. "
+            f"{_LABELLED_EXAMPLE}")
+    return {**obj, "prompt": prompt, "chosen": chosen[cut:], "rejected": rejected[cut:]}
+
+
 def _optional_str(obj: dict, name: str, allowed: Iterable[str] | None = None) -> str | None:
     value = obj.get(name)
     if value is None:
@@ -222,6 +254,8 @@ def _parse_object(obj: Any, line: int) -> Record:
                          f"labelled pair nor a pending query; {_FORMS_HINT}")
     labelled = not has_pending
     names = LABELLED_FIELDS if labelled else PENDING_FIELDS
+    if labelled and "prompt" not in obj:
+        obj = _split_implicit_prompt(obj)
     for name in names:
         if obj.get(name) is None:
             what = "a labelled pair" if labelled else "a pending query"

@@ -340,11 +340,34 @@ def run_cli(*args) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
 
 
+def test_implicit_prompt_is_the_shared_start(tmp_path):
+    """TRL's implicit-prompt form: no 'prompt'; it is what chosen and rejected share."""
+    text = {"chosen": "The sky is blue.", "rejected": "The sky is green."}
+    conv = {"chosen": [{"role": "user", "content": "Sky?"},
+                       {"role": "assistant", "content": "Blue."}],
+            "rejected": [{"role": "user", "content": "Sky?"},
+                         {"role": "assistant", "content": "Green."}]}
+    parsed = read_jsonl(write_jsonl(tmp_path / "imp.jsonl", [text, conv]))
+    first, second = parsed.records
+    assert (first.prompt, first.first, first.second) == ("The sky is", " blue.", " green.")
+    assert second.messages == {"prompt": conv["chosen"][:1], "first": conv["chosen"][1:],
+                               "second": conv["rejected"][1:]}
+    # the same pairs written with explicit prompts are the same queries
+    explicit = {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."}
+    store = tmp_path / "s.db"
+    import_jsonl(store, write_jsonl(tmp_path / "exp.jsonl", [explicit]))
+    import_jsonl(store, tmp_path / "imp.jsonl")
+    with PreferenceStore(store) as s:
+        assert s.count_queries() == 2
+
+
 GOOD = b'{"prompt": "p", "chosen": "c", "rejected": "r"}\n'
 BAD_FILES = {  # name: (content, line, words the message must hold)
     "malformed_json": (GOOD + b'{"prompt": "p", "chosen": \n', 2, ["malformed JSON"]),
     "not_an_object": (GOOD + b'["p", "c", "r"]\n', 2, ["not a JSON object"]),
     "missing_field": (GOOD + b'{"prompt": "p", "chosen": "c"}\n', 2, ["'rejected'", "missing"]),
+    "no_shared_prompt": (GOOD + b'{"chosen": "Good film.", "rejected": "Dull."}\n', 2,
+                         ["'prompt'", "shared prompt"]),
     "null_field": (GOOD + b'{"prompt": null, "chosen": "c", "rejected": "r"}\n', 2,
                    ["'prompt'"]),
     "non_string": (GOOD + b'{"prompt": "p", "chosen": 3, "rejected": "r"}\n', 2,
