@@ -578,7 +578,7 @@ def export_jsonl(store_path: str | os.PathLike, file_path: str | os.PathLike,
                 skips += ans.answer == "skip"
                 continue
             rows.append((query, ans))
-    conv = [_conversation(q) for q, _ in rows]
+    conv = [conversation_of(q) for q, _ in rows]
     as_messages = form == "auto" and bool(rows) and all(c is not None for c in conv)
     flattened = 0 if as_messages else sum(c is not None for c in conv)
     with_rationale = provenance and any(a.rationale for _, a in rows)
@@ -607,7 +607,9 @@ def export_jsonl(store_path: str | os.PathLike, file_path: str | os.PathLike,
     return result
 
 
-def _conversation(query: Any) -> dict | None:
+def conversation_of(query: Any) -> dict | None:
+    """A stored text query's original messages (``{"prompt": [...], "sides": {hash: [...]}}``)
+    when it was imported as a conversation, else None."""
     conv = query.meta.get("conversational") if isinstance(query.meta, dict) else None
     if not isinstance(conv, dict):
         return None

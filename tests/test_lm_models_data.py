@@ -452,7 +452,8 @@ def test_load_pairs_from_jsonl(tmp_path):
         "",
     ])
     ds = lmdata.load_pairs(data=f)
-    assert ds.column_names == ["prompt", "chosen", "rejected", "target", "annotator"]
+    assert ds.column_names == ["prompt", "chosen", "rejected", "target", "annotator", "messages"]
+    assert list(ds["messages"]) == ["", ""]  # text pairs; conversations keep their messages
     assert list(ds["prompt"]) == ["P1", "P2"] and list(ds["chosen"]) == [" good", "x"]
     assert list(ds["target"]) == [1.0, 0.5] and list(ds["annotator"]) == ["ann", ""]
 
@@ -500,8 +501,8 @@ def test_load_pairs_from_store_with_tie_skip_and_segments(tmp_path):
         st.undo(undone, "carol")
     ds = lmdata.load_pairs(store=path)
     rows = sorted(zip(*(list(ds[c]) for c in lmdata.LABEL_COLUMNS), strict=True))
-    assert rows == [("P1", "L1", "R1", 1.0, "alice"), ("P2", "R2", "L2", 1.0, "alice"),
-                    ("P3", "L3", "R3", 0.5, "alice")]
+    assert rows == [("P1", "L1", "R1", 1.0, "alice", ""), ("P2", "R2", "L2", 1.0, "alice", ""),
+                    ("P3", "L3", "R3", 0.5, "alice", "")]
     empty = tmp_path / "empty.db"
     PreferenceStore(empty).close()
     with pytest.raises(UserInputError, match="no labelled pairs"):

@@ -373,6 +373,26 @@ def test_cli_bad_input_exit_2_and_nothing_written(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_conversational_prompts_of_one_user_message(tmp_path):
+    from rlhf_hgt.feedback.jsonl import import_jsonl
+    from rlhf_hgt.lm.ppo_cli import read_prompts
+
+    user = [{"role": "user", "content": "Review Alien:"}]
+    data = tmp_path / "conv.jsonl"
+    data.write_text(json.dumps({"prompt": user, "chosen": [{"role": "assistant", "content": "A"}],
+                                "rejected": [{"role": "assistant", "content": "B"}]}) + "\n"
+                    + json.dumps({"prompt": "Say hi"}) + "\n")
+    assert read_prompts(str(data), None) == ["Review Alien:", "Say hi"]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(data.read_text().splitlines()[0] + "\n")
+    import_jsonl(tmp_path / "s.db", pairs)  # the store keeps the messages: the same text
+    assert read_prompts(None, str(tmp_path / "s.db")) == ["Review Alien:"]
+    multi = tmp_path / "multi.jsonl"
+    multi.write_text(json.dumps({"prompt": user + user}) + "\n")
+    with pytest.raises(UserInputError, match="one user message"):
+        read_prompts(str(multi), None)
+
+
 def test_gradient_checkpointing_recomputes_and_gives_the_same_update():
     results = []
     for checkpointing in (False, True):

@@ -17,6 +17,7 @@ from datasets import Dataset
 
 from rlhf_hgt.lm import trl_common
 from rlhf_hgt.lm.cli import main as lm_main
+from rlhf_hgt.lm.data import format_conversations, load_pairs
 from rlhf_hgt.lm.dpo import (
     DPO_LOSS_TYPES,
     LMDPOConfig,
@@ -35,7 +36,7 @@ from rlhf_hgt.lm.reward import (
     prepare_reward_model,
     train_reward_model,
 )
-from rlhf_hgt.lm.tiny import tiny_causal_lm, tiny_reward_lm
+from rlhf_hgt.lm.tiny import tiny_causal_lm, tiny_reward_lm, tiny_tokenizer
 from rlhf_hgt.preference import preference_accuracy, preference_loss
 
 torch.set_num_threads(1)
@@ -387,6 +388,68 @@ def test_cli_runs_write_metrics_adapter_and_manifest(tmp_path, cmd):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["seed"] == 3 and manifest["data"]["data"]["sha256"]
     assert "adapter_model.safetensors" in manifest["checkpoints"]
+
+
+def conversation_rows(n: int) -> list[dict]:
+    """TRL's conversational preference form with an implicit prompt (the shared user turn)."""
+    user = [{"role": "user", "content": f"Q{i}?"} for i in range(n)]
+    return [{"chosen": [user[i], {"role": "assistant", "content": "a" * (3 + i % 3)}],
+             "rejected": [user[i], {"role": "assistant", "content": "b" * (3 + i % 4)}]}
+            for i in range(n)]
+
+
+def test_conversations_take_the_models_chat_format():
+    tok = tiny_tokenizer()
+    rows = conversation_rows(4)
+    ds = Dataset.from_list([{"prompt": "<|user|>\nQ?\n", "chosen": "x", "rejected": "y",
+                             "messages": json.dumps({"prompt": r["chosen"][:1],
+                                                     "chosen": r["chosen"][1:],
+                                                     "rejected": r["rejected"][1:]})}
+                            for r in rows])
+    (fmt,), chat, n = format_conversations(tok, False, ds)
+    assert (chat, n) == (False, 4)
+    for k, r in enumerate(rows):
+        head = tok.apply_chat_template(r["chosen"][:1], tokenize=False,
+                                       add_generation_prompt=True)
+        assert fmt["prompt"][k] == head and "<eos>" in head  # the template's, not our markers
+        assert fmt["prompt"][k] + fmt["chosen"][k] == tok.apply_chat_template(r["chosen"],
+                                                                             tokenize=False)
+        assert fmt["prompt"][k] + fmt["rejected"][k] == tok.apply_chat_template(
+            r["rejected"], tokenize=False)
+    plain = ab_pairs(4)  # no conversations: nothing changes, the flag neither
+    (same,), chat, n = format_conversations(tok, True, plain)
+    assert same is plain and (chat, n) == (True, 0)
+    mixed = Dataset.from_list([{**ab_pairs(1)[0], "messages": ""}])  # text wrapped alike
+    (_, wrapped), chat, n = format_conversations(tok, True, ds, mixed)
+    assert wrapped["prompt"][0] == tok.apply_chat_template(
+        [{"role": "user", "content": mixed["prompt"][0]}], tokenize=False,
+        add_generation_prompt=True) and (chat, n) == (False, 4)
+
+
+@pytest.mark.parametrize("cmd", ["reward", "dpo"])
+def test_cli_trains_on_conversational_files_in_chat_format(tmp_path, cmd):
+    data = tmp_path / "conv.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in conversation_rows(16)))
+    ds = load_pairs(data)
+    assert json.loads(ds["messages"][0])["prompt"] == conversation_rows(1)[0]["chosen"][:1]
+    from rlhf_hgt.feedback.jsonl import import_jsonl
+
+    import_jsonl(tmp_path / "s.db", data)  # a store keeps the messages, oriented per answer
+    stored = load_pairs(store=tmp_path / "s.db")
+    cols = ("prompt", "chosen", "rejected", "messages")
+    def rows(d: Dataset) -> list[tuple]:
+        return sorted(zip(*(d[c] for c in cols), strict=True))
+
+    assert rows(stored) == rows(ds)
+    out = tmp_path / "run"
+    rc = lm_main(["lm", cmd, "--model", "tiny", "--data", str(data), "--out", str(out),
+                  "--max-steps", "1", "--quiet", "--lora-r", "4"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["conversational_pairs"] == 16 and metrics["eval_pairs"] > 0
+    meta = json.loads((out / ("reward_model.json" if cmd == "reward" else "dpo_model.json"))
+                      .read_text())
+    assert meta["chat_template"] is True  # later scoring formats (prompt, response) alike
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -27,6 +27,7 @@ import csv
 import html
 import importlib.util
 import io
+import json
 import logging
 import math
 import os
@@ -49,7 +50,9 @@ RT_FILE = Path("data") / "rotten_tomatoes_corpus_full.csv.bz2"
 RT_PROMPT = "Review of {title}:"
 RESPONSE_PREFIX = " "  # prompt + response reads "Review of X: <snippet>"
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
-LABEL_COLUMNS = (*PAIR_COLUMNS, "target", "annotator")
+#: "messages": a conversational pair's original messages as JSON (prompt, chosen, rejected),
+#: "" for a text pair; see format_conversations.
+LABEL_COLUMNS = (*PAIR_COLUMNS, "target", "annotator", "messages")
 TIE_TARGET = 0.5
 
 _SPACES = re.compile(r"\s+")
@@ -222,8 +225,10 @@ def _rows_from_jsonl(path: str | os.PathLike) -> list[tuple]:
         if not rec.labelled:
             pending += 1
             continue
+        msgs = (json.dumps({"prompt": rec.messages["prompt"], "chosen": rec.messages["first"],
+                            "rejected": rec.messages["second"]}) if rec.messages else "")
         rows.append((rec.prompt, rec.first, rec.second, TIE_TARGET if rec.tie else 1.0,
-                     rec.annotator or ""))
+                     rec.annotator or "", msgs))
     if pending:
         log.info("%s: skipped %d pending (unlabelled) queries", parsed.path, pending)
     return rows
@@ -239,16 +244,85 @@ def _rows_from_store(path: str | os.PathLike) -> list[tuple]:
                 skips += 1
                 continue
             prompt = query.prompt or ""
-            if ans.answer == "right":
-                rows.append((prompt, query.right, query.left, 1.0, ans.annotator))
-            else:
-                target = TIE_TARGET if ans.answer == "tie" else 1.0
-                rows.append((prompt, query.left, query.right, target, ans.annotator))
+            first, second = ((query.right, query.left) if ans.answer == "right"
+                             else (query.left, query.right))
+            target = TIE_TARGET if ans.answer == "tie" else 1.0
+            rows.append((prompt, first, second, target, ans.annotator,
+                         _stored_messages(query, first, second)))
         segments = len(st.answers(kind="segment"))
     if skips or segments:
         log.info("%s: left out %d skipped answers and %d answers to trajectory-segment "
                  "queries (the language stack reads text pairs)", path, skips, segments)
     return rows
+
+
+def _stored_messages(query: Any, first: str, second: str) -> str:
+    """The "messages" cell of a stored query (its conversation, oriented first/second)."""
+    from rlhf_hgt.feedback.jsonl import conversation_of
+    from rlhf_hgt.feedback.store import content_hash
+
+    conv = conversation_of(query)
+    if conv is None:
+        return ""
+    sides = conv["sides"]
+    return json.dumps({"prompt": conv["prompt"], "chosen": sides[content_hash(first)],
+                       "rejected": sides[content_hash(second)]})
+
+
+def format_conversations(tok: Any, chat_template: bool, *datasets: Any
+                         ) -> tuple[list[Any], bool, int]:
+    """Conversational pairs in the model's own chat format, as TRL formats them: the prompt
+    is the chat template applied to the prompt's messages with the assistant's turn opened,
+    and each response the rest of the whole conversation's text.
+
+    ``datasets`` (train, eval; None is passed through) are decided together. Returns
+    ``(datasets, chat_template, n)``: the flag the encoders must then use and the number of
+    conversational pairs formatted. Without conversational pairs, or when the tokenizer has no
+    chat template (the pairs are then read as their ``<|role|>`` text), all come back
+    unchanged. Otherwise every pair comes back as finished text and the flag is False: text
+    pairs are wrapped the same way (one user and one assistant message) when
+    ``chat_template`` asked for that, and kept as they are otherwise.
+    """
+    n_conv = sum(sum(1 for m in ds["messages"] if m) for ds in datasets
+                 if ds is not None and "messages" in ds.column_names)
+    if not n_conv:
+        return list(datasets), chat_template, 0
+    if not getattr(tok, "chat_template", None):
+        log.warning("%d conversational pairs: the tokenizer has no chat template, so they are "
+                    "read as text with <|role|> markers", n_conv)
+        return list(datasets), chat_template, 0
+    log.info("%d conversational pairs formatted with the model's chat template", n_conv)
+    return [_format_pairs(ds, tok, chat_template) for ds in datasets], False, n_conv
+
+
+def _format_pairs(ds: Any, tok: Any, wrap_text: bool) -> Any:
+    if ds is None:
+        return None
+
+    def fmt(prompt_msgs: list, side: list) -> tuple[str, str]:
+        head = tok.apply_chat_template(prompt_msgs, tokenize=False, add_generation_prompt=True)
+        full = tok.apply_chat_template(prompt_msgs + side, tokenize=False)
+        n = len(os.path.commonprefix([head, full]))  # a template may not extend its prompt
+        return full[:n], full[n:]
+
+    cols = {c: list(ds[c]) for c in ds.column_names}
+    cells = cols.get("messages") or [""] * len(ds)
+    for i, cell in enumerate(cells):
+        if cell:
+            m = json.loads(cell)
+            prompt_msgs, sides = m["prompt"], (m["chosen"], m["rejected"])
+        elif wrap_text:
+            prompt_msgs = [{"role": "user", "content": cols["prompt"][i]}]
+            sides = tuple([{"role": "assistant", "content": cols[c][i]}]
+                          for c in ("chosen", "rejected"))
+        else:
+            continue
+        (p, c), (p2, r) = fmt(prompt_msgs, sides[0]), fmt(prompt_msgs, sides[1])
+        prompt = os.path.commonprefix([p, p2])
+        cols["prompt"][i] = prompt
+        cols["chosen"][i] = p[len(prompt):] + c
+        cols["rejected"][i] = p2[len(prompt):] + r
+    return type(ds).from_dict(cols, features=ds.features)
 
 
 # ----------------------------------------------------------------------------- splits

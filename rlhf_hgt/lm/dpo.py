@@ -25,7 +25,7 @@ import copy
 import json
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import torch
 
 from rlhf_hgt.feedback.errors import UserInputError
 from rlhf_hgt.lm import trl_common as common
+from rlhf_hgt.lm.data import format_conversations
 from rlhf_hgt.preference import preference_accuracy
 
 __all__ = ["DPO_LOSS_TYPES", "LMDPOConfig", "implicit_reward_accuracy", "implicit_rewards",
@@ -284,6 +285,13 @@ def train_dpo(model: Any, train_ds: Any, eval_ds: Any = None, config: LMDPOConfi
 
     set_seed(cfg.seed)
     model, tok, base_name = common.load_lm("causal", model, dtype=torch.float32)
+    # conversational pairs in the model's chat format (TRL's rule): then every pair is text
+    (train_ds, eval_ds), chat, n_conv = format_conversations(tok, cfg.chat_template, train_ds,
+                                                             eval_ds)
+    if n_conv:
+        train_rows, eval_rows = _strict_pairs(train_ds)[0], (
+            _strict_pairs(eval_ds)[0] if eval_ds is not None else [])
+    run_cfg = replace(cfg, chat_template=chat)
     has_adapter = hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
     if has_adapter:  # train its adapter; TRL keeps a frozen copy as the "ref" adapter
         peft_config, ref_model = None, None
@@ -309,14 +317,15 @@ def train_dpo(model: Any, train_ds: Any, eval_ds: Any = None, config: LMDPOConfi
         disable_dropout=True, precompute_ref_log_probs=False,
     )
     with _adapter_kept(model if has_adapter else None):
-        metrics, policy = _fit(model, ref_model, args, tok, train_rows, eval_rows, eval_ds, cfg,
-                               peft_config, callbacks)
+        metrics, policy = _fit(model, ref_model, args, tok, train_rows, eval_rows, eval_ds,
+                               run_cfg, peft_config, callbacks)
     metrics.update({"train_pairs": len(train_rows), "train_ties_dropped": train_ties,
                     "train_pairs_turned": int(train_flipped), "base_model": base_name,
                     "eval_pairs": len(eval_rows), "eval_ties": eval_ties,
+                    "conversational_pairs": n_conv,
                     "lora_r": (policy.peft_config["default"].r if has_adapter else cfg.lora_r)})
-    common.save_trained(policy, tok, out, cfg, base_name, FORMAT, META_FILE,
-                        lora=has_adapter or cfg.lora_r > 0)
+    common.save_trained(policy, tok, out, replace(cfg, chat_template=True) if n_conv else cfg,
+                        base_name, FORMAT, META_FILE, lora=has_adapter or cfg.lora_r > 0)
     common.wait_for_everyone()
     return common.clean_metrics(metrics)
 

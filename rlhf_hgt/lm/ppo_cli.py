@@ -149,6 +149,14 @@ def _prompts_from_jsonl(path: Path) -> list[str]:
             raise UserInputError(f"{path}:{number}: expected a JSON object with a \"prompt\" "
                                  f"field, got {type(obj).__name__}")
         prompt = obj.get("prompt")
+        if isinstance(prompt, list) and prompt:  # TRL's conversational form
+            msg = prompt[0] if len(prompt) == 1 else None
+            if not (isinstance(msg, dict) and msg.get("role") == "user"
+                    and isinstance(msg.get("content"), str)):
+                raise UserInputError(f"{path}:{number}: field \"prompt\": PPO takes a "
+                                     "conversational prompt of one user message (it is sent "
+                                     "through the model's chat template); give that, or text")
+            prompt = msg["content"]
         if not isinstance(prompt, str) or not prompt.strip():
             what = "missing" if prompt is None else f"not a non-empty string ({prompt!r:.40})"
             raise UserInputError(f"{path}:{number}: field \"prompt\" is {what}; every line "
@@ -158,10 +166,19 @@ def _prompts_from_jsonl(path: Path) -> list[str]:
 
 
 def _prompts_from_store(path: str) -> list[str]:
+    from rlhf_hgt.feedback.jsonl import conversation_of
     from rlhf_hgt.feedback.store import PreferenceStore
 
+    def prompt_of(query: Any) -> str | None:
+        conv = conversation_of(query)  # imported as one user message: its text
+        msgs = conv["prompt"] if conv else None
+        if msgs and len(msgs) == 1 and msgs[0].get("role") == "user":
+            return msgs[0]["content"]
+        return query.prompt
+
     with PreferenceStore(path, create=False) as st:
-        return [q.prompt for q in st.queries(kind="text") if q.prompt and q.prompt.strip()]
+        prompts = [prompt_of(q) for q in st.queries(kind="text")]
+    return [p for p in prompts if p and p.strip()]
 
 
 def make_reward(args: argparse.Namespace, device: Any) -> tuple[Any, str]:

@@ -25,13 +25,14 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rlhf_hgt.lm import trl_common as common
+from rlhf_hgt.lm.data import format_conversations
 from rlhf_hgt.preference import preference_accuracy, preference_loss
 
 __all__ = ["LMRewardConfig", "RewardScorer", "build_reward_trainer", "encode_response",
@@ -276,7 +277,12 @@ def train_reward_model(model: Any, train_ds: Any, eval_ds: Any = None,
     model, tok, base_name = prepare_reward_model(model, cfg)
     trainable, total = common.count_params(model)
     out = Path(out_dir)
-    trainer = build_reward_trainer(model, tok, train_ds, cfg, out, callbacks)
+    # conversational pairs in the model's chat format (TRL's rule); the encoders then take
+    # every pair as finished text
+    (train_ds, eval_ds), chat, n_conv = format_conversations(tok, cfg.chat_template, train_ds,
+                                                             eval_ds)
+    trainer = build_reward_trainer(model, tok, train_ds, replace(cfg, chat_template=chat), out,
+                                   callbacks)
     start = time.perf_counter()
     result = trainer.train()
     train_time = time.perf_counter() - start
@@ -296,12 +302,16 @@ def train_reward_model(model: Any, train_ds: Any, eval_ds: Any = None,
         "total_params": total,
         "world_size": common.world_size(),
         "base_model": base_name,
+        "conversational_pairs": n_conv,
     }
     if eval_ds is not None and len(eval_ds):
-        metrics.update(evaluate_reward_model(trained, tok, eval_ds, cfg))
+        metrics.update(evaluate_reward_model(trained, tok, eval_ds,
+                                             replace(cfg, chat_template=chat)))
     else:
         metrics.update({"reward_model_accuracy": None, "eval_loss": None, "eval_pairs": 0})
-    common.save_trained(trained, tok, out, cfg, base_name, FORMAT, META_FILE)
+    # trained on chat-formatted conversations: score (prompt, response) the same way later
+    saved = replace(cfg, chat_template=True) if n_conv else cfg
+    common.save_trained(trained, tok, out, saved, base_name, FORMAT, META_FILE)
     common.wait_for_everyone()
     return common.clean_metrics(metrics)
 
