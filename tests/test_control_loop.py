@@ -174,3 +174,15 @@ def test_a_run_directory_of_another_run_is_refused(tmp_path):
                      "--out", str(out), *TINY, timeout=120)
     assert other.returncode == 2 and "env_id='CartPole-v1'" in other.stderr
     assert "Traceback" not in other.stderr
+
+
+def test_evaluation_steps_toy_text_envs_with_plain_int_actions():
+    """FrozenLake indexes a table with the action: a 0-d array from SB3 must become an int."""
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+
+    from rlhf_hgt.control.agents import evaluate_true_return
+
+    model = PPO("MlpPolicy", gym.make("FrozenLake-v1"), n_steps=64, seed=0, device="cpu")
+    mean, std = evaluate_true_return(model, lambda: gym.make("FrozenLake-v1"), 2, seed=0)
+    assert 0.0 <= mean <= 1.0 and std >= 0.0

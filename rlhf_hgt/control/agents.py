@@ -103,12 +103,15 @@ def evaluate_true_return(model: BaseAlgorithm, env_fn: Callable[[], gym.Env], ep
     """Mean and std of the env's own return over ``episodes`` episodes (never shown to the
     learner)."""
     env = env_fn()
+    discrete = isinstance(env.action_space, gym.spaces.Discrete)
     returns = []
     for k in range(episodes):
         obs, _ = env.reset(seed=seed + k)
         done, total = False, 0.0
         while not done:
             action, _ = model.predict(obs, deterministic=deterministic)
+            if discrete:  # a 0-d array; toy-text envs index tables with the action
+                action = int(action)
             obs, reward, terminated, truncated, info = env.step(action)
             total += float(info.get("true_reward", reward))
             done = terminated or truncated
