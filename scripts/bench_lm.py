@@ -100,6 +100,7 @@ class Plan:
     dpo_loss: str | None = None  # ours with other TRL DPO losses, e.g. "sigmoid,sft"
     dpo_weights: str | None = None  # their weights, e.g. "1,0.1"
     dpo_beta: float | None = None  # ours with another beta
+    dpo_sft_weight: float | None = None  # ours with another weight of the SFT term
     ppo_speed_steps: int = 5
     speed_batch: int = 8
     repeats: int = 2
@@ -142,7 +143,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         plan.repeats = 1
     for name in ("max_steps", "samples", "new_tokens", "ppo_steps", "ppo_batch", "reward_pairs",
                  "dpo_speed_steps", "ppo_speed_steps", "repeats", "dpo_loss", "dpo_weights",
-                 "dpo_beta"):
+                 "dpo_beta", "dpo_sft_weight"):
         value = getattr(args, name, None)
         if value is not None:
             setattr(plan, name, value)
@@ -296,6 +297,8 @@ def dpo_variant(plan: Plan) -> str:
         name += "@" + plan.dpo_weights.replace(",", "+")
     if plan.dpo_beta is not None:
         name += f",b{plan.dpo_beta:g}"
+    if plan.dpo_sft_weight is not None:
+        name += f",sft{plan.dpo_sft_weight:g}"
     return name
 
 
@@ -310,6 +313,7 @@ def cmd_dpo(plan: Plan) -> None:
                         {"job": "dpo_trl" if side == "trl" else "dpo_ours",
                          "model": plan.model, "n_train": n, "loss": plan.dpo_loss,
                          "weights": plan.dpo_weights, "beta": plan.dpo_beta,
+                         "sft_weight": plan.dpo_sft_weight,
                          "n_test": plan.n_test, "seed": seed, "max_steps": plan.max_steps,
                          "samples": plan.samples, "new_tokens": plan.new_tokens,
                          "out": str(out)})
@@ -579,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--dpo-weights", default=None,
                        help="dpo: weights of the --dpo-loss losses (e.g. 1,0.1)")
         p.add_argument("--dpo-beta", type=float, default=None, help="dpo: ours with this beta")
+        p.add_argument("--dpo-sft-weight", type=float, default=None,
+                       help="dpo: ours with this weight of the SFT term (0 = plain DPO loss)")
         p.add_argument("--with-full", action="store_true",
                        help="speed: also PPO with full fine-tuning, ours and TRL 1.12 (memory)")
     args = parser.parse_args(argv)

@@ -214,14 +214,14 @@ def job_dpo_ours(spec: dict[str, Any]) -> dict[str, Any]:
     losses = tuple(spec["loss"].split(",")) if spec.get("loss") else ("sigmoid",)
     weights = (tuple(float(w) for w in spec["weights"].split(","))
                if spec.get("weights") else None)
-    extra = {"beta": spec["beta"]} if spec.get("beta") is not None else {}
+    extra = {k: spec[k] for k in ("beta", "sft_weight") if spec.get(k) is not None}
     cfg = LMDPOConfig(seed=spec["seed"], progress=False, max_steps=spec["max_steps"],
                       loss_type=losses, loss_weights=weights, **extra)
     m = train_dpo(spec["model"], train, test, cfg, out_dir=spec["out"])
     policy, tok = load_policy(spec["out"])
     return {"implicit_reward_accuracy": m["implicit_reward_accuracy"], "steps": m["steps"],
             "epochs": m["epochs"], "learning_rate": cfg.learning_rate, "beta": cfg.beta,
-            "loss_type": list(cfg.loss_type), "loss_weights": cfg.loss_weights,
+            "loss_type": cfg.trl_losses()[0], "loss_weights": cfg.trl_losses()[1],
             "samples_per_s": m["steps"] * cfg.batch_size / m["train_runtime_s"],
             "train_runtime_s": m["train_runtime_s"], "train_pairs": len(train),
             "eval_pairs": len(test), **sentiment(policy, tok, test, spec)}

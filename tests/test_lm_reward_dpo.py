@@ -199,7 +199,7 @@ def test_dpo_full_parameters_against_a_reference_copy(tmp_path):
     model, tok = tiny_causal_lm(seed=4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = LMDPOConfig(lora_r=0, max_steps=1, learning_rate=1e-3, warmup_ratio=0,
-                      batch_size=8, eval_fraction=0, progress=False)
+                      batch_size=8, eval_fraction=0, progress=False, sft_weight=0.0)
     assert LMDPOConfig(lora_r=0).learning_rate == 5e-7
     m = train_dpo((model, tok), ab_pairs(8), ab_pairs(8, 1), cfg, tmp_path / "full")
     # first step: policy == reference copy, so the sigmoid loss is exactly log 2
@@ -237,7 +237,7 @@ def test_dpo_on_a_model_with_an_adapter_trains_it_against_its_own_frozen_copy(tm
 
     monkeypatch.setattr(copy, "deepcopy", no_model_copy)
     cfg = LMDPOConfig(lora_r=0, max_steps=1, learning_rate=1e-2, warmup_ratio=0,
-                      batch_size=8, eval_fraction=0, progress=False)
+                      batch_size=8, eval_fraction=0, progress=False, sft_weight=0.0)
     m = train_dpo((peft, tok), ab_pairs(8), ab_pairs(8, 1), cfg, tmp_path / "again")
     # first step: the policy equals its frozen copy, so the sigmoid loss is exactly log 2
     # (against the bare base it would not be: the adapter had already moved it)
@@ -274,7 +274,8 @@ def test_dpo_loss_variants_pass_through(tmp_path, loss_type, weights, smoothing,
                         checkpointing=args.gradient_checkpointing, report_to=args.report_to)
 
     cfg = LMDPOConfig(loss_type=loss_type, loss_weights=weights, label_smoothing=smoothing,
-                      max_steps=1, batch_size=8, eval_fraction=0, progress=False)
+                      max_steps=1, batch_size=8, eval_fraction=0, progress=False,
+                      sft_weight=0.0)  # the preference loss alone: its first value is known
     m = train_dpo("tiny", ab_pairs(8), None, cfg, tmp_path / "d", callbacks=[Capture()])
     assert seen["loss_type"] == list(loss_type) and seen["beta"] == 0.1
     assert seen["label_smoothing"] == smoothing
@@ -284,6 +285,27 @@ def test_dpo_loss_variants_pass_through(tmp_path, loss_type, weights, smoothing,
     # with fresh adapters the policy equals the reference: the first loss is known exactly
     assert m["train_loss"] == pytest.approx(first_loss, rel=1e-5)
     assert m["loss_type"] == "+".join(loss_type)
+
+
+def test_dpo_default_adds_a_small_sft_term(tmp_path):
+    """Default: sigmoid + 0.1 x the chosen side's NLL (TRL's 'sft'), as one TRL loss list."""
+    from transformers import TrainerCallback
+
+    seen = {}
+
+    class Capture(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            seen.update(loss_type=list(args.loss_type), weights=list(args.loss_weights))
+
+    cfg = LMDPOConfig(max_steps=1, batch_size=8, eval_fraction=0, progress=False)
+    m = train_dpo("tiny", ab_pairs(8), None, cfg, tmp_path / "d", callbacks=[Capture()])
+    assert seen == {"loss_type": ["sigmoid", "sft"], "weights": [1.0, 0.1]}
+    assert m["loss_type"] == "sigmoid+sft" and m["loss_weights"] == [1.0, 0.1]
+    # the NLL of bytes under a fresh tiny model is about log(vocab): the term shows
+    assert m["train_loss"] > math.log(2) + 0.1 * 1.0
+    assert LMDPOConfig(loss_type=("sigmoid", "sft")).sft_weight == 0  # named there: no extra
+    assert LMDPOConfig(loss_type="ipo", sft_weight=0.5).trl_losses() == (["ipo", "sft"],
+                                                                         [1.0, 0.5])
 
 
 def test_dpo_drops_ties_and_turns_reversed_pairs(tmp_path):
@@ -327,6 +349,8 @@ def test_loss_type_list_matches_trl():
     (LMDPOConfig, {"loss_type": ("sigmoid", "ipo"), "loss_weights": (1.0,)}, "one weight per"),
     (LMDPOConfig, {"loss_type": "exo_pair"}, "1e-3"),
     (LMDPOConfig, {"label_smoothing": 0.5}, "[0, 0.5)"),
+    (LMDPOConfig, {"sft_weight": -1.0}, "0 turns the term off"),
+    (LMDPOConfig, {"loss_type": ("sigmoid", "sft"), "sft_weight": 0.1}, "already holds"),
     (LMDPOConfig, {"batch_size": 0}, "batch_size must be >= 1"),
 ])
 def test_bad_config_values_say_how_to_fix(cls, kw, hint):
@@ -341,6 +365,7 @@ def test_config_defaults_suit_few_labels():
     assert cfg.resolved_epochs(400) == 4  # 400 pairs: 200 steps of 8
     assert cfg.resolved_epochs(3200) == 1 and cfg.resolved_epochs(40) == cfg.max_auto_epochs
     assert LMDPOConfig().learning_rate == 5e-5 and LMDPOConfig().beta == 0.1
+    assert LMDPOConfig().sft_weight == 0.1
 
 
 def test_precision_on_this_machine():

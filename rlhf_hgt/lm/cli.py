@@ -90,6 +90,9 @@ def add_lm_subcommands(lsub: argparse._SubParsersAction) -> None:
                         "ipo, hinge, robust, ...)")
     d.add_argument("--label-smoothing", type=float, default=None,
                    help="flipped-label share for robust / epsilon for exo_pair (default 0)")
+    d.add_argument("--sft-weight", type=float, default=None,
+                   help="weight of the supervised term on the chosen response (default 0.1, "
+                        "as in RPO; 0 = TRL's plain DPO loss)")
 
     p = lsub.add_parser("ppo", help="train a policy with PPO against a learned reward model",
                         conflict_handler="resolve")
@@ -161,7 +164,7 @@ _FLAGS = {"learning_rate": "--lr", "lora_r": "--lora-r", "epochs": "--epochs",
           "max_steps": "--max-steps", "max_length": "--max-length",
           "label_noise": "--label-noise", "beta": "--beta", "loss_type": "--loss-type",
           "unknown loss_type": "--loss-type", "label_smoothing": "--label-smoothing",
-          "exo_pair": "--label-smoothing"}
+          "exo_pair": "--label-smoothing", "sft_weight": "--sft-weight"}
 
 
 def _common_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -183,6 +186,7 @@ def _build(args: argparse.Namespace) -> Any:
 
     values["beta"] = args.beta
     values["label_smoothing"] = args.label_smoothing
+    values["sft_weight"] = args.sft_weight
     if args.loss_type is not None:
         values["loss_type"] = tuple(t.strip() for t in args.loss_type.split(",") if t.strip())
     return _config(LMDPOConfig, values, _FLAGS)

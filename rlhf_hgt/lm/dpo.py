@@ -7,7 +7,10 @@ every weight against a frozen copy of the starting model (TRL cannot rebuild the
 reference of a model built in memory by name, so the copy is always passed).
 
 Every loss TRL 1.16 offers is available (``loss_type``: sigmoid, ipo, hinge, robust, ...;
-several with ``loss_weights``), with ``beta`` and ``label_smoothing``. DPO learns from
+several with ``loss_weights``), with ``beta`` and ``label_smoothing``. By default a small
+supervised term on the chosen response is added (``sft_weight`` 0.1, as in RPO): with a few
+hundred pairs plain DPO pushes the likelihood of both responses down and the samples drift
+(measured in BENCHMARKS.md); ``sft_weight=0`` gives TRL's plain loss. DPO learns from
 strict preferences only: a tie (target 0.5) is dropped and counted in the metrics; a
 target below 0.5 means the 'rejected' side won, and the pair is turned round.
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -63,6 +67,12 @@ class LMDPOConfig(common.PairTrainingConfig):
                 + "; several are summed with loss_weights"})
     loss_weights: tuple[float, ...] | None = field(default=None, metadata={
         "help": "one weight per loss_type when several are combined (default all 1)"})
+    sft_weight: float | None = field(default=None, metadata={
+        "help": "weight of a supervised term (the chosen response's mean token NLL, TRL's "
+                "'sft' loss) added to the preference loss, as in RPO. It keeps the chosen "
+                "answers likely: with plain DPO on 400 review pairs the samples' sentiment "
+                "fell, with 0.1 it rose at the same held-out accuracy (BENCHMARKS.md). "
+                "0 = the preference loss alone. Default 0.1, or 0 when loss_type names 'sft'"})
     label_smoothing: float = field(default=0.0, metadata={
         "help": "assumed share of flipped labels for robust (in [0, 0.5)), the epsilon of "
                 "exo_pair (> 0, e.g. 1e-3), and used by aot"})
@@ -75,6 +85,15 @@ class LMDPOConfig(common.PairTrainingConfig):
     max_length: int = field(default=512, metadata={
         "help": "most tokens of prompt + response; longer ones keep their start (TRL); pairs "
                 "whose prompt alone fills it are dropped by TRL"})
+
+    def trl_losses(self) -> tuple[list[str], list[float] | None]:
+        """TRL's loss_type and loss_weights: the preference loss(es), then the SFT term."""
+        losses, weights = list(self.loss_type), (list(self.loss_weights)
+                                                 if self.loss_weights else None)
+        if self.sft_weight > 0:
+            losses.append("sft")
+            weights = (weights or [1.0] * len(self.loss_type)) + [self.sft_weight]
+        return losses, weights
 
     def __post_init__(self) -> None:
         if isinstance(self.loss_type, str):
@@ -93,6 +112,14 @@ class LMDPOConfig(common.PairTrainingConfig):
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
             raise ValueError(f"loss_weights needs one weight per loss_type: got "
                              f"{len(self.loss_weights)} weights for {len(self.loss_type)} losses")
+        if self.sft_weight is None:
+            self.sft_weight = 0.0 if "sft" in self.loss_type else 0.1
+        if not (math.isfinite(self.sft_weight) and self.sft_weight >= 0):
+            raise ValueError(f"sft_weight must be a finite number >= 0 (0.1 is the default, 0 "
+                             f"turns the term off), got {self.sft_weight}")
+        if self.sft_weight > 0 and "sft" in self.loss_type:
+            raise ValueError("sft_weight: loss_type already holds 'sft'; weigh it with "
+                             "loss_weights and set sft_weight to 0")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must lie in [0, 0.5) (0 is usual, 0.1 for robust), "
                              f"got {self.label_smoothing}")
@@ -311,8 +338,7 @@ def train_dpo(model: Any, train_ds: Any, eval_ds: Any = None, config: LMDPOConfi
             weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
             lr_scheduler=cfg.lr_scheduler, logging_steps=cfg.logging_steps,
             gradient_checkpointing=cfg.gradient_checkpointing, progress=cfg.progress),
-        beta=cfg.beta, loss_type=list(cfg.loss_type),
-        loss_weights=list(cfg.loss_weights) if cfg.loss_weights else None,
+        beta=cfg.beta, loss_type=cfg.trl_losses()[0], loss_weights=cfg.trl_losses()[1],
         label_smoothing=cfg.label_smoothing, max_length=cfg.max_length,
         disable_dropout=True, precompute_ref_log_probs=False,
     )
@@ -378,7 +404,8 @@ def _fit(model: Any, ref_model: Any, args: Any, tok: Any, train_rows: list[dict[
         "epochs": trainer.state.epoch,
         "learning_rate": cfg.learning_rate,
         "beta": cfg.beta,
-        "loss_type": "+".join(cfg.loss_type),
+        "loss_type": "+".join(cfg.trl_losses()[0]),
+        "loss_weights": cfg.trl_losses()[1],
         "trainable_params": trainable,
         "total_params": total,
         "world_size": common.world_size(),

@@ -64,6 +64,8 @@ _NESTED: list[_Flag] = [
     ("--dpo-batch-size", int, "dpo", "batch_size", "pairs per DPO step (default 8)"),
     ("--dpo-loss-type", str, "dpo", "loss_type", "TRL DPO loss(es), comma-separated "
                                                  "(default sigmoid)"),
+    ("--dpo-sft-weight", float, "dpo", "sft_weight",
+     "weight of the supervised term on the chosen response (default 0.1; 0 = plain DPO)"),
 ]
 
 
