@@ -1,0 +1,311 @@
+"""Reading a JSONL file of text preferences (TRL's preference format, see :mod:`.jsonl`):
+each line checked and turned into a :class:`Record`; a bad line raises UserInputError naming
+the file, the line, the field and the fix."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserInputError
+
+LABELLED_FIELDS = ("prompt", "chosen", "rejected")
+PENDING_FIELDS = ("prompt", "a", "b")
+LABELLED_ONLY = ("chosen", "rejected", "tie", "annotator", "rationale", "synthetic")
+PENDING_ONLY = ("a", "b", "gold", "source_a", "source_b")
+GOLD_TO_SIDE = {"a": "left", "b": "right", "tie": "tie"}
+
+_LABELLED_EXAMPLE = '{"prompt": "...", "chosen": "...", "rejected": "..."}'
+_PENDING_EXAMPLE = '{"prompt": "...", "a": "...", "b": "..."}'
+_FORMS_HINT = (f"write a labelled pair {_LABELLED_EXAMPLE} or a pending query "
+               f"{_PENDING_EXAMPLE}")
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class Record:
+    """One checked line of an import file.
+
+    ``first``/``second`` are chosen/rejected for a labelled pair and a/b for a pending query,
+    as text (conversations rendered); ``messages`` keeps a conversation's original messages.
+    """
+
+    line: int
+    labelled: bool
+    prompt: str
+    first: str
+    second: str
+    tie: bool = False
+    annotator: str | None = None
+    rationale: str | None = None
+    synthetic: bool = False
+    gold: str | None = None  # 'a', 'b' or 'tie'
+    source_a: str | None = None
+    source_b: str | None = None
+    messages: dict | None = None  # {"prompt": [...], "first": [...], "second": [...]}
+
+
+@dataclass
+class ParsedFile:
+    path: Path
+    sha256: str
+    records: list[Record]
+    ignored_fields: list[str] = field(default_factory=list)
+
+
+def render_messages(messages: list[dict], trailing_newline: bool = False) -> str:
+    """A conversation as text: each message as ``<|role|>`` on its own line, then its content.
+
+    A prompt is rendered with a trailing newline so that prompt + response reads as one
+    conversation."""
+    text = "\n".join(f"<|{m['role']}|>\n{m['content']}" for m in messages)
+    return text + "\n" if trailing_newline else text
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+class _LineError(Exception):
+    """A problem with one line; turned into a UserInputError with the file and line."""
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _LineError(f"field {key!r}: appears twice in one object; keep one")
+        out[key] = value
+    return out
+
+
+def _check_unicode(value: Any, where: str) -> None:
+    """Refuse lone surrogates (JSON escapes like \\ud800 that are no UTF-8 text)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _LineError(
+                f"field {where!r}: holds an unpaired surrogate escape "
+                f"(\\u{ord(value[exc.start]):04x} at character {exc.start}); "
+                "write the character itself or a complete surrogate pair") from None
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_unicode(item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key, f"{where} key")
+            _check_unicode(item, f"{where}.{key}")
+
+
+def _text(obj: dict, name: str) -> str:
+    value = obj[name]
+    if not value.strip():
+        raise _LineError(f"field {name!r}: is empty; give the text, or remove the line")
+    return value
+
+
+def _messages(obj: dict, name: str) -> list[dict]:
+    value = obj[name]
+    if not value:
+        raise _LineError(f"field {name!r}: is an empty list of messages; give at least one "
+                         '{"role": ..., "content": ...} message, or remove the line')
+    for i, msg in enumerate(value):
+        where = f"{name}[{i}]"
+        if not isinstance(msg, dict):
+            raise _LineError(f"field {where!r}: is {_type_name(msg)}, not a message; write "
+                             '{"role": "user", "content": "..."}')
+        role, content = msg.get("role"), msg.get("content")
+        if not isinstance(role, str) or not role.strip() or "\n" in role:
+            raise _LineError(f"field {where + '.role'!r}: must be a one-line, non-empty string "
+                             f"such as \"user\" or \"assistant\", got {_type_name(role)}")
+        if not isinstance(content, str):
+            raise _LineError(f"field {where + '.content'!r}: must be a string (only text "
+                             f"messages are supported), got {_type_name(content)}")
+    _check_unicode(value, name)
+    if not any(m["content"].strip() for m in value):
+        raise _LineError(f"field {name!r}: every message is empty; give the text, "
+                         "or remove the line")
+    return value
+
+
+def _split_implicit_prompt(obj: dict) -> dict:
+    """TRL's implicit-prompt form: ``chosen`` and ``rejected`` each hold the whole text (or
+    conversation), and the prompt is what they share at the start. Text is cut at the last
+    whitespace of the shared start (so both responses begin with it, as in TRL's explicit form);
+    a conversation is cut after the messages both share. Returns the line with an explicit
+    prompt; one that has no shared start, or whose fields are not both text or both lists, is
+    returned as it is (the missing prompt is then reported)."""
+    chosen, rejected = obj.get("chosen"), obj.get("rejected")
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        n = 0
+        while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+            n += 1
+        cut = max((i for i in range(n) if chosen[i].isspace()), default=0)
+    elif isinstance(chosen, list) and isinstance(rejected, list):
+        cut = 0
+        while cut < min(len(chosen), len(rejected)) - 1 and chosen[cut] == rejected[cut]:
+            cut += 1
+    else:
+        return obj
+    prompt = chosen[:cut]
+    if not (prompt.strip() if isinstance(prompt, str) else prompt):
+        raise _LineError(
+            "field 'prompt': is missing, and 'chosen' and 'rejected' do not begin with a shared "
+            "prompt to take instead (TRL's implicit-prompt form); add the prompt, e.g. "
+            f"{_LABELLED_EXAMPLE}")
+    return {**obj, "prompt": prompt, "chosen": chosen[cut:], "rejected": rejected[cut:]}
+
+
+def _optional_str(obj: dict, name: str, allowed: Iterable[str] | None = None) -> str | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _LineError(f"field {name!r}: must be a string, got {_type_name(value)}; "
+                         "fix it or remove the field")
+    _check_unicode(value, name)
+    if allowed is not None and value not in allowed:
+        raise _LineError(f"field {name!r}: must be one of {', '.join(map(repr, allowed))}, "
+                         f"got {value!r}")
+    return value
+
+
+def _parse_object(obj: Any, line: int) -> Record:
+    if not isinstance(obj, dict):
+        raise _LineError(f"the line is {_type_name(obj)}, not a JSON object; {_FORMS_HINT}")
+    has_labelled = [k for k in LABELLED_ONLY if k in obj]
+    has_pending = [k for k in PENDING_ONLY if k in obj]
+    if has_labelled and has_pending:
+        raise _LineError(
+            f"field {has_pending[0]!r}: the line mixes a labelled pair (it has "
+            f"{', '.join(map(repr, has_labelled))}) with a pending query (it has "
+            f"{', '.join(map(repr, has_pending))}); {_FORMS_HINT}")
+    if not has_labelled and not has_pending:
+        raise _LineError(f"field 'chosen' (or 'a'): is missing, so the line is neither a "
+                         f"labelled pair nor a pending query; {_FORMS_HINT}")
+    labelled = not has_pending
+    names = LABELLED_FIELDS if labelled else PENDING_FIELDS
+    if labelled and "prompt" not in obj:
+        obj = _split_implicit_prompt(obj)
+    for name in names:
+        if obj.get(name) is None:
+            what = "a labelled pair" if labelled else "a pending query"
+            raise _LineError(f"field {name!r}: is missing{'' if name not in obj else ' (null)'}"
+                             f"; {what} needs {', '.join(map(repr, names))}, e.g. "
+                             f"{_LABELLED_EXAMPLE if labelled else _PENDING_EXAMPLE}")
+    values = [obj[n] for n in names]
+    conversational = isinstance(values[0], list)
+    for name, value in zip(names, values, strict=True):
+        if not isinstance(value, str | list):
+            raise _LineError(f"field {name!r}: must be a string (or a list of messages), "
+                             f"got {_type_name(value)}")
+        if isinstance(value, list) != conversational:
+            raise _LineError(
+                f"field {name!r}: is {_type_name(value)} but field {names[0]!r} is "
+                f"{_type_name(values[0])}; write all of {', '.join(map(repr, names))} as text, "
+                "or all as lists of messages")
+    messages = None
+    if conversational:
+        msgs = [_messages(obj, n) for n in names]
+        prompt = render_messages(msgs[0], trailing_newline=True)
+        first, second = render_messages(msgs[1]), render_messages(msgs[2])
+        messages = {"prompt": msgs[0], "first": msgs[1], "second": msgs[2]}
+    else:
+        for name in names:
+            _check_unicode(obj[name], name)
+        prompt, first, second = (_text(obj, n) for n in names)
+    if first == second:
+        raise _LineError(f"field {names[2]!r}: is the same as {names[1]!r}; a pair needs two "
+                         "different responses; fix or remove the line")
+    if labelled:
+        tie = obj.get("tie")
+        if tie is not None and not isinstance(tie, bool):
+            raise _LineError(f"field 'tie': must be true or false, got {_type_name(tie)}")
+        annotator = _optional_str(obj, "annotator")
+        if annotator is not None and not annotator.strip():
+            raise _LineError("field 'annotator': is empty; give an annotator id or remove "
+                             "the field")
+        rationale = _optional_str(obj, "rationale") or None
+        synthetic = obj.get("synthetic")
+        if synthetic is not None and not isinstance(synthetic, bool):
+            raise _LineError(f"field 'synthetic': must be true (a synthetic teacher answered) "
+                             f"or false, got {_type_name(synthetic)}")
+        return Record(line, True, prompt, first, second, tie=bool(tie), annotator=annotator,
+                      rationale=rationale, messages=messages, synthetic=bool(synthetic))
+    gold = _optional_str(obj, "gold", allowed=tuple(GOLD_TO_SIDE))
+    return Record(line, False, prompt, first, second, gold=gold,
+                  source_a=_optional_str(obj, "source_a"),
+                  source_b=_optional_str(obj, "source_b"), messages=messages)
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.exists():
+        raise UserInputError(f"{path}: no such file; give the path of a JSONL file "
+                             f"(one JSON object per line)")
+    if path.is_dir():
+        raise UserInputError(f"{path}: is a folder; give the path of a JSONL file "
+                             "(one JSON object per line)")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UserInputError(f"{path}: cannot be read ({exc.strerror}); check the path "
+                             "and its permissions") from None
+
+
+def _decode(path: Path, data: bytes) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise UserInputError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at byte offset "
+            f"{exc.start}, byte {column} of the line); save the file as UTF-8") from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def read_jsonl(file_path: str | os.PathLike) -> ParsedFile:
+    """Read and check a whole import file; raise UserInputError at the first bad line."""
+    path = Path(file_path)
+    data = _read_bytes(path)
+    text = _decode(path, data)
+    records: list[Record] = []
+    known = set(LABELLED_ONLY) | set(PENDING_ONLY) | {"prompt"}
+    ignored: set[str] = set()
+    for number, raw in enumerate(text.split("\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            try:
+                obj = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+            except json.JSONDecodeError as exc:
+                raise _LineError(f"malformed JSON ({exc.msg} at column {exc.colno}); write "
+                                 "one complete JSON object per line") from None
+            except RecursionError:
+                raise _LineError("malformed JSON (nested too deeply); write one flat JSON "
+                                 "object per line") from None
+            except ValueError as exc:  # e.g. an integer with too many digits
+                raise _LineError(f"malformed JSON ({exc}); write one JSON object per "
+                                 "line") from None
+            records.append(_parse_object(obj, number))
+        except _LineError as exc:
+            raise UserInputError(f"{path}:{number}: {exc}") from None
+        ignored.update(k for k in obj if k not in known)
+    if not records:
+        raise UserInputError(f"{path}: holds no records (empty or only blank lines); "
+                             f"{_FORMS_HINT}, one per line")
+    return ParsedFile(path, hashlib.sha256(data).hexdigest(), records, sorted(ignored))
