@@ -106,6 +106,10 @@ def _run_control(args: argparse.Namespace) -> int:
                           f"{info['true_return']:.1f}{acc_s}  ({info['seconds']:.0f}s)")
         elif event == "resume":
             console.print(f"resuming at round {info['round'] + 1}")
+        elif event == "steps_rounded":
+            console.print(f"note: {info['asked']} timesteps rounded up to {info['steps']}: each "
+                          f"of the {info['rounds']} rounds trains on whole PPO rollouts "
+                          f"(n_steps x n_envs); use fewer --rounds for a smaller budget")
         elif event == "waiting":
             console.print(f"waiting for {info['pending']} answers: run "
                           f"`rlhf-hgt label {info['store']}` (Ctrl-C stops; rerun resumes)")

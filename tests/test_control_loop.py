@@ -186,3 +186,17 @@ def test_evaluation_steps_toy_text_envs_with_plain_int_actions():
     model = PPO("MlpPolicy", gym.make("FrozenLake-v1"), n_steps=64, seed=0, device="cpu")
     mean, std = evaluate_true_return(model, lambda: gym.make("FrozenLake-v1"), 2, seed=0)
     assert 0.0 <= mean <= 1.0 and std >= 0.0
+
+
+def test_a_budget_below_one_rollout_per_round_is_rounded_up_and_said(tmp_path):
+    from rlhf_hgt.control.agents import AgentConfig
+    from rlhf_hgt.control.loop import ControlConfig, run_control
+
+    events = []
+    cfg = ControlConfig(env_id="CartPole-v1", out=str(tmp_path / "r"), teacher="oracle",
+                        labels=4, timesteps=100, rounds=2, segment_length=10,
+                        eval_episodes=1, agent=AgentConfig(n_envs=1, n_steps=64))
+    metrics = run_control(cfg, progress=lambda event, info: events.append((event, info)))
+    said = [info for event, info in events if event == "steps_rounded"]
+    assert said == [{"asked": 100, "steps": 128, "rounds": 2, "per_round": 64}]
+    assert metrics["timesteps"] == 128

@@ -199,6 +199,9 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
     labels_per_round = query_schedule(cfg.labels, cfg.rounds, cfg.initial_label_fraction)
     steps_per_round = agent_steps_per_round(cfg.agent, train_env, cfg.timesteps, cfg.rounds) \
         if cfg.algo == "ppo" else [cfg.timesteps // cfg.rounds] * cfg.rounds
+    if cfg.algo == "ppo" and sum(steps_per_round) > cfg.timesteps:
+        progress("steps_rounded", {"asked": cfg.timesteps, "steps": sum(steps_per_round),
+                                   "rounds": cfg.rounds, "per_round": steps_per_round[0]})
     reference = None  # the starting policy (taken before any resume restores weights)
     if cfg.algo == "dpo":
         from rlhf_hgt.control.policy_dpo import PolicyDPOConfig, frozen_reference
