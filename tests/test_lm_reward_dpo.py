@@ -199,7 +199,7 @@ def test_dpo_full_parameters_against_a_reference_copy(tmp_path):
     model, tok = tiny_causal_lm(seed=4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = LMDPOConfig(lora_r=0, max_steps=1, learning_rate=1e-3, warmup_ratio=0,
-                      batch_size=8, eval_fraction=0, progress=False, sft_weight=0.0)
+                      batch_size=8, eval_fraction=0, progress=False)
     assert LMDPOConfig(lora_r=0).learning_rate == 5e-7
     m = train_dpo((model, tok), ab_pairs(8), ab_pairs(8, 1), cfg, tmp_path / "full")
     # first step: policy == reference copy, so the sigmoid loss is exactly log 2
@@ -237,7 +237,7 @@ def test_dpo_on_a_model_with_an_adapter_trains_it_against_its_own_frozen_copy(tm
 
     monkeypatch.setattr(copy, "deepcopy", no_model_copy)
     cfg = LMDPOConfig(lora_r=0, max_steps=1, learning_rate=1e-2, warmup_ratio=0,
-                      batch_size=8, eval_fraction=0, progress=False, sft_weight=0.0)
+                      batch_size=8, eval_fraction=0, progress=False)
     m = train_dpo((peft, tok), ab_pairs(8), ab_pairs(8, 1), cfg, tmp_path / "again")
     # first step: the policy equals its frozen copy, so the sigmoid loss is exactly log 2
     # (against the bare base it would not be: the adapter had already moved it)
@@ -287,8 +287,8 @@ def test_dpo_loss_variants_pass_through(tmp_path, loss_type, weights, smoothing,
     assert m["loss_type"] == "+".join(loss_type)
 
 
-def test_dpo_default_adds_a_small_sft_term(tmp_path):
-    """Default: sigmoid + 0.1 x the chosen side's NLL (TRL's 'sft'), as one TRL loss list."""
+def test_dpo_sft_weight_adds_an_sft_term(tmp_path):
+    """sft_weight 0.1: sigmoid + 0.1 x the chosen side's NLL (TRL's 'sft'), one loss list."""
     from transformers import TrainerCallback
 
     seen = {}
@@ -297,13 +297,14 @@ def test_dpo_default_adds_a_small_sft_term(tmp_path):
         def on_train_begin(self, args, state, control, **kw):
             seen.update(loss_type=list(args.loss_type), weights=list(args.loss_weights))
 
-    cfg = LMDPOConfig(max_steps=1, batch_size=8, eval_fraction=0, progress=False)
+    cfg = LMDPOConfig(max_steps=1, batch_size=8, eval_fraction=0, progress=False,
+                      sft_weight=0.1)
     m = train_dpo("tiny", ab_pairs(8), None, cfg, tmp_path / "d", callbacks=[Capture()])
     assert seen == {"loss_type": ["sigmoid", "sft"], "weights": [1.0, 0.1]}
     assert m["loss_type"] == "sigmoid+sft" and m["loss_weights"] == [1.0, 0.1]
     # the NLL of bytes under a fresh tiny model is about log(vocab): the term shows
     assert m["train_loss"] > math.log(2) + 0.1 * 1.0
-    assert LMDPOConfig(loss_type=("sigmoid", "sft")).sft_weight == 0  # named there: no extra
+    assert LMDPOConfig().trl_losses() == (["sigmoid"], None)  # the default: TRL's plain loss
     assert LMDPOConfig(loss_type="ipo", sft_weight=0.5).trl_losses() == (["ipo", "sft"],
                                                                          [1.0, 0.5])
 
@@ -365,7 +366,7 @@ def test_config_defaults_suit_few_labels():
     assert cfg.resolved_epochs(400) == 4  # 400 pairs: 200 steps of 8
     assert cfg.resolved_epochs(3200) == 1 and cfg.resolved_epochs(40) == cfg.max_auto_epochs
     assert LMDPOConfig().learning_rate == 5e-5 and LMDPOConfig().beta == 0.1
-    assert LMDPOConfig().sft_weight == 0.1
+    assert LMDPOConfig().sft_weight == 0
 
 
 def test_precision_on_this_machine():

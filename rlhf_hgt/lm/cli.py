@@ -91,8 +91,8 @@ def add_lm_subcommands(lsub: argparse._SubParsersAction) -> None:
     d.add_argument("--label-smoothing", type=float, default=None,
                    help="flipped-label share for robust / epsilon for exo_pair (default 0)")
     d.add_argument("--sft-weight", type=float, default=None,
-                   help="weight of the supervised term on the chosen response (default 0.1, "
-                        "as in RPO; 0 = TRL's plain DPO loss)")
+                   help="weight of a supervised term on the chosen response, as in RPO "
+                        "(default 0: TRL's plain DPO loss; 0.1 is a mild one)")
 
     p = lsub.add_parser("ppo", help="train a policy with PPO against a learned reward model",
                         conflict_handler="resolve")

@@ -7,10 +7,9 @@ every weight against a frozen copy of the starting model (TRL cannot rebuild the
 reference of a model built in memory by name, so the copy is always passed).
 
 Every loss TRL 1.16 offers is available (``loss_type``: sigmoid, ipo, hinge, robust, ...;
-several with ``loss_weights``), with ``beta`` and ``label_smoothing``. By default a small
-supervised term on the chosen response is added (``sft_weight`` 0.1, as in RPO): with a few
-hundred pairs plain DPO pushes the likelihood of both responses down and the samples drift
-(measured in BENCHMARKS.md); ``sft_weight=0`` gives TRL's plain loss. DPO learns from
+several with ``loss_weights``), with ``beta`` and ``label_smoothing``; ``sft_weight`` adds a
+supervised term on the chosen response (as in RPO), a guard against the drift of samples
+that plain DPO can show with a few hundred pairs (measured in BENCHMARKS.md). DPO learns from
 strict preferences only: a tie (target 0.5) is dropped and counted in the metrics; a
 target below 0.5 means the 'rejected' side won, and the pair is turned round.
 
@@ -67,12 +66,12 @@ class LMDPOConfig(common.PairTrainingConfig):
                 + "; several are summed with loss_weights"})
     loss_weights: tuple[float, ...] | None = field(default=None, metadata={
         "help": "one weight per loss_type when several are combined (default all 1)"})
-    sft_weight: float | None = field(default=None, metadata={
+    sft_weight: float = field(default=0.0, metadata={
         "help": "weight of a supervised term (the chosen response's mean token NLL, TRL's "
-                "'sft' loss) added to the preference loss, as in RPO. It keeps the chosen "
-                "answers likely: with plain DPO on 400 review pairs the samples' sentiment "
-                "fell, with 0.1 it rose at the same held-out accuracy (BENCHMARKS.md). "
-                "0 = the preference loss alone. Default 0.1, or 0 when loss_type names 'sft'"})
+                "'sft' loss) added to the preference loss, as in RPO; it keeps the chosen "
+                "answers likely. 0 (default) = the preference loss alone; on 400 review "
+                "pairs 0.1 raised the samples' sentiment but cost held-out accuracy over two "
+                "seeds (BENCHMARKS.md)"})
     label_smoothing: float = field(default=0.0, metadata={
         "help": "assumed share of flipped labels for robust (in [0, 0.5)), the epsilon of "
                 "exo_pair (> 0, e.g. 1e-3), and used by aot"})
@@ -112,11 +111,9 @@ class LMDPOConfig(common.PairTrainingConfig):
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
             raise ValueError(f"loss_weights needs one weight per loss_type: got "
                              f"{len(self.loss_weights)} weights for {len(self.loss_type)} losses")
-        if self.sft_weight is None:
-            self.sft_weight = 0.0 if "sft" in self.loss_type else 0.1
         if not (math.isfinite(self.sft_weight) and self.sft_weight >= 0):
-            raise ValueError(f"sft_weight must be a finite number >= 0 (0.1 is the default, 0 "
-                             f"turns the term off), got {self.sft_weight}")
+            raise ValueError(f"sft_weight must be a finite number >= 0 (0 turns the term off, "
+                             f"0.1 is a mild one), got {self.sft_weight}")
         if self.sft_weight > 0 and "sft" in self.loss_type:
             raise ValueError("sft_weight: loss_type already holds 'sft'; weigh it with "
                              "loss_weights and set sft_weight to 0")

@@ -65,7 +65,7 @@ _NESTED: list[_Flag] = [
     ("--dpo-loss-type", str, "dpo", "loss_type", "TRL DPO loss(es), comma-separated "
                                                  "(default sigmoid)"),
     ("--dpo-sft-weight", float, "dpo", "sft_weight",
-     "weight of the supervised term on the chosen response (default 0.1; 0 = plain DPO)"),
+     "weight of a supervised term on the chosen response (default 0 = plain DPO)"),
 ]
 
 
