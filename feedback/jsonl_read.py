@@ -69,6 +69,17 @@ def render_messages(messages: list[dict], trailing_newline: bool = False) -> str
     return text + "\n" if trailing_newline else text
 
 
+def single_user_text(messages: Any) -> str | None:
+    """The text of a conversation that is one user message (a prompt PPO can send through
+    the model's chat template), else None."""
+    if isinstance(messages, list) and len(messages) == 1:
+        msg = messages[0]
+        if (isinstance(msg, dict) and msg.get("role") == "user"
+                and isinstance(msg.get("content"), str)):
+            return msg["content"]
+    return None
+
+
 # ----------------------------------------------------------------------------- reading
 
 

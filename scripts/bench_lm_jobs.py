@@ -211,12 +211,12 @@ def job_dpo_ours(spec: dict[str, Any]) -> dict[str, Any]:
     from rlhf_hgt.lm.dpo import LMDPOConfig, load_policy, train_dpo
 
     train, test = pairs(spec)
-    losses = tuple(spec["loss"].split(",")) if spec.get("loss") else ("sigmoid",)
-    weights = (tuple(float(w) for w in spec["weights"].split(","))
-               if spec.get("weights") else None)
     extra = {k: spec[k] for k in ("beta", "sft_weight") if spec.get(k) is not None}
-    cfg = LMDPOConfig(seed=spec["seed"], progress=False, max_steps=spec["max_steps"],
-                      loss_type=losses, loss_weights=weights, **extra)
+    if spec.get("loss"):
+        extra["loss_type"] = tuple(spec["loss"].split(","))
+    if spec.get("weights"):
+        extra["loss_weights"] = tuple(float(w) for w in spec["weights"].split(","))
+    cfg = LMDPOConfig(seed=spec["seed"], progress=False, max_steps=spec["max_steps"], **extra)
     m = train_dpo(spec["model"], train, test, cfg, out_dir=spec["out"])
     policy, tok = load_policy(spec["out"])
     return {"implicit_reward_accuracy": m["implicit_reward_accuracy"], "steps": m["steps"],

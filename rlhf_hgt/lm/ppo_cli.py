@@ -125,6 +125,8 @@ def read_prompts(data: str | None, store: str | None, limit: int | None = None) 
 
 
 def _prompts_from_jsonl(path: Path) -> list[str]:
+    from rlhf_hgt.feedback.jsonl_read import single_user_text
+
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -150,13 +152,11 @@ def _prompts_from_jsonl(path: Path) -> list[str]:
                                  f"field, got {type(obj).__name__}")
         prompt = obj.get("prompt")
         if isinstance(prompt, list) and prompt:  # TRL's conversational form
-            msg = prompt[0] if len(prompt) == 1 else None
-            if not (isinstance(msg, dict) and msg.get("role") == "user"
-                    and isinstance(msg.get("content"), str)):
+            prompt = single_user_text(prompt)
+            if prompt is None:
                 raise UserInputError(f"{path}:{number}: field \"prompt\": PPO takes a "
                                      "conversational prompt of one user message (it is sent "
                                      "through the model's chat template); give that, or text")
-            prompt = msg["content"]
         if not isinstance(prompt, str) or not prompt.strip():
             what = "missing" if prompt is None else f"not a non-empty string ({prompt!r:.40})"
             raise UserInputError(f"{path}:{number}: field \"prompt\" is {what}; every line "
@@ -167,14 +167,12 @@ def _prompts_from_jsonl(path: Path) -> list[str]:
 
 def _prompts_from_store(path: str) -> list[str]:
     from rlhf_hgt.feedback.jsonl import conversation_of
+    from rlhf_hgt.feedback.jsonl_read import single_user_text
     from rlhf_hgt.feedback.store import PreferenceStore
 
     def prompt_of(query: Any) -> str | None:
         conv = conversation_of(query)  # imported as one user message: its text
-        msgs = conv["prompt"] if conv else None
-        if msgs and len(msgs) == 1 and msgs[0].get("role") == "user":
-            return msgs[0]["content"]
-        return query.prompt
+        return (single_user_text(conv["prompt"]) if conv else None) or query.prompt
 
     with PreferenceStore(path, create=False) as st:
         prompts = [prompt_of(q) for q in st.queries(kind="text")]
