@@ -26,12 +26,13 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from .annotators import default_annotator
 from .errors import UserInputError
 from .render import (
     CHROME_ROWS,
@@ -58,11 +59,20 @@ STACK_VIEWS = 5  # views kept for undo (older ones are read from the store again
 class LabelOptions:
     """How a labelling session runs (the flags of ``rlhf-hgt label``)."""
 
-    annotator: str  # who is labelling; stored with every answer
-    per_query: int | None = None  # answers wanted per query (default: the store's setting)
-    limit: int | None = None  # stop after this many answers (default: until none is left)
-    gif_dir: str | None = None  # where GIFs of segments go (default: <store dir>/gifs)
-    animate: bool = True  # play frames in the terminal (False: sparklines only)
+    annotator: str = field(default_factory=default_annotator, metadata={
+        "help": "who is labelling; stored with every answer", "metavar": "NAME",
+        "default_text": "your login name"})
+    per_query: int | None = field(default=None, metadata={
+        "help": "answers wanted per query from different annotators (default: the store's "
+                "setting, 1)"})
+    limit: int | None = field(default=None, metadata={
+        "help": "stop after this many answers (default: until none is left)"})
+    gif_dir: str | None = field(default=None, metadata={
+        "help": "where GIFs of trajectory clips are saved (default: a folder gifs/ beside "
+                "the store)", "metavar": "DIR"})
+    animate: bool = field(default=True, metadata={
+        "help": "play clips as frame animations in the terminal (--no-animate: sparklines "
+                "only)"})
 
     def __post_init__(self) -> None:
         if not self.annotator or not self.annotator.strip():

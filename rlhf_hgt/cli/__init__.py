@@ -1,0 +1,82 @@
+"""The ``rlhf-hgt`` command: one module per command group, flags built from the configs.
+
+    rlhf-hgt feedback import|export|stats ...   (rlhf_hgt.cli.feedback)
+    rlhf-hgt label STORE ...                    (rlhf_hgt.cli.label)
+    rlhf-hgt control ENV_ID ...                 (rlhf_hgt.cli.control)
+    rlhf-hgt lm reward|dpo|ppo|online ...       (rlhf_hgt.cli.lm)
+
+Start-up stays light: only the module of the command asked for is imported, and it
+imports its stack (torch, TRL, SB3) when it runs, so ``rlhf-hgt label`` and ``rlhf-hgt
+feedback ...`` import no torch. The flags of a training command come from its config
+dataclasses (:mod:`rlhf_hgt.cli.flags`), so ``--help`` shows the real defaults. Any error a
+user can fix prints one message and exits with code 2. No library module imports this
+package: it is wiring only, built on the same Python API a script uses.
+
+``python -m rlhf_hgt.cli ...`` runs it too (e.g. under ``accelerate launch -m``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: command -> (module, one line of help)
+GROUPS: dict[str, tuple[str, str]] = {
+    "feedback": ("rlhf_hgt.cli.feedback", "import, export and summarise stored preferences"),
+    "label": ("rlhf_hgt.cli.label", "answer pending queries at the terminal"),
+    "control": ("rlhf_hgt.cli.control", "train a control policy from preferences over clips"),
+    "lm": ("rlhf_hgt.cli.lm", "language models: reward model, DPO, PPO, the online loop"),
+}
+
+
+def version() -> str:
+    from rlhf_hgt import __version__
+
+    return __version__
+
+
+def command_word(argv: Sequence[str]) -> str | None:
+    """The first word that is not an option: the command asked for."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser; only the group that ``argv`` names gets its flags (the others stay
+    empty, which keeps start-up light; :func:`full_parser` has them all)."""
+    return _parser(argv, everything=False)
+
+
+def full_parser() -> argparse.ArgumentParser:
+    """The parser with every command's flags (imports every config class)."""
+    return _parser((), everything=True)
+
+
+def _parser(argv: Sequence[str], everything: bool) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlhf-hgt",
+        description="Reinforcement learning from human feedback and human-guided training.")
+    parser.add_argument("--version", action="version", version=f"rlhf-hgt {version()}")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    chosen = command_word(argv)
+    for name, (module, text) in GROUPS.items():
+        p = sub.add_parser(name, help=text, description=text)
+        if everything or name == chosen:
+            rest = list(argv)[list(argv).index(name) + 1:] if name == chosen else []
+            importlib.import_module(module).add(p, rest, everything)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``rlhf-hgt`` with ``argv`` (default: the command line); returns the exit code."""
+    from rlhf_hgt.feedback.errors import exit_code
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    group = importlib.import_module(GROUPS[args.cmd][0])
+    return exit_code(group.run, args, interrupted=getattr(group, "INTERRUPTED", "interrupted"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

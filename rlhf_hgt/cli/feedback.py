@@ -1,0 +1,53 @@
+"""``rlhf-hgt feedback import|export|stats``: move preferences in and out of a store.
+
+Light: imports the store package only (no torch)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+
+
+def add(parser: argparse.ArgumentParser, argv: Sequence[str] = (),
+        everything: bool = False) -> None:
+    fsub = parser.add_subparsers(dest="feedback_cmd", required=True, metavar="COMMAND")
+    imp = fsub.add_parser(
+        "import", help='import a JSONL file of labelled pairs {"prompt","chosen","rejected"} '
+                       'or pending queries {"prompt","a","b"}',
+        description="Import a JSONL file into a store, all lines or none.")
+    imp.add_argument("store", help="path of the store (created when missing)")
+    imp.add_argument("file", help="JSONL file, one JSON object per line")
+    imp.add_argument("--annotator", default=None,
+                     help="annotator id for labelled lines that name none "
+                          "(default: 'import:<file name>')")
+
+    exp = fsub.add_parser("export", help="export labelled text pairs in TRL format")
+    exp.add_argument("store", help="path of an existing store")
+    exp.add_argument("file", help="JSONL file to write (replaced atomically)")
+    exp.add_argument("--no-provenance", action="store_true",
+                     help="write only prompt/chosen/rejected (no annotator, rationale)")
+
+    st = fsub.add_parser("stats", help="counts, per-annotator numbers, agreement, gold accuracy")
+    st.add_argument("store", help="path of an existing store")
+    st.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.feedback_cmd == "import":
+        from rlhf_hgt.feedback.jsonl import import_jsonl
+
+        print(import_jsonl(args.store, args.file, default_annotator=args.annotator).describe())
+    elif args.feedback_cmd == "export":
+        from rlhf_hgt.feedback.jsonl import export_jsonl
+
+        print(export_jsonl(args.store, args.file, provenance=not args.no_provenance).describe())
+    else:
+        from rlhf_hgt.feedback.stats import compute_stats, print_stats
+
+        stats = compute_stats(args.store)
+        if args.json:
+            print(json.dumps(stats, indent=2))
+        else:
+            print_stats(stats)
+    return 0
