@@ -8,6 +8,11 @@ Modules (imported on use; this package file imports nothing heavy):
 - ``reward_model``  RewardEnsemble (fit on the shared Bradley–Terry core, normalised
                     prediction, disagreement, safetensors save/load), RewardModelConfig
 - ``queries``       pair selection (random or ensemble disagreement) and the label schedule
-- ``agents``, ``loop``, ``policy_dpo``, ``lora``, ``checkpoint``: the policy side and the
-                    collect → fit reward → train policy loop
+- ``config``        ControlConfig, AgentConfig, PolicyDPOConfig (light: no torch)
+- ``learner``       the PreferenceLearner role (fit / train / save / restore) and the
+                    ``--algo`` registry; ``reward_learner`` (ppo: reward ensemble + RL agent)
+                    and ``dpo_learner`` (dpo: the policy learns from the pairs directly)
+- ``agents``, ``policy_dpo``, ``lora``: SB3 agents, DPO for policies, LoRA for policies
+- ``loop``          gather clips → answers → fit → train policy, in rounds;
+                    ``checkpoint`` saves each round so a killed run resumes
 """

@@ -8,7 +8,6 @@ for all envs at once, one batched model call per vector step.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import gymnasium as gym
 import numpy as np
@@ -16,54 +15,10 @@ from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
-ALGOS = ("ppo", "sac")
+from rlhf_hgt.control.config import ALGOS, AgentConfig
 
-
-@dataclass
-class AgentConfig:
-    """How the policy is trained on the (learned) reward."""
-
-    algo: str = field(default="auto", metadata={
-        "help": "ppo, sac, or auto (PPO for discrete actions, SAC for continuous ones, "
-                "which learns continuous control in far fewer steps)"})
-    n_envs: int = field(default=4, metadata={"help": "parallel envs (PPO)"})
-    subprocess: bool = field(default=False, metadata={
-        "help": "run envs in subprocesses (SubprocVecEnv): worth it for slow envs only"})
-    learning_rate: float = field(default=3e-4, metadata={"help": "optimiser step size"})
-    gamma: float = field(default=0.99, metadata={"help": "discount factor"})
-    n_steps: int = field(default=256, metadata={"help": "PPO: steps per env per update"})
-    batch_size: int = field(default=64, metadata={"help": "minibatch size (PPO) / batch (SAC)"})
-    n_epochs: int = field(default=10, metadata={"help": "PPO: epochs per update"})
-    gae_lambda: float = field(default=0.95, metadata={"help": "PPO: GAE lambda"})
-    ent_coef: float = field(default=0.0, metadata={"help": "PPO: entropy bonus"})
-    learning_starts: int = field(default=1000, metadata={
-        "help": "SAC: random steps before learning starts"})
-    normalize_reward: bool = field(default=True, metadata={
-        "help": "PPO: scale the learned reward by a running std of discounted returns "
-                "(SB3 VecNormalize), so value targets stay O(1) whatever the reward's scale"})
-    net_arch: tuple[int, ...] = field(default=(64, 64), metadata={
-        "help": "hidden layer sizes of policy and value networks"})
-
-    def __post_init__(self) -> None:
-        if self.algo not in (*ALGOS, "auto"):
-            raise ValueError(f"algo must be one of auto, {', '.join(ALGOS)}; got {self.algo!r}")
-        if self.n_envs < 1:
-            raise ValueError(f"n_envs must be >= 1, got {self.n_envs}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be greater than 1, got {self.batch_size}")
-        if not 0 < self.gamma <= 1:
-            raise ValueError(f"gamma must lie in (0, 1], got {self.gamma}")
-
-    def envs_for(self, action_space: gym.Space) -> int:
-        """Parallel envs: n_envs for PPO; one for SAC (one gradient step per env step)."""
-        return 1 if self.resolve_algo(action_space) == "sac" else self.n_envs
-
-    def resolve_algo(self, action_space: gym.Space) -> str:
-        if self.algo != "auto":
-            if self.algo == "sac" and not isinstance(action_space, gym.spaces.Box):
-                raise ValueError("SAC needs continuous (Box) actions; use --agent-algo ppo")
-            return self.algo
-        return "sac" if isinstance(action_space, gym.spaces.Box) else "ppo"
+__all__ = ["ALGOS", "AgentConfig", "agent_steps_per_round", "evaluate_true_return",
+           "make_agent", "make_vec_env", "random_return", "relabel_replay_buffer"]
 
 
 def make_vec_env(env_fn: Callable[[], gym.Env], n_envs: int, seed: int,

@@ -1,40 +1,32 @@
 """Round checkpoints, the run manifest and the learning curve of a control run.
 
 Checkpoints hold weights only (safetensors) and JSON: nothing is pickled, so a run
-directory handed over by someone else is safe to resume from.
+directory handed over by someone else is safe to resume from. ``checkpoints/`` holds what
+the learner saves (``policy.safetensors``, and ``reward_model/`` for a reward-model
+learner); ``state.json``, written last, points at them.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from rlhf_hgt.feedback.files import write_atomic, write_json_atomic
 
 STATE = "state.json"
+CHECKPOINTS = "checkpoints"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def save(out: Path, rnd: int, agent, ensemble, history: list[dict[str, Any]],
+def save(out: Path, rnd: int, learner, history: list[dict[str, Any]],
          identity: dict[str, Any] | None = None) -> None:
-    """Weights first, then the state file that points at them (written last, atomically)."""
-    ckpt = out / "checkpoints"
+    """The learner's weights first, then the state file that points at them."""
+    ckpt = out / CHECKPOINTS
     ckpt.mkdir(exist_ok=True)
-    policy = {k: v.detach().cpu().contiguous() for k, v in agent.policy.state_dict().items()}
-    save_file(policy, str(ckpt / "policy.safetensors.tmp"))
-    os.replace(ckpt / "policy.safetensors.tmp", ckpt / "policy.safetensors")
-    if getattr(ensemble, "fitted", True):
-        ensemble.save(ckpt / "reward_model")
-    state = {"round": rnd, "num_timesteps": int(agent.num_timesteps),
+    learner.save(ckpt)
+    state = {"round": rnd, "num_timesteps": int(learner.timesteps),
              "history": history, "identity": identity or {}}
-    _atomic_write(out / STATE, json.dumps(state, indent=2))
+    write_json_atomic(out / STATE, state)
 
 
 def load_state(out: Path) -> dict[str, Any]:
@@ -44,14 +36,12 @@ def load_state(out: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def restore(out: Path, agent, ensemble) -> None:
+def restore(out: Path, learner) -> dict[str, Any]:
+    """Load the last round's weights into ``learner``; returns the state (empty: none)."""
     state = load_state(out)
-    ckpt = out / "checkpoints"
-    weights = load_file(str(ckpt / "policy.safetensors"))
-    agent.policy.load_state_dict(weights)
-    agent.num_timesteps = int(state.get("num_timesteps", 0))
-    if (ckpt / "reward_model").exists():
-        ensemble.load(ckpt / "reward_model")
+    if state:
+        learner.restore(out / CHECKPOINTS, int(state.get("num_timesteps", 0)))
+    return state
 
 
 def write_manifest(out: Path, config: dict[str, Any], store) -> None:
@@ -83,7 +73,7 @@ def plot_curve(out: Path, history: list[dict[str, Any]]) -> Path | None:
     ax[1].set_ylabel("reward model held-out accuracy")
     ax[1].set_ylim(0, 1)
     fig.tight_layout()
-    path = out / "learning_curve.png"
-    fig.savefig(path, dpi=100)
+    path = write_atomic(out / "learning_curve.png",
+                        lambda fh: fig.savefig(fh, format="png", dpi=100))
     plt.close(fig)
     return path

@@ -26,7 +26,7 @@ import copy
 import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 
+from rlhf_hgt.control.config import PolicyDPOConfig
 from rlhf_hgt.feedback.errors import UserInputError
 from rlhf_hgt.preference import preference_accuracy, preference_loss
 
@@ -41,67 +42,6 @@ Segment = Mapping[str, np.ndarray]
 Preference = tuple[Segment, Segment, float]
 
 _EVAL_CHUNK = 8192  # steps per forward pass when scoring without gradients
-
-
-@dataclass
-class PolicyDPOConfig:
-    """Settings of :func:`train_policy_dpo`."""
-
-    alpha: float = field(default=0.1, metadata={
-        "help": "temperature of the implicit reward (DPO's beta, CPL's alpha): larger values "
-                "let the policy move less far from the reference for the same margin"})
-    lr: float = field(default=3e-4, metadata={"help": "Adam step size for the actor"})
-    epochs: int = field(default=10, metadata={"help": "passes over the training pairs"})
-    batch_size: int = field(default=32, metadata={"help": "pairs per optimiser step"})
-    discount: float = field(default=1.0, metadata={
-        "help": "gamma in the segment score: weight gamma^t on step t of a segment (CPL)"})
-    conservative_lambda: float = field(default=1.0, metadata={
-        "help": "CPL's conservative bias: the rejected side's score is multiplied by this "
-                "(1 = plain DPO; 0.5 makes the chosen actions rise instead of only pushing "
-                "the rejected ones down)"})
-    bc_weight: float = field(default=0.0, metadata={
-        "help": "weight of a behaviour-cloning term (mean negative log-likelihood of the "
-                "preferred segments' actions); ties count half for each side"})
-    label_noise: float = field(default=0.0, metadata={
-        "help": "probability that an answer is random (noise term of the shared core)"})
-    max_grad_norm: float | None = field(default=1.0, metadata={
-        "help": "clip the actor's gradient norm to this (None: no clipping)"})
-    holdout_fraction: float = field(default=0.2, metadata={
-        "help": "share of pairs kept out of training to measure implicit-preference accuracy"})
-    stable_split: bool = field(default=True, metadata={
-        "help": "choose held-out pairs by a hash of their content, so that over the rounds of "
-                "a loop a pair stays on its side and trained pairs never score as held out "
-                "(False: a fresh random split from rng)"})
-    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
-
-    def __post_init__(self) -> None:
-        if not (self.alpha > 0 and math.isfinite(self.alpha)):
-            raise ValueError(f"alpha must be a positive number (0.1 is a good start), "
-                             f"got {self.alpha}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0 (3e-4 is a good start), got {self.lr}")
-        if int(self.epochs) != self.epochs or self.epochs < 1:
-            raise ValueError(f"epochs must be a whole number >= 1, got {self.epochs}")
-        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a whole number >= 1, got {self.batch_size}")
-        if not 0 < self.discount <= 1:
-            raise ValueError(f"discount must lie in (0, 1], got {self.discount}")
-        if not 0 < self.conservative_lambda <= 1:
-            raise ValueError(f"conservative_lambda must lie in (0, 1] (1 turns it off), "
-                             f"got {self.conservative_lambda}")
-        if not self.bc_weight >= 0:
-            raise ValueError(f"bc_weight must be >= 0 (0 turns it off), got {self.bc_weight}")
-        if not 0 <= self.label_noise < 1:
-            raise ValueError(f"label_noise is a probability: use 0 <= label_noise < 1, "
-                             f"got {self.label_noise}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0, or None for no clipping, "
-                             f"got {self.max_grad_norm}")
-        if not 0 <= self.holdout_fraction < 1:
-            raise ValueError(f"holdout_fraction must lie in [0, 1), got {self.holdout_fraction}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        self.epochs, self.batch_size = int(self.epochs), int(self.batch_size)
 
 
 # --------------------------------------------------------------------------- the policy

@@ -4,10 +4,8 @@ the reason for its default."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
-
-from rlhf_hgt.feedback.errors import UserInputError
 
 
 @dataclass
@@ -90,9 +88,6 @@ class RewardModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "reward config") -> RewardModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserInputError(f"{where}: unknown field(s) {', '.join(unknown)}; "
-                                 f"known: {', '.join(sorted(known))}")
-        return cls(**data)
+        from rlhf_hgt.control.config import config_from_dict
+
+        return config_from_dict(cls, data, where)

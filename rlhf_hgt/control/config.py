@@ -1,0 +1,250 @@
+"""The settings of a control run, each field with its help text (the command line builds its
+flags from them) and checks that say how to fix a bad value.
+
+Light to import (no torch, no stable-baselines3, no gymnasium), so ``rlhf-hgt control
+--help`` and a script that only builds a config stay fast:
+
+- :class:`ControlConfig`    one run of the loop; holds the three below
+- :class:`RewardModelConfig` the reward ensemble (defined in ``reward_config``)
+- :class:`AgentConfig`      the RL agent trained on the learned reward
+- :class:`PolicyDPOConfig`  policy DPO (``algo="dpo"``)
+
+The nested configs may be given as plain dicts of their fields (``dpo={"alpha": 0.5}``);
+an unknown key is refused with the known ones named.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from rlhf_hgt.configs import renamed_fields
+from rlhf_hgt.control.learner import LEARNERS
+from rlhf_hgt.control.reward_config import RewardModelConfig
+from rlhf_hgt.feedback.errors import UserInputError
+
+if TYPE_CHECKING:
+    import gymnasium as gym
+
+__all__ = ["ALGOS", "HUMAN_TEACHERS", "AgentConfig", "ControlConfig", "PolicyDPOConfig",
+           "RewardModelConfig", "config_from_dict"]
+
+ALGOS = ("ppo", "sac")  # RL agents trained on the learned reward
+HUMAN_TEACHERS = ("human", "external")
+
+C = TypeVar("C")
+
+
+def config_from_dict(cls: type[C], data: Any, where: str) -> C:
+    """``cls(**data)`` for a dict of a config's fields (an instance passes through); an
+    unknown key or a value of another type is a UserInputError (a ValueError) that says
+    what is accepted."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise UserInputError(f"{where} must be a {cls.__name__} or a dict of its fields, got "
+                         f"{type(data).__name__}")
+    known = {f.name for f in fields(cls) if f.init} | set(renamed_fields(cls))  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserInputError(f"{where}: unknown field(s) {', '.join(map(str, unknown))}; "
+                             f"known: {', '.join(sorted(known))}")
+    return cls(**data)
+
+
+@dataclass
+class AgentConfig:
+    """How the policy is trained on the (learned) reward."""
+
+    algo: str = field(default="auto", metadata={
+        "help": "ppo, sac, or auto (PPO for discrete actions, SAC for continuous ones, "
+                "which learns continuous control in far fewer steps: on HalfCheetah SAC's "
+                "50k steps reached 2.7 times PPO's 100k, BENCHMARKS.md)"})
+    n_envs: int = field(default=4, metadata={"help": "parallel envs (PPO)"})
+    subprocess: bool = field(default=False, metadata={
+        "help": "run envs in subprocesses (SubprocVecEnv): worth it for slow envs only"})
+    learning_rate: float = field(default=3e-4, metadata={"help": "optimiser step size"})
+    gamma: float = field(default=0.99, metadata={"help": "discount factor"})
+    n_steps: int = field(default=256, metadata={"help": "PPO: steps per env per update"})
+    batch_size: int = field(default=64, metadata={"help": "minibatch size (PPO) / batch (SAC)"})
+    n_epochs: int = field(default=10, metadata={"help": "PPO: epochs per update"})
+    gae_lambda: float = field(default=0.95, metadata={"help": "PPO: GAE lambda"})
+    ent_coef: float = field(default=0.0, metadata={"help": "PPO: entropy bonus"})
+    learning_starts: int = field(default=1000, metadata={
+        "help": "SAC: random steps before learning starts"})
+    normalize_reward: bool = field(default=True, metadata={
+        "help": "PPO: scale the learned reward by a running std of discounted returns "
+                "(SB3 VecNormalize), so value targets stay O(1) whatever the reward's scale"})
+    net_arch: tuple[int, ...] = field(default=(64, 64), metadata={
+        "help": "hidden layer sizes of policy and value networks"})
+
+    def __post_init__(self) -> None:
+        if self.algo not in (*ALGOS, "auto"):
+            raise ValueError(f"algo must be one of auto, {', '.join(ALGOS)}; got {self.algo!r}")
+        if self.n_envs < 1:
+            raise ValueError(f"n_envs must be >= 1, got {self.n_envs}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be greater than 1, got {self.batch_size}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must lie in (0, 1], got {self.gamma}")
+
+    def envs_for(self, action_space: gym.Space) -> int:
+        """Parallel envs: n_envs for PPO; one for SAC (one gradient step per env step)."""
+        return 1 if self.resolve_algo(action_space) == "sac" else self.n_envs
+
+    def resolve_algo(self, action_space: gym.Space) -> str:
+        from gymnasium.spaces import Box
+
+        if self.algo != "auto":
+            if self.algo == "sac" and not isinstance(action_space, Box):
+                raise ValueError("SAC needs continuous (Box) actions; use --agent-algo ppo")
+            return self.algo
+        return "sac" if isinstance(action_space, Box) else "ppo"
+
+
+@dataclass
+class PolicyDPOConfig:
+    """Settings of :func:`rlhf_hgt.control.policy_dpo.train_policy_dpo` (``--algo dpo``).
+
+    With these defaults, 500 labels and 20k steps, DPO from a random CartPole-v1 policy
+    improved on its start on 5 seeds of 5 (mean return 63 -> 329; BENCHMARKS.md)."""
+
+    alpha: float = field(default=0.1, metadata={
+        "help": "temperature of the implicit reward (DPO's beta, CPL's alpha): larger values "
+                "let the policy move less far from the reference for the same margin"})
+    lr: float = field(default=3e-4, metadata={"help": "Adam step size for the actor"})
+    epochs: int = field(default=10, metadata={"help": "passes over the training pairs"})
+    batch_size: int = field(default=32, metadata={"help": "pairs per optimiser step"})
+    discount: float = field(default=1.0, metadata={
+        "help": "gamma in the segment score: weight gamma^t on step t of a segment (CPL)"})
+    conservative_lambda: float = field(default=1.0, metadata={
+        "help": "CPL's conservative bias: the rejected side's score is multiplied by this "
+                "(1 = plain DPO; 0.5 makes the chosen actions rise instead of only pushing "
+                "the rejected ones down)"})
+    bc_weight: float = field(default=0.0, metadata={
+        "help": "weight of a behaviour-cloning term (mean negative log-likelihood of the "
+                "preferred segments' actions); ties count half for each side"})
+    label_noise: float = field(default=0.0, metadata={
+        "help": "probability that an answer is random (noise term of the shared core)"})
+    max_grad_norm: float | None = field(default=1.0, metadata={
+        "help": "clip the actor's gradient norm to this (none: no clipping)"})
+    holdout_fraction: float = field(default=0.2, metadata={
+        "help": "share of pairs kept out of training to measure implicit-preference accuracy"})
+    stable_split: bool = field(default=True, metadata={
+        "help": "choose held-out pairs by a hash of their content, so that over the rounds of "
+                "a loop a pair stays on its side and trained pairs never score as held out "
+                "(off: a fresh random split each time)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
+
+    def __post_init__(self) -> None:
+        if not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise ValueError(f"alpha must be a positive number (0.1 is a good start), "
+                             f"got {self.alpha}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0 (3e-4 is a good start), got {self.lr}")
+        if int(self.epochs) != self.epochs or self.epochs < 1:
+            raise ValueError(f"epochs must be a whole number >= 1, got {self.epochs}")
+        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, got {self.batch_size}")
+        if not 0 < self.discount <= 1:
+            raise ValueError(f"discount must lie in (0, 1], got {self.discount}")
+        if not 0 < self.conservative_lambda <= 1:
+            raise ValueError(f"conservative_lambda must lie in (0, 1] (1 turns it off), "
+                             f"got {self.conservative_lambda}")
+        if not self.bc_weight >= 0:
+            raise ValueError(f"bc_weight must be >= 0 (0 turns it off), got {self.bc_weight}")
+        if not 0 <= self.label_noise < 1:
+            raise ValueError(f"label_noise is a probability: use 0 <= label_noise < 1, "
+                             f"got {self.label_noise}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0, or None for no clipping, "
+                             f"got {self.max_grad_norm}")
+        if not 0 <= self.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction must lie in [0, 1), got {self.holdout_fraction}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        self.epochs, self.batch_size = int(self.epochs), int(self.batch_size)
+
+
+@dataclass
+class ControlConfig:
+    """One run of the control loop (the `rlhf-hgt control` command)."""
+
+    env_id: str = field(metadata={"help": "any gymnasium id, also 'module:Env-v0'"})
+    out: str = field(metadata={"help": "run directory (metrics, checkpoints, store)"})
+    teacher: str = field(default="oracle", metadata={
+        "help": "oracle, stochastic, mistake, skip, equal, myopic (with :param=value), "
+                "human (asks in this terminal) or external (waits for `rlhf-hgt label`)"})
+    labels: int = field(default=500, metadata={
+        "help": "total comparisons to ask for (CartPole-v1 and Pendulum-v1 reached the "
+                "true-reward agent's return with 50 to 500, BENCHMARKS.md)"})
+    timesteps: int = field(default=50_000, metadata={"help": "agent env steps in all"})
+    algo: str = field(default="ppo", metadata={
+        "help": "the preference learner: ppo (reward model + RL on it; the agent is set by "
+                "--agent-algo) or dpo (the policy learns from the pairs directly)"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    rounds: int = field(default=10, metadata={
+        "help": "gather/fit/train rounds (at most one per label)"})
+    segment_length: int = field(default=50, metadata={"help": "steps per compared clip"})
+    query_method: str = field(default="disagreement", metadata={
+        "help": "random or disagreement (ensemble uncertainty; learners with a reward "
+                "ensemble only, the others ask random pairs)"})
+    initial_label_fraction: float = field(default=0.25, metadata={
+        "help": "share of the labels asked for before any policy training"})
+    eval_episodes: int = field(default=10, metadata={"help": "episodes for the true return"})
+    store: str | None = field(default=None, metadata={
+        "help": "preference store (default RUN_DIR/feedback.db)"})
+    record_frames: bool | None = field(default=None, metadata={
+        "help": "store rgb frames with each clip (default: only for human teachers)"})
+    reward: RewardModelConfig = field(default_factory=RewardModelConfig, metadata={
+        "help": "the reward ensemble (algo ppo); a RewardModelConfig or a dict of its fields"})
+    agent: AgentConfig = field(default_factory=AgentConfig, metadata={
+        "help": "the RL agent trained on the learned reward; an AgentConfig or a dict"})
+    init_policy: str | None = field(default=None, metadata={
+        "help": "start from this policy: an SB3 PPO/A2C .zip (weights read, nothing "
+                "unpickled) or a .safetensors policy state dict of a run"})
+    lora_r: int = field(default=0, metadata={
+        "help": "adapt the policy through LoRA adapters of this rank (0: train all weights; "
+                "r8 adapted a CartPole-v1 policy to CartPoleLeft on 4 seeds of 5, "
+                "BENCHMARKS.md)"})
+    dpo: PolicyDPOConfig = field(default_factory=PolicyDPOConfig, metadata={
+        "help": "policy DPO (algo dpo); a PolicyDPOConfig or a dict of its fields"})
+
+    def __post_init__(self) -> None:
+        self.reward = config_from_dict(RewardModelConfig, self.reward, "reward")
+        self.agent = config_from_dict(AgentConfig, self.agent, "agent")
+        self.dpo = config_from_dict(PolicyDPOConfig, self.dpo, "dpo")
+        if self.labels < 1:
+            raise ValueError(f"--labels must be at least 1, got {self.labels}")
+        if self.timesteps < 1:
+            raise ValueError(f"--timesteps must be at least 1, got {self.timesteps}")
+        if self.algo not in LEARNERS:
+            raise ValueError(f"--algo must be {' or '.join(LEARNERS)}, got {self.algo!r}")
+        if self.rounds < 1:
+            raise ValueError(f"--rounds must be at least 1, got {self.rounds}")
+        if self.segment_length < 2:
+            raise ValueError(f"--segment-length must be at least 2, got {self.segment_length}")
+        if self.query_method not in ("random", "disagreement"):
+            raise ValueError(f"--query-method must be random or disagreement, "
+                             f"got {self.query_method!r}")
+        if not 0 < self.initial_label_fraction < 1:
+            raise ValueError(f"--initial-label-fraction must lie strictly between 0 and 1 "
+                             f"(0.25 is usual), got {self.initial_label_fraction}")
+        if self.lora_r < 0:
+            raise ValueError(f"--lora-r must be 0 (off) or a rank >= 1, got {self.lora_r}")
+        if self.init_policy is not None and not Path(self.init_policy).is_file():
+            raise ValueError(f"--init-policy {self.init_policy}: no such file; give an SB3 "
+                             ".zip or a .safetensors policy checkpoint")
+        if self.eval_episodes < 1:
+            raise ValueError(f"--eval-episodes must be at least 1, got {self.eval_episodes}")
+        if self.algo == "dpo" and self.reward.pessimism > 0:
+            raise ValueError("--pessimism shapes the learned reward; --algo dpo has none "
+                             "(leave --pessimism out, or use --algo ppo)")
+        self.rounds = min(self.rounds, self.labels)
+
+    @property
+    def human(self) -> bool:
+        return self.teacher.split(":")[0] in HUMAN_TEACHERS

@@ -1,0 +1,86 @@
+"""``--algo ppo``: an ensemble of reward models learns from every stored answer, and an RL
+agent (SB3 PPO for discrete actions, SAC for continuous ones by default) trains on the
+ensemble's reward (Christiano et al. 2017).
+
+PPO gets the learned reward for each whole rollout in one batched call
+(:class:`rlhf_hgt.control.rollouts.BatchedRewardCallback`); SAC gets it per step, into its
+replay buffer, which is relabelled after every refit. The agent may keep training on the
+last reward while people label the next pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.vec_env import VecEnv
+
+from rlhf_hgt.control.agents import agent_steps_per_round, relabel_replay_buffer
+from rlhf_hgt.control.config import ControlConfig
+from rlhf_hgt.control.learner import PreferenceLearner, build_agent
+from rlhf_hgt.control.reward_model import RewardEnsemble
+from rlhf_hgt.control.rollouts import BatchedRewardCallback
+from rlhf_hgt.envs import LearnedRewardVecEnv
+
+REWARD_MODEL_DIR = "reward_model"
+
+
+class RewardModelLearner(PreferenceLearner):
+    """Reward-model ensemble + RL agent on the learned reward."""
+
+    trains_while_people_label = True
+
+    def __init__(self, cfg: ControlConfig, envs: VecEnv) -> None:
+        self.cfg = cfg
+        self.ensemble = RewardEnsemble(envs.observation_space, envs.action_space,
+                                       config=cfg.reward, seed=cfg.seed)
+        on_policy = cfg.agent.resolve_algo(envs.action_space) == "ppo"
+        self.train_env = envs if on_policy else LearnedRewardVecEnv(envs, self.reward)
+        self.callback = BatchedRewardCallback(self.reward, envs.action_space, cfg.agent.gamma,
+                                              cfg.agent.normalize_reward) if on_policy else None
+        self.agent = build_agent(cfg, self.train_env)
+
+    @classmethod
+    def check(cls, cfg: ControlConfig, env: gym.Env) -> None:
+        RewardEnsemble(env.observation_space, env.action_space, config=cfg.reward, seed=0)
+        super().check(cfg, env)
+
+    def reward(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """The learned per-step reward the agent trains on."""
+        return self.ensemble.predict(obs, actions)
+
+    def steps_per_round(self, total: int, rounds: int) -> list[int]:
+        return agent_steps_per_round(self.cfg.agent, self.train_env, total, rounds)
+
+    def query_model(self) -> RewardEnsemble | None:
+        return self.ensemble if self.ensemble.fitted else None
+
+    def fit(self, left: Sequence[dict[str, np.ndarray]], right: Sequence[dict[str, np.ndarray]],
+            targets: np.ndarray, episodes: list[dict[str, np.ndarray]],
+            rng: np.random.Generator) -> dict[str, Any]:
+        metrics = self.ensemble.fit(left, right, targets, rng=rng)
+        # Unit spread of the learned reward on recent policy steps. Where clips ran past an
+        # episode's end, "episode over" is already worth exactly 0 to the reward model, so
+        # the reward is not centred: living on is worth what the person's answers say, and
+        # the agent is neither paid to end episodes early nor to drag them out.
+        self.ensemble.fit_normalization(np.concatenate([e["obs"] for e in episodes]),
+                                        np.concatenate([e["actions"] for e in episodes]))
+        relabel_replay_buffer(self.agent, self.reward)
+        return metrics
+
+    def train(self, steps: int) -> None:
+        self.agent.learn(total_timesteps=steps, reset_num_timesteps=False,
+                         callback=self.callback)
+
+    def save(self, folder: Path) -> None:
+        super().save(folder)
+        if self.ensemble.fitted:
+            self.ensemble.save(folder / REWARD_MODEL_DIR)
+
+    def restore(self, folder: Path, timesteps: int) -> None:
+        super().restore(folder, timesteps)
+        if (folder / REWARD_MODEL_DIR).exists():
+            self.ensemble.load(folder / REWARD_MODEL_DIR)
