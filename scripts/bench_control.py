@@ -39,17 +39,25 @@ AGENT_ALGO = {"HalfCheetah-v5": "ppo"}
 TEACHERS = ["oracle", "stochastic", "mistake", "skip", "equal", "myopic"]
 
 
-def _load() -> dict:
+def load_results() -> dict:
+    """Every control benchmark result so far (this script's, bench_policy_adapt's and
+    bench_imitation's share one file)."""
     if RESULTS.exists():
         return json.loads(RESULTS.read_text())
     return {}
 
 
-def _save(results: dict) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-    os.replace(tmp, RESULTS)
+def save_results(results: dict) -> None:
+    from rlhf_hgt.feedback.files import write_bytes_atomic
+
+    write_bytes_atomic(RESULTS, json.dumps(results, indent=1, sort_keys=True).encode())
+
+
+def record_result(key: str, value: dict) -> None:
+    """Add one result to the file as it is now (other benchmarks may have added theirs)."""
+    results = load_results()
+    results[key] = value
+    save_results(results)
 
 
 def _job(kind: str, env_id: str, seed: int, labels: int, teacher: str, timesteps: int,
@@ -105,7 +113,7 @@ def _variant_of(args: argparse.Namespace, steps: int) -> str:
 
 
 def _run_jobs(jobs: list[tuple], n_jobs: int) -> None:
-    results = _load()
+    results = load_results()
     todo = [j for j in jobs if _key(*j[:5], algo=j[6], variant=j[7]) not in results]
     print(f"{len(jobs) - len(todo)} done already, {len(todo)} to run", flush=True)
     with ProcessPoolExecutor(max_workers=n_jobs) as pool:
@@ -113,9 +121,9 @@ def _run_jobs(jobs: list[tuple], n_jobs: int) -> None:
         for fut in futures:
             j = futures[fut]
             res = fut.result()
-            results = _load()
+            results = load_results()
             results[_key(*j[:5], algo=j[6], variant=j[7])] = res
-            _save(results)
+            save_results(results)
             print(f"{j[0]:5s} {j[1]:14s} seed {j[2]} labels {j[3]:4d} {j[4]:10s}: "
                   f"return {res['true_return_mean']:8.1f} ({res['seconds']:.0f}s)", flush=True)
 
@@ -163,7 +171,7 @@ def overhead(args: argparse.Namespace) -> None:
     from rlhf_hgt.envs import make_env
 
     torch.set_num_threads(1)
-    results = _load()
+    results = load_results()
     for env_id in args.envs:
         cfg = AgentConfig(algo="ppo")
         steps = args.timesteps or 20_480
@@ -198,13 +206,13 @@ def overhead(args: argparse.Namespace) -> None:
                                          "ratio": learned_sps / true_sps,
                                          "repeats": args.repeats, "timesteps": steps,
                                          "ensemble_size": ens.k, "timings": timings}
-        _save(results)
+        save_results(results)
         print(f"{env_id}: true {true_sps:.0f} steps/s, learned {learned_sps:.0f} steps/s, "
               f"ratio {learned_sps / true_sps:.3f}", flush=True)
 
 
 def report(args: argparse.Namespace) -> None:
-    results = _load()
+    results = load_results()
     lines = ["| env | labels | seeds | true return (ours) | PPO/SAC true reward | random |"
              " normalised score (mean, min) | reward acc |", "|" + "---|" * 8]
     rows: dict[tuple, list] = {}
@@ -257,7 +265,9 @@ def report(args: argparse.Namespace) -> None:
                          f"{res['learned_steps_per_s']:.0f} | {res['ratio']:.3f} |")
     lines += _peer_lines(results) + _adapt_lines(results)
     text = "\n".join(lines)
-    Path("benchmarks/control_summary.md").write_text(text + "\n")
+    from rlhf_hgt.feedback.files import write_bytes_atomic
+
+    write_bytes_atomic("benchmarks/control_summary.md", (text + "\n").encode())
     print(text)
 
 

@@ -16,14 +16,14 @@ show it. Results are added to benchmarks/control_results.json under "imitation|.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-RESULTS = Path("benchmarks/control_results.json")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ is not a package
+from bench_control import load_results, record_result  # noqa: E402 - light at import
 
 
 def run_peer(env_id: str, labels: int, timesteps: int, seed: int, episodes: int = 10) -> dict:
@@ -89,15 +89,10 @@ def main() -> int:
     for labels in args.labels:
         for seed in args.seeds:
             key = f"imitation|{args.env}|{seed}|{labels}|oracle|ppo"
-            results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-            if key in results:
+            if key in load_results():
                 continue
             res = run_peer(args.env, labels, args.timesteps, seed)
-            results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-            results[key] = res
-            tmp = RESULTS.with_suffix(".imit.tmp")
-            tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-            os.replace(tmp, RESULTS)
+            record_result(key, res)
             print(f"imitation {args.env} labels {labels} seed {seed}: "
                   f"{res['true_return_mean']:.1f} ({res['seconds']:.0f}s)", flush=True)
     return 0

@@ -16,22 +16,14 @@ Results go to benchmarks/control_results.json ("dpo|..." and "lora|...").
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-RESULTS = Path("benchmarks/control_results.json")
-
-
-def _record(key: str, value: dict) -> None:
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results[key] = value
-    tmp = RESULTS.with_suffix(".adapt.tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-    os.replace(tmp, RESULTS)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ is not a package
+from bench_control import load_results, record_result  # noqa: E402 - light at import
 
 
 def main() -> int:
@@ -58,13 +50,12 @@ def main() -> int:
 def dpo(seed: int, runs: Path) -> None:
     from rlhf_hgt.control.loop import ControlConfig, run_control
 
-    if f"dpo|CartPole-v1|{seed}|500" in (json.loads(RESULTS.read_text())
-                                         if RESULTS.exists() else {}):
+    if f"dpo|CartPole-v1|{seed}|500" in load_results():
         return
     t0 = time.time()
     m = run_control(ControlConfig(env_id="CartPole-v1", out=str(runs / f"dpo-s{seed}"),
                                   algo="dpo", labels=500, timesteps=20_000, seed=seed))
-    _record(f"dpo|CartPole-v1|{seed}|500", {
+    record_result(f"dpo|CartPole-v1|{seed}|500", {
         "start_return_mean": m["start_return_mean"],
         "true_return_mean": m["true_return_mean"], "labels": m["labels"],
         "seconds": time.time() - t0})
@@ -89,7 +80,7 @@ def adapt(seed: int, runs: Path, timesteps: int) -> None:
     for lora_r, pessimism in ((8, 0.0), (8, 1.0)):
         tag = f"r{lora_r}" + (f"-p{pessimism:g}" if pessimism else "")
         key = f"lora|rlhf_hgt/CartPoleLeft-v0|{seed}|{tag}"
-        if key in (json.loads(RESULTS.read_text()) if RESULTS.exists() else {}):
+        if key in load_results():
             continue
         t0 = time.time()
         m = run_control(ControlConfig(
@@ -97,7 +88,7 @@ def adapt(seed: int, runs: Path, timesteps: int) -> None:
             labels=300, timesteps=timesteps, seed=seed, init_policy=str(base_zip),
             lora_r=lora_r, agent=AgentConfig(algo="ppo"),
             reward=RewardModelConfig(pessimism=pessimism)))
-        _record(key, {
+        record_result(key, {
             "start_return_mean": m["start_return_mean"], "timesteps": m["timesteps"],
             "true_return_mean": m["true_return_mean"], "labels": m["labels"],
             "seconds": time.time() - t0})

@@ -10,7 +10,6 @@ PPO on the env's own reward with the same number of steps is the yardstick.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ def main() -> int:
     from rlhf_hgt.control.agents import AgentConfig
     from rlhf_hgt.control.baseline import train_on_true_reward
     from rlhf_hgt.control.loop import ControlConfig, run_control, validate
+    from rlhf_hgt.feedback.files import write_json_atomic
 
     out = Path(args.out or f"runs/demo-{args.env.replace('/', '_').replace(':', '_')}"
                                 f"-s{args.seed}")
@@ -82,8 +82,8 @@ def main() -> int:
     console.print(table)
     console.print(f"normalised score (random 0, PPO on true reward 1): [bold]{frac:.2f}[/]; "
                   f"reward model held-out accuracy {metrics['reward_model_accuracy']}")
-    (out / "demo_summary.json").write_text(json.dumps(
-        {"preferences": metrics, "true_reward_ppo": base, "normalised_score": frac}, indent=2))
+    write_json_atomic(out / "demo_summary.json", {
+        "preferences": metrics, "true_reward_ppo": base, "normalised_score": frac})
     console.print(f"run directory: {out} (metrics.json, manifest.json, learning_curve.png, "
                   f"feedback.db)")
     return 0

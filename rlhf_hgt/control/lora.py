@@ -47,12 +47,13 @@ from peft import (
 )
 from peft import __version__ as peft_version
 from peft.tuners.tuners_utils import BaseTunerLayer
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from rlhf_hgt.feedback.errors import UserInputError
+from rlhf_hgt.feedback.files import write_bytes_atomic, write_json_atomic
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -271,12 +272,8 @@ def save_adapter(model: Any, path: str | os.PathLike) -> Path:
     }
     if not isinstance(config["target"], str):
         config["target"] = list(config["target"])
-    tmp = out / (ADAPTER_WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    os.replace(tmp, out / ADAPTER_WEIGHTS)
-    tmp = out / (ADAPTER_CONFIG + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2))
-    os.replace(tmp, out / ADAPTER_CONFIG)
+    write_bytes_atomic(out / ADAPTER_WEIGHTS, save(tensors, metadata={"format": FORMAT}))
+    write_json_atomic(out / ADAPTER_CONFIG, config)
     return out
 
 

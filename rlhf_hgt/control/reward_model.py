@@ -39,6 +39,7 @@ from rlhf_hgt.control.reward_net import (
     space_to_json,
 )
 from rlhf_hgt.feedback.errors import UserInputError
+from rlhf_hgt.feedback.files import write_bytes_atomic, write_json_atomic
 from rlhf_hgt.preference import (
     ANSWER_TARGETS,
     preference_accuracy,
@@ -457,17 +458,12 @@ class RewardEnsemble(nn.Module):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the folder ``path`` (weights as safetensors, config as JSON); returns it."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = folder / (WEIGHTS_FILE + ".tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, folder / WEIGHTS_FILE)
-        tmp = folder / (CONFIG_FILE + ".tmp")
-        tmp.write_text(json.dumps(self._meta(), indent=2))
-        os.replace(tmp, folder / CONFIG_FILE)
+        write_bytes_atomic(folder / WEIGHTS_FILE, save(tensors))
+        write_json_atomic(folder / CONFIG_FILE, self._meta())
         return folder
 
     @staticmethod

@@ -10,17 +10,15 @@ Graph, Sequence, ...) are refused with a ValueError that says what is supported.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
+from rlhf_hgt.control.reward_config import RewardModelConfig
 from rlhf_hgt.feedback.errors import UserInputError
-
-if TYPE_CHECKING:
-    from rlhf_hgt.control.reward_model import RewardModelConfig
 
 SUPPORTED = ("Box (a vector, or a uint8 image HxWxC / CxHxW with C = 1, 3 or 4), Discrete, "
              "MultiDiscrete, MultiBinary")
@@ -92,10 +90,7 @@ class RewardNet(nn.Module):
     def __init__(self, obs_space: gym.Space, act_space: gym.Space | None,
                  config: RewardModelConfig | None = None):
         super().__init__()
-        if config is None:
-            from rlhf_hgt.control.reward_model import RewardModelConfig
-
-            config = RewardModelConfig()
+        config = config or RewardModelConfig()
         self.layout = image_layout(obs_space)
         self.obs_shape = tuple(obs_space.shape or ())
         if self.layout is not None:
