@@ -106,11 +106,28 @@ def sparkline(values: Sequence[float] | np.ndarray, width: int | None = None,
 # ----------------------------------------------------------------------------- frames
 
 
-def to_rgb_frames(frames: Any) -> np.ndarray | None:
-    """Frames as (T, H, W, 3) uint8, or None when there are none or they are not images.
+def rgb_uint8(arr: np.ndarray) -> np.ndarray:
+    """Images with the channels last, (..., C) with C = 1, 3 or 4, as (..., 3) uint8: grey
+    repeated, alpha dropped, floats (and booleans) in [0, 1] scaled to 255, other values
+    clipped to [0, 255], NaN as 0. The one conversion for stored and rendered frames."""
+    arr = np.asarray(arr)
+    if arr.ndim < 1 or arr.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"an image needs 1, 3 or 4 channels on its last axis, got shape "
+                         f"{arr.shape}")
+    arr = np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr[..., :3]
+    if arr.dtype != np.uint8:
+        unit = arr.dtype.kind in "fb"  # may be in [0, 1]; integers are pixel values
+        arr = arr.astype(float)
+        finite = arr[np.isfinite(arr)]
+        if unit and finite.size and finite.max() <= 1.0:
+            arr = arr * 255.0
+        arr = np.clip(np.nan_to_num(arr), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(arr)
 
-    Accepts grayscale (T, H, W) or (T, H, W, 1), RGBA (alpha dropped) and floats in [0, 1]
-    or [0, 255]."""
+
+def to_rgb_frames(frames: Any) -> np.ndarray | None:
+    """Frames as (T, H, W, 3) uint8 (:func:`rgb_uint8`), or None when there are none or
+    they are not images. Accepts grayscale (T, H, W) or (T, H, W, 1) and RGBA."""
     if frames is None:
         return None
     arr = np.asarray(frames)
@@ -120,16 +137,7 @@ def to_rgb_frames(frames: Any) -> np.ndarray | None:
         arr = arr[..., None]
     if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4):
         return None
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    arr = arr[..., :3]
-    if arr.dtype != np.uint8:
-        arr = arr.astype(float)
-        finite = arr[np.isfinite(arr)]
-        if finite.size and finite.max() <= 1.0:
-            arr = arr * 255.0
-        arr = np.clip(np.nan_to_num(arr), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(arr)
+    return rgb_uint8(arr)
 
 
 def fit_frames(frames: np.ndarray, max_cols: int, max_rows: int,

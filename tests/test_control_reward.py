@@ -459,6 +459,28 @@ def test_record_frames_on_cartpole_gives_small_uint8_frames():
         collect_rollouts(gym.make("CartPole-v1"), None, 5, record_frames=True)
 
 
+def test_stored_and_shown_frames_are_converted_alike():
+    """One conversion to rgb uint8: a frame is stored (fragments) as it is drawn (render)."""
+    from rlhf_hgt.control.fragments import _frame
+    from rlhf_hgt.feedback.render import rgb_uint8, to_rgb_frames
+
+    grey = np.array([[0.0, 0.5], [1.0, np.nan]])  # floats in [0, 1], NaN drawn black
+    rgba = np.zeros((2, 2, 4), dtype=np.float32)
+    rgba[..., 0], rgba[..., 3] = 2.0, 7.0  # floats above 1 are pixel values; alpha dropped
+    ints = np.array([[[300, -5, 128]]], dtype=np.int32)  # ints are pixel values, clipped
+    mask = np.array([[[True], [False]]])  # booleans count as [0, 1]
+    want = [np.repeat(np.array([[0, 127], [255, 0]], dtype=np.uint8)[..., None], 3, axis=-1),
+            np.tile(np.array([2, 0, 0], dtype=np.uint8), (2, 2, 1)),
+            np.array([[[255, 0, 128]]], dtype=np.uint8),
+            np.array([[[255] * 3, [0] * 3]], dtype=np.uint8)]
+    for img, expected in zip([grey, rgba, ints, mask], want, strict=True):
+        stored, shown = _frame(img, None), to_rgb_frames(img[None])
+        assert stored.dtype == np.uint8 and np.array_equal(stored, expected)
+        assert shown is not None and np.array_equal(shown[0], expected)
+    with pytest.raises(ValueError, match="1, 3 or 4 channels"):
+        rgb_uint8(np.zeros((2, 2, 2)))
+
+
 def test_a_reward_learned_on_cartpole_prefers_staying_alive():
     """End to end on CartPole: segments padded past termination teach that falling is bad."""
     rng = np.random.default_rng(0)

@@ -48,6 +48,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from rlhf_hgt.feedback.render import rgb_uint8
+
 Episode = dict[str, np.ndarray]
 Segment = dict[str, np.ndarray]
 PolicyFn = Callable[[np.ndarray], Any]
@@ -98,16 +100,11 @@ def _frame(img: Any, size: tuple[int, int] | None) -> np.ndarray:
     """An rgb uint8 frame, downscaled with PIL to ``size`` = (height, width)."""
     arr = np.asarray(img)
     if arr.ndim == 2:
-        arr = np.stack([arr] * 3, axis=-1)
+        arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
         raise ValueError(f"env.render() gave an array of shape {arr.shape}; an rgb image "
                          "(H, W, 3) is needed: make the env with render_mode='rgb_array'")
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    arr = arr[..., :3]
-    if arr.dtype != np.uint8:
-        scale = 255.0 if np.issubdtype(arr.dtype, np.floating) and arr.max(initial=0) <= 1 else 1
-        arr = np.clip(arr * scale, 0, 255).astype(np.uint8)
+    arr = rgb_uint8(arr)
     if size is not None and arr.shape[:2] != tuple(size):
         from PIL import Image
 
