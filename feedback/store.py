@@ -8,7 +8,8 @@ What it holds
 - ``answers``: left, right, tie or skip, with the annotator, whether the annotator is a
   synthetic teacher, when the pair was shown and answered, an optional rationale and the
   interface version. Answers are never deleted or changed.
-- ``events``: undo (supersedes one answer), session start/stop, imports, notes.
+- ``events``: undo (supersedes one answer), session start/stop, imports, notes, and the
+  other fields an imported line carried with its answer (``fields``, tied to the answer).
 - ``claims``: short leases so that two people labelling at once are not shown the same
   pair. A claim is coordination, not a record: it may expire or be released.
 
@@ -482,9 +483,13 @@ class PreferenceStore:
     # -- events
 
     def log_event(self, kind: str, annotator: str | None = None, data: dict | None = None,
-                  token: str | None = None, cur: sqlite3.Cursor | None = None) -> None:
-        args = (time.time(), kind, annotator, token, json.dumps(data or {}))
-        sql = "INSERT OR IGNORE INTO events (at, kind, annotator, token, data) VALUES (?,?,?,?,?)"
+                  token: str | None = None, cur: sqlite3.Cursor | None = None,
+                  answer_id: int | None = None) -> None:
+        """Append an event; ``answer_id`` ties it to one answer (e.g. the fields an imported
+        line carried with that answer). A repeated ``token`` adds nothing."""
+        args = (time.time(), kind, annotator, answer_id, token, json.dumps(data or {}))
+        sql = ("INSERT OR IGNORE INTO events (at, kind, annotator, answer_id, token, data) "
+               "VALUES (?,?,?,?,?,?)")
         if cur is not None:
             cur.execute(sql, args)
             return

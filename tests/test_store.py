@@ -89,6 +89,19 @@ def test_answers_are_append_only_and_undo_supersedes(store):
     assert [e["answer_id"] for e in store.events("undo")] == [first]
 
 
+def test_an_event_on_an_answer_does_not_supersede_it(store):
+    """Events tied to an answer (e.g. the fields an import line carried) are only undos when
+    their kind is undo."""
+    (qid,) = store.add_text_queries([TextPair("p", "a", "b")])
+    aid = store.record_answer(qid, "left", "ann")
+    store.log_event("fields", "ann", {"topic": "films"}, answer_id=aid)
+    assert [a.id for a in store.answers()] == [aid]
+    assert [(e["answer_id"], e["data"]) for e in store.events("fields")] == \
+        [(aid, {"topic": "films"})]
+    store.log_event("note", data={"x": 1})  # no answer: answer_id stays empty
+    assert store.events("note")[0]["answer_id"] is None
+
+
 def test_token_makes_retries_idempotent(store):
     (qid,) = store.add_text_queries([TextPair("p", "a", "b")])
     a = store.record_answer(qid, "tie", "ann", token="t1")
