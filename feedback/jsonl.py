@@ -9,7 +9,29 @@ Import (``rlhf-hgt feedback import STORE FILE.jsonl``; the reading and checking 
   "chosen" then does not matter);
 - a pending query ``{"prompt", "a", "b"}`` that waits for a person, optionally with
   ``"gold": "a" | "b" | "tie"`` (a gold query, its answer known) and ``"source_a"``,
-  ``"source_b"`` (the model or policy that wrote each response).
+  ``"source_b"`` (the model or policy that wrote each response);
+- a judged query: a pending query with ``"label": "a" | "b" | "tie" | "skip"``, the answer
+  an annotator gave (``"skip"``: seen and skipped, as the terminal's skip key records it).
+  ``"annotator"``, ``"rationale"`` and ``"synthetic"`` on such a line describe that answer, as
+  on a labelled pair. Other tools' names for the same field are read too: ``choice``,
+  ``preference``, ``preferred``, ``winner`` and ``selected`` (one per line), and so are the
+  values ``"left"``/``"right"`` (Label Studio, the store) and ``"model_a"``, ``"model_b"``,
+  ``"tie (bothbad)"`` (Chatbot Arena's ``winner``), in any case;
+- a Label Studio task, one per line, as its JSON export holds them (``jq -c '.[]'
+  export.json > tasks.jsonl``): ``{"data": {"prompt", "answer1", "answer2"}, "annotations":
+  [{"completed_by": 1, "result": [{"type": "pairwise", "value": {"selected": "left"}}]}]}``.
+  The texts are the two data keys the pairwise result's ``to_name`` names, else data's
+  ``a``/``b``, ``answer1``/``answer2``, ``text1``/``text2``, ``response1``/``response2`` or
+  ``response_a``/``response_b``; "left" is the first. Each annotation is one answer by its
+  ``completed_by`` (``label-studio:<user id>``, or the user's email), a cancelled (skipped)
+  one a skip; a task without annotations is a pending query.
+
+A field that looks like a judgement but is none of these (``"label": "banana"``, a
+``"human_preference"`` column, Argilla's responses, a judgement on a labelled pair) is refused,
+never dropped or kept as mere metadata. Every other field is kept: with the answer for a line
+that records one (stored as a ``fields`` event on that answer), with the query for a pending
+line (its ``meta["fields"]``); a Label Studio task keeps the rest of the task and of the
+annotation under ``"label_studio"``. Export writes them back.
 
 Both forms may also be written in TRL's conversational form: ``prompt`` and the two responses
 are lists of ``{"role", "content"}`` messages. The store keeps text, so a conversation is
@@ -24,30 +46,31 @@ A labelled pair may also leave out ``prompt`` (TRL's implicit-prompt form): the 
 then the start ``chosen`` and ``rejected`` share, cut at its last whitespace for text and
 after the shared messages for a conversation; a pair that shares no start is refused.
 
-Blank lines are ignored; other fields are ignored too (and named in the summary). The whole
-file is checked before anything is written, and the import is one transaction: it lands
-whole or not at all. A bad line raises :class:`UserInputError` naming the file, the line, the
-field and the fix. Each labelled line becomes one answer (interface ``import/1``) whose token
-comes from the file's sha256 and the line number, and the import event carries the file's
-sha256 as its token, so importing the same file again adds nothing (not even answers undone
-since); an annotator answers a pair at most once (a second line with the same pair and
-annotator is skipped and counted); the store's annotators-per-query quota does not limit
-imports, since each line records a label already given. A pending line whose pair is already
-stored is a duplicate: the stored query (and its gold) is kept, and a differing gold is noted.
-An empty rationale is the same as none.
+Blank lines are ignored. The whole file is checked before anything is written, and the import
+is one transaction: it lands whole or not at all. A bad line raises :class:`UserInputError`
+naming the file, the line, the field and the fix. Each answer becomes one stored answer
+(interface ``import/1``) whose token comes from the file's sha256 and the line number, and the
+import event carries the file's sha256 as its token, so importing the same file again adds
+nothing (not even answers undone since); an annotator answers a pair at most once (a second
+line with the same pair and annotator is skipped and counted); the store's
+annotators-per-query quota does not limit imports, since each line records a label already
+given. A pending line whose pair is already stored is a duplicate: the stored query (its gold
+and fields) is kept, and a differing gold or unstored fields are noted. An empty rationale is
+the same as none.
 
 Export (``rlhf-hgt feedback export STORE FILE.jsonl``) writes one line per active answer of a
-text query: ``{"prompt", "chosen", "rejected"}`` plus, with provenance, ``"annotator"`` and
-``"rationale"``. TRL's trainers drop columns they do not use, so the provenance columns load
-and train as they are. A ``"synthetic"`` column (true for a synthetic teacher's answers) is
-written, on every line, when any exported answer is synthetic. The ``rationale`` column is
-written on every line (``""`` for none) or on none, because ``datasets`` infers a column's
-type from the first rows and fails on a column that appears later. Ties and skips have no
-place in TRL's format: they are left out and counted (and logged as a warning). Conversations
-are written as messages only when every exported pair came in as one (one file must have one
-form to load in ``datasets``); otherwise all pairs are written as text. The file is written to
-a temporary file beside the target and renamed over it, so a failure leaves no half-written
-file. """
+text query: ``{"prompt", "chosen", "rejected"}`` plus, with provenance, ``"annotator"``,
+``"rationale"`` and the kept fields (the query's, then the answer's). TRL's trainers drop
+columns they do not use, so these columns load and train as they are. A ``"synthetic"``
+column (true for a synthetic teacher's answers) is written, on every line, when any exported
+answer is synthetic. The ``rationale`` column is written on every line (``""`` for none) or on
+none, and a kept field on every line (``null`` where a pair has none), because ``datasets``
+infers a column's type from the first rows and fails on a column that appears later. Ties and
+skips have no place in TRL's format: they are left out and counted (and logged as a warning).
+Conversations are written as messages only when every exported pair came in as one (one file
+must have one form to load in ``datasets``); otherwise all pairs are written as text. The file
+is written to a temporary file beside the target and renamed over it, so a failure leaves no
+half-written file. """
 
 from __future__ import annotations
 
@@ -55,14 +78,13 @@ import json
 import logging
 import os
 import sqlite3
-import tempfile
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import UserInputError
+from .files import write_bytes_atomic
 from .jsonl_read import GOLD_TO_SIDE, ParsedFile, Record, read_jsonl, render_messages
 from .store import PreferenceStore, StoreError, TextPair, content_hash
 
@@ -73,6 +95,7 @@ log = logging.getLogger(__name__)
 
 IMPORT_INTERFACE = "import/1"
 EXPORT_FORMS = ("auto", "text")
+FIELDS_EVENT = "fields"  # an event on one answer: the fields its line carried, kept as metadata
 
 # ----------------------------------------------------------------------------- import
 
@@ -87,16 +110,19 @@ class ImportSummary:
     records: int
     labelled_added: int = 0
     pending_added: int = 0
+    skips_added: int = 0
     duplicates_skipped: int = 0
-    ignored_fields: list[str] = field(default_factory=list)
+    kept_fields: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        lines = [f"imported {self.labelled_added} labelled pairs and {self.pending_added} "
+        skips = f", {self.skips_added} skips" if self.skips_added else ""
+        lines = [f"imported {self.labelled_added} labelled pairs{skips} and {self.pending_added} "
                  f"pending queries from {self.file} into {self.store}; skipped "
                  f"{self.duplicates_skipped} duplicates ({self.records} records read)"]
-        if self.ignored_fields:
-            lines.append(f"ignored fields: {', '.join(self.ignored_fields)}")
+        if self.kept_fields:
+            lines.append(f"kept other fields as metadata (export writes them again): "
+                         f"{', '.join(self.kept_fields)}")
         lines.extend(self.notes[:10])
         if len(self.notes) > 10:
             lines.append(f"... and {len(self.notes) - 10} more notes")
@@ -112,6 +138,8 @@ def _query_meta(rec: Record, parsed: ParsedFile) -> dict:
             "sides": {content_hash(rec.first): rec.messages["first"],
                       content_hash(rec.second): rec.messages["second"]},
         }
+    if rec.fields and not rec.judged:  # a judged line's fields go with its answer
+        meta["fields"] = rec.fields
     return meta
 
 
@@ -127,7 +155,7 @@ def import_jsonl(store_path: str | os.PathLike, file_path: str | os.PathLike,
     default = default_annotator or f"import:{parsed.path.name}"
     store = PreferenceStore(store_path)
     summary = ImportSummary(str(parsed.path), str(store.path), parsed.sha256,
-                            len(parsed.records), ignored_fields=parsed.ignored_fields)
+                            len(parsed.records), kept_fields=parsed.kept_fields)
     try:
         with store.transaction() as cur:
             _import_records(store, cur, parsed, default, summary)
@@ -153,52 +181,68 @@ def _import_records(store: PreferenceStore, cur: sqlite3.Cursor, parsed: ParsedF
     created: set[int] = set()
     now = time.time()
     for rec in parsed.records:
-        token = f"import:{parsed.sha256}:{rec.line}"
-        if rec.labelled and cur.execute("SELECT 1 FROM answers WHERE token = ?",
-                                        (token,)).fetchone():
+        token = f"import:{parsed.sha256}:{rec.line}" + (f":{rec.part}" if rec.part else "")
+        if rec.judged and cur.execute("SELECT 1 FROM answers WHERE token = ?",
+                                      (token,)).fetchone():
             summary.duplicates_skipped += 1
             continue
-        pair = TextPair(rec.prompt, rec.first, rec.second, rec.source_a, rec.source_b,
+        pair = TextPair(rec.prompt, rec.a, rec.b, rec.source_a, rec.source_b,
                         GOLD_TO_SIDE.get(rec.gold or ""), _query_meta(rec, parsed))
         qid = store.add_text_queries([pair], cur=cur)[0]
         is_new = qid > max_before and qid not in created
         created.add(qid)
         left_hash, gold = cur.execute("SELECT left_hash, gold FROM queries WHERE id = ?",
                                       (qid,)).fetchone()
-        swapped = left_hash != content_hash(rec.first)
-        if not rec.labelled:
+        if not rec.judged:
             if is_new:
                 summary.pending_added += 1
-                continue
-            summary.duplicates_skipped += 1
-            if rec.gold is not None:
-                want = GOLD_TO_SIDE[rec.gold]
-                if swapped and want != "tie":
-                    want = "right" if want == "left" else "left"
-                if gold != want:
-                    summary.notes.append(
-                        f"line {rec.line}: the pair is already stored with gold {gold!r}; "
-                        f"kept that, not gold {rec.gold!r}")
+            else:
+                summary.duplicates_skipped += 1
+                _note_duplicate(rec, gold, left_hash != content_hash(rec.a), summary)
             continue
         annotator = rec.annotator or default
         if cur.execute("SELECT 1 FROM active_answers WHERE query_id = ? AND annotator = ?",
                        (qid, annotator)).fetchone():
             summary.duplicates_skipped += 1
             continue
-        answer = "tie" if rec.tie else ("right" if swapped else "left")
+        if rec.skip or rec.tie:
+            answer = "skip" if rec.skip else "tie"
+        else:  # first is the chosen response
+            answer = "left" if left_hash == content_hash(rec.first) else "right"
         cur.execute("INSERT INTO answers (query_id, annotator, synthetic, answer, shown_at, "
                     "answered_at, rationale, interface, token) VALUES (?,?,?,?,?,?,?,?,?)",
                     (qid, annotator, int(rec.synthetic), answer, None, now, rec.rationale,
-                     IMPORT_INTERFACE,
-                     token))
-        summary.labelled_added += 1
-    if summary.labelled_added or summary.pending_added:
+                     IMPORT_INTERFACE, token))
+        if rec.fields:
+            store.log_event(FIELDS_EVENT, annotator, rec.fields, answer_id=cur.lastrowid,
+                            cur=cur)
+        if rec.skip:
+            summary.skips_added += 1
+        else:
+            summary.labelled_added += 1
+    if summary.labelled_added or summary.pending_added or summary.skips_added:
         store.log_event("import", data={
             "file": parsed.path.name, "path": str(parsed.path.resolve()),
             "sha256": parsed.sha256, "records": len(parsed.records),
             "labelled_added": summary.labelled_added, "pending_added": summary.pending_added,
+            "skips_added": summary.skips_added,
             "duplicates_skipped": summary.duplicates_skipped,
             "default_annotator": default}, token=event_token, cur=cur)
+
+
+def _note_duplicate(rec: Record, gold: str | None, swapped: bool,
+                    summary: ImportSummary) -> None:
+    """A pending line whose pair is stored already: say what of it was not stored."""
+    if rec.gold is not None:
+        want = GOLD_TO_SIDE[rec.gold]
+        if swapped and want != "tie":
+            want = "right" if want == "left" else "left"
+        if gold != want:
+            summary.notes.append(f"line {rec.line}: the pair is already stored with gold "
+                                 f"{gold!r}; kept that, not gold {rec.gold!r}")
+    if rec.fields:
+        summary.notes.append(f"line {rec.line}: the pair is already stored; its fields "
+                             f"{', '.join(rec.fields)} were not added to it")
 
 
 # ----------------------------------------------------------------------------- export
@@ -234,45 +278,23 @@ class ExportCount(int):
         return "; ".join([f"wrote {int(self)} labelled pairs to {self.path}", *self.notes()])
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _write_atomically(path: Path, lines: Iterable[bytes]) -> None:
+def _write_lines(path: Path, lines: list[bytes]) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        write_bytes_atomic(path, lines)
     except OSError as exc:
-        raise UserInputError(f"{path}: cannot write here ({exc.strerror}); choose a "
-                             "writable folder") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for line in lines:
-                fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise UserInputError(f"{path}: could not be written ({exc.strerror}); nothing was "
-                                 "written; free some space or choose another folder") from None
-        raise
+        raise UserInputError(f"{path}: could not be written ({exc.strerror or exc}); nothing "
+                             "was written; choose a writable folder with free space") from None
 
 
 def export_jsonl(store_path: str | os.PathLike, file_path: str | os.PathLike,
                  provenance: bool = True, form: str = "auto") -> ExportCount:
     """Write the labelled text pairs of a store as TRL-format JSONL; return the lines written.
 
-    ``form="auto"`` writes conversations as messages when every exported pair came in as a
-    conversation, and everything as text otherwise (one file must have one form to load in
-    ``datasets``); ``form="text"`` always writes text."""
+    ``provenance`` adds the annotator, rationale and synthetic columns and the fields kept
+    from import lines (without it: prompt, chosen and rejected only). ``form="auto"`` writes
+    conversations as messages when every exported pair came in as a conversation, and
+    everything as text otherwise (one file must have one form to load in ``datasets``);
+    ``form="text"`` always writes text."""
     if form not in EXPORT_FORMS:
         raise ValueError(f"form must be one of {', '.join(EXPORT_FORMS)}, got {form!r}")
     path = Path(file_path)
@@ -286,13 +308,17 @@ def export_jsonl(store_path: str | os.PathLike, file_path: str | os.PathLike,
                 skips += ans.answer == "skip"
                 continue
             rows.append((query, ans))
+        answer_fields = ({e["answer_id"]: e["data"] for e in store.events(FIELDS_EVENT)}
+                         if provenance and rows else {})
     conv = [conversation_of(q) for q, _ in rows]
     as_messages = form == "auto" and bool(rows) and all(c is not None for c in conv)
     flattened = 0 if as_messages else sum(c is not None for c in conv)
     with_rationale = provenance and any(a.rationale for _, a in rows)
     with_synthetic = provenance and any(a.synthetic for _, a in rows)
+    kept = [_kept_fields(q, answer_fields.get(a.id)) if provenance else {} for q, a in rows]
+    kept_names = list(dict.fromkeys(name for fields in kept for name in fields))
     out = []
-    for (query, ans), messages in zip(rows, conv, strict=True):
+    for (query, ans), messages, fields in zip(rows, conv, kept, strict=True):
         chosen, rejected = ((query.left, query.right) if ans.answer == "left"
                             else (query.right, query.left))
         if as_messages:
@@ -307,12 +333,23 @@ def export_jsonl(store_path: str | os.PathLike, file_path: str | os.PathLike,
                 record["rationale"] = ans.rationale or ""
             if with_synthetic:
                 record["synthetic"] = bool(ans.synthetic)
+            for name in kept_names:  # every line has every column (None where a pair has none)
+                record.setdefault(name, fields.get(name))
         out.append((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-    _write_atomically(path, out)
+    _write_lines(path, out)
     result = ExportCount(len(out), ties, skips, flattened, str(path))
     for note in result.notes():
         log.warning("%s: %s", path, note)
     return result
+
+
+def _kept_fields(query: Any, answer_fields: Any) -> dict:
+    """The fields kept from import lines for one answer: its query's, then its own."""
+    fields = query.meta.get("fields") if isinstance(query.meta, dict) else None
+    out = dict(fields) if isinstance(fields, dict) else {}
+    if isinstance(answer_fields, dict):
+        out.update(answer_fields)
+    return out
 
 
 def conversation_of(query: Any) -> dict | None:

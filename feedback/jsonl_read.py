@@ -1,14 +1,15 @@
-"""Reading a JSONL file of text preferences (TRL's preference format, see :mod:`.jsonl`):
-each line checked and turned into a :class:`Record`; a bad line raises UserInputError naming
-the file, the line, the field and the fix."""
+"""Reading a JSONL file of text preferences (TRL's preference format and the judged and foreign
+forms listed in :mod:`.jsonl`): each line checked and turned into :class:`Record` objects; a bad
+line raises UserInputError naming the file, the line, the field and the fix."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,42 @@ from .errors import UserInputError
 
 LABELLED_FIELDS = ("prompt", "chosen", "rejected")
 PENDING_FIELDS = ("prompt", "a", "b")
-LABELLED_ONLY = ("chosen", "rejected", "tie", "annotator", "rationale", "synthetic")
+LABELLED_ONLY = ("chosen", "rejected", "tie")
 PENDING_ONLY = ("a", "b", "gold", "source_a", "source_b")
+ANSWER_FIELDS = ("annotator", "rationale", "synthetic")  # who answered, why, whether a teacher
 GOLD_TO_SIDE = {"a": "left", "b": "right", "tie": "tie"}
+
+#: The fields that may carry a pending query's judgement (one per line), and the values each
+#: may take: ours ("a", "b", "tie", "skip"), the store's and Label Studio's sides ("left",
+#: "right") and Chatbot Arena's ``winner`` values. Matched after trimming, in any case.
+JUDGEMENT_FIELDS = ("label", "choice", "preference", "preferred", "winner", "selected")
+JUDGEMENT_VALUES = {"a": "a", "b": "b", "tie": "tie", "skip": "skip", "left": "a", "right": "b",
+                    "model_a": "a", "model_b": "b", "tie (bothbad)": "tie"}
+KNOWN_FIELDS = frozenset((*LABELLED_FIELDS, *PENDING_FIELDS, *LABELLED_ONLY, *PENDING_ONLY,
+                          *ANSWER_FIELDS, *JUDGEMENT_FIELDS))
+
+# Words that make a field name look like a judgement: such a field is never kept as mere
+# metadata (it would silently drop an answer); it is read as one or refused.
+_JUDGEMENT_WORDS = frozenset((
+    "label", "labels", "choice", "choices", "choose", "chose", "preference", "preferences",
+    "prefer", "prefers", "preferred", "winner", "winners", "selected", "selection", "verdict",
+    "vote", "votes", "voted", "judgement", "judgements", "judgment", "judgments", "rank",
+    "ranks", "ranked", "ranking", "rankings", "better", "annotations"))
+_JUDGEMENT_NAMES = frozenset(("chosen_side", "preferred_side", "winning_side"))
 
 _LABELLED_EXAMPLE = '{"prompt": "...", "chosen": "...", "rejected": "..."}'
 _PENDING_EXAMPLE = '{"prompt": "...", "a": "...", "b": "..."}'
 _FORMS_HINT = (f"write a labelled pair {_LABELLED_EXAMPLE} or a pending query "
                f"{_PENDING_EXAMPLE}")
+_JUDGEMENT_HINT = ('write the judgement on a pending query as "label": "a", "b", "tie" or '
+                   '"skip", e.g. {"prompt": "...", "a": "...", "b": "...", "label": "a"}')
+_VALUES_HINT = ('"a", "b", "tie" or "skip" (also read: "left", "right", "model_a", "model_b", '
+                '"tie (bothbad)")')
+
+# Label Studio tasks: where the two texts may sit in ``data`` when the pairwise result does
+# not name them (its ``to_name`` holds the names of the Text tags, often the data keys).
+LABEL_STUDIO_SIDES = (("a", "b"), ("answer1", "answer2"), ("text1", "text2"),
+                      ("response1", "response2"), ("response_a", "response_b"))
 
 
 # ----------------------------------------------------------------------------- records
@@ -31,10 +60,16 @@ _FORMS_HINT = (f"write a labelled pair {_LABELLED_EXAMPLE} or a pending query "
 
 @dataclass(frozen=True)
 class Record:
-    """One checked line of an import file.
+    """One answer or pending query read from an import file (a Label Studio task with several
+    annotations gives one record per annotation, numbered by ``part``).
 
-    ``first``/``second`` are chosen/rejected for a labelled pair and a/b for a pending query,
-    as text (conversations rendered); ``messages`` keeps a conversation's original messages.
+    ``first``/``second`` are chosen/rejected for a labelled pair (``labelled``), and a/b for a
+    tie, a skip or a pending query, as text (conversations rendered); ``a_first`` is False when
+    ``first`` is the line's response "b" (a judged pending query that preferred b).
+    ``messages`` keeps a conversation's original messages, oriented like first/second;
+    ``source_a``/``source_b`` and ``gold`` refer to the line's a and b. ``fields`` are the
+    line's other fields, kept as metadata (with the answer when there is one, else with the
+    query).
     """
 
     line: int
@@ -50,6 +85,23 @@ class Record:
     source_a: str | None = None
     source_b: str | None = None
     messages: dict | None = None  # {"prompt": [...], "first": [...], "second": [...]}
+    skip: bool = False  # the annotator saw the pair and skipped it
+    a_first: bool = True
+    fields: dict = field(default_factory=dict)
+    part: int = 0
+
+    @property
+    def judged(self) -> bool:
+        """The line records an answer (a preference, a tie or a skip)."""
+        return self.labelled or self.skip
+
+    @property
+    def a(self) -> str:
+        return self.first if self.a_first else self.second
+
+    @property
+    def b(self) -> str:
+        return self.second if self.a_first else self.first
 
 
 @dataclass
@@ -57,7 +109,7 @@ class ParsedFile:
     path: Path
     sha256: str
     records: list[Record]
-    ignored_fields: list[str] = field(default_factory=list)
+    kept_fields: list[str] = field(default_factory=list)
 
 
 def render_messages(messages: list[dict], trailing_newline: bool = False) -> str:
@@ -195,6 +247,87 @@ def _optional_str(obj: dict, name: str, allowed: Iterable[str] | None = None) ->
     return value
 
 
+def _judgement_like(key: str, value: Any) -> str | None:
+    """Why a field that is not ours looks like a judgement, or None: by its name (label,
+    choice, winner, chosen_side...) or by its value (a Label Studio pairwise choice
+    ``{"selected": ...}``, Argilla responses ``[{"user_id", "value", ...}]``)."""
+    name = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower()
+    words = [w for w in re.split(r"[^0-9a-z]+", name) if w]
+    if "_".join(words) in _JUDGEMENT_NAMES or any(w in _JUDGEMENT_WORDS for w in words):
+        return "its name says it is a judgement"
+    if _holds_judgement(value, depth=0):
+        return ("it holds a judgement (a Label Studio pairwise choice {\"selected\": ...} or "
+                "Argilla responses)")
+    return None
+
+
+def _holds_judgement(value: Any, depth: int) -> bool:
+    """A pairwise choice or Argilla response in the value, its items or their values (not
+    deeper: a kept Label Studio task may hold model predictions, which are no answers)."""
+    if depth > 2:
+        return False
+    if isinstance(value, dict):
+        if "selected" in value or {"user_id", "value"} <= value.keys():
+            return True
+        return any(_holds_judgement(v, depth + 1) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds_judgement(v, depth + 1) for v in value)
+    return False
+
+
+def _kept_fields(obj: dict) -> dict:
+    """The fields of a line that are not ours, kept as metadata; one that looks like a
+    judgement is refused, never kept (that would drop an answer without a word)."""
+    kept = {}
+    for key, value in obj.items():
+        if key in KNOWN_FIELDS:
+            continue
+        _check_unicode(key, "a field name")
+        why = _judgement_like(key, value)
+        if why is not None:
+            raise _LineError(
+                f"field {key!r}: is not read as an answer, and {why}, so it is not kept as mere "
+                f"metadata; {_JUDGEMENT_HINT}; if it is no judgement, nest it in an object, e.g. "
+                f'"meta": {{{json.dumps(key)}: ...}}')
+        _check_unicode(value, key)
+        kept[key] = value
+    return kept
+
+
+def _judgement(obj: dict) -> tuple[str | None, str | None]:
+    """The judgement field of a line and its value as "a", "b", "tie" or "skip" (a null value
+    is no judgement), or (None, None)."""
+    given = [k for k in JUDGEMENT_FIELDS if obj.get(k) is not None]
+    if not given:
+        return None, None
+    if len(given) > 1:
+        raise _LineError(f"field {given[1]!r}: the line holds two judgements ({given[0]!r} "
+                         f"and {given[1]!r}); keep one")
+    name = given[0]
+    value = obj[name]
+    if not isinstance(value, str):
+        raise _LineError(f"field {name!r}: must be {_VALUES_HINT}, got {_type_name(value)}")
+    _check_unicode(value, name)
+    judgement = JUDGEMENT_VALUES.get(value.strip().lower())
+    if judgement is None:
+        raise _LineError(f"field {name!r}: must be {_VALUES_HINT}, got {value!r}")
+    return name, judgement
+
+
+def _answer_fields(obj: dict) -> dict:
+    """annotator, rationale and synthetic of a line that records an answer, checked."""
+    annotator = _optional_str(obj, "annotator")
+    if annotator is not None and not annotator.strip():
+        raise _LineError("field 'annotator': is empty; give an annotator id or remove "
+                         "the field")
+    synthetic = obj.get("synthetic")
+    if synthetic is not None and not isinstance(synthetic, bool):
+        raise _LineError(f"field 'synthetic': must be true (a synthetic teacher answered) "
+                         f"or false, got {_type_name(synthetic)}")
+    return {"annotator": annotator, "rationale": _optional_str(obj, "rationale") or None,
+            "synthetic": bool(synthetic)}
+
+
 def _parse_object(obj: Any, line: int) -> Record:
     if not isinstance(obj, dict):
         raise _LineError(f"the line is {_type_name(obj)}, not a JSON object; {_FORMS_HINT}")
@@ -209,6 +342,17 @@ def _parse_object(obj: Any, line: int) -> Record:
         raise _LineError(f"field 'chosen' (or 'a'): is missing, so the line is neither a "
                          f"labelled pair nor a pending query; {_FORMS_HINT}")
     labelled = not has_pending
+    judgement_name, judgement = _judgement(obj)
+    if labelled and judgement_name is not None:
+        raise _LineError(
+            f"field {judgement_name!r}: a labelled pair says which response is preferred by "
+            f"'chosen' already; remove {judgement_name!r}, or write the line as a pending "
+            'query with "a", "b" and "label"')
+    if not labelled and judgement is None:
+        for name in ANSWER_FIELDS:
+            if name in obj:
+                raise _LineError(f"field {name!r}: belongs to an answer, but this pending query "
+                                 f"holds no judgement; {_JUDGEMENT_HINT}, or remove {name!r}")
     names = LABELLED_FIELDS if labelled else PENDING_FIELDS
     if labelled and "prompt" not in obj:
         obj = _split_implicit_prompt(obj)
@@ -242,25 +386,134 @@ def _parse_object(obj: Any, line: int) -> Record:
     if first == second:
         raise _LineError(f"field {names[2]!r}: is the same as {names[1]!r}; a pair needs two "
                          "different responses; fix or remove the line")
+    fields = _kept_fields(obj)
     if labelled:
         tie = obj.get("tie")
         if tie is not None and not isinstance(tie, bool):
             raise _LineError(f"field 'tie': must be true or false, got {_type_name(tie)}")
-        annotator = _optional_str(obj, "annotator")
-        if annotator is not None and not annotator.strip():
-            raise _LineError("field 'annotator': is empty; give an annotator id or remove "
-                             "the field")
-        rationale = _optional_str(obj, "rationale") or None
-        synthetic = obj.get("synthetic")
-        if synthetic is not None and not isinstance(synthetic, bool):
-            raise _LineError(f"field 'synthetic': must be true (a synthetic teacher answered) "
-                             f"or false, got {_type_name(synthetic)}")
-        return Record(line, True, prompt, first, second, tie=bool(tie), annotator=annotator,
-                      rationale=rationale, messages=messages, synthetic=bool(synthetic))
-    gold = _optional_str(obj, "gold", allowed=tuple(GOLD_TO_SIDE))
-    return Record(line, False, prompt, first, second, gold=gold,
-                  source_a=_optional_str(obj, "source_a"),
-                  source_b=_optional_str(obj, "source_b"), messages=messages)
+        return Record(line, True, prompt, first, second, tie=bool(tie), messages=messages,
+                      fields=fields, **_answer_fields(obj))
+    record = Record(line, False, prompt, first, second,
+                    gold=_optional_str(obj, "gold", allowed=tuple(GOLD_TO_SIDE)),
+                    source_a=_optional_str(obj, "source_a"),
+                    source_b=_optional_str(obj, "source_b"), messages=messages, fields=fields)
+    if judgement is None:
+        return record
+    answer = _answer_fields(obj)
+    if judgement == "b":  # first/second become chosen/rejected
+        swapped = None if messages is None else {**messages, "first": messages["second"],
+                                                 "second": messages["first"]}
+        return replace(record, labelled=True, first=second, second=first, messages=swapped,
+                       a_first=False, **answer)
+    return replace(record, labelled=judgement != "skip", tie=judgement == "tie",
+                   skip=judgement == "skip", **answer)
+
+
+# ----------------------------------------------------------------------------- Label Studio
+
+
+def _is_label_studio_task(obj: Any) -> bool:
+    return (isinstance(obj, dict) and isinstance(obj.get("data"), dict)
+            and not any(k in obj for k in (*LABELLED_FIELDS, *PENDING_FIELDS)))
+
+
+def _label_studio_sides(data: dict, results: list[dict]) -> tuple[str, str]:
+    """The data keys of the two texts: those the pairwise result names in ``to_name`` when
+    both are data keys, else the first pair of :data:`LABEL_STUDIO_SIDES` present."""
+    for result in results:
+        names = result.get("to_name")
+        if isinstance(names, str):
+            names = names.split(",")
+        if (isinstance(names, list) and len(names) == 2
+                and all(isinstance(n, str) and n.strip() in data for n in names)):
+            return names[0].strip(), names[1].strip()
+    for a, b in LABEL_STUDIO_SIDES:
+        if a in data and b in data:
+            return a, b
+    raise _LineError(
+        "field 'data': a Label Studio task needs the prompt in data.prompt and the two texts in "
+        f"data.{' or data.'.join('/'.join(p) for p in LABEL_STUDIO_SIDES)} (or under the two "
+        "names of the pairwise result's to_name); rename the keys in data")
+
+
+def _label_studio_annotator(annotation: dict) -> str | None:
+    """``completed_by``: a user id (``label-studio:<id>``), or a user object (its email)."""
+    who = annotation.get("completed_by")
+    if isinstance(who, dict):
+        email = who.get("email")
+        if isinstance(email, str) and email.strip():
+            return email
+        who = who.get("id")
+    if isinstance(who, int) and not isinstance(who, bool):
+        return f"label-studio:{who}"
+    return who if isinstance(who, str) and who.strip() else None
+
+
+def _label_studio_records(task: dict, line: int) -> list[Record]:
+    """A task of Label Studio's JSON export: ``data`` holds the prompt and the two texts; each
+    annotation's pairwise result (``value.selected`` "left" = the first text) is one answer,
+    a cancelled (skipped) annotation a skip; a task without annotations is a pending query.
+    The rest of the task and of each annotation is kept under ``fields["label_studio"]``."""
+    data = task["data"]
+    key = "annotations" if "annotations" in task else "completions"  # completions: LS < 1.0
+    annotations = task.get(key) or []
+    if not isinstance(annotations, list):
+        raise _LineError(f"field {key!r}: must be a list of annotations, got "
+                         f"{_type_name(annotations)}")
+    choices = []  # (annotation without its pairwise result, the result or None, the label)
+    for i, ann in enumerate(annotations):
+        where = f"{key}[{i}]"
+        results = (ann.get("result") or []) if isinstance(ann, dict) else None
+        if not isinstance(results, list):
+            raise _LineError(f"field {where!r}: must be an annotation object whose 'result' "
+                             "is a list")
+        pairwise = [r for r in results if isinstance(r, dict) and r.get("type") == "pairwise"]
+        rest = {k: v for k, v in ann.items() if k != "result"}
+        if ann.get("was_cancelled") is True or ann.get("skipped") is True:
+            if results:
+                rest["result"] = results
+            choices.append((rest, None, "skip"))
+            continue
+        if any(r not in pairwise for r in results):
+            rest["result"] = [r for r in results if r not in pairwise]
+        if len(pairwise) != 1:
+            raise _LineError(
+                f"field {where + '.result'!r}: holds {len(pairwise) or 'no'} pairwise results; "
+                "an annotation needs one (Label Studio's Pairwise tag: {\"type\": \"pairwise\", "
+                '"value": {"selected": "left"}}); fix the labelling config or remove the '
+                "annotation")
+        value = pairwise[0].get("value")
+        selected = value.get("selected") if isinstance(value, dict) else None
+        if selected not in ("left", "right"):
+            raise _LineError(f"field {where + '.result[].value.selected'!r}: must be \"left\" "
+                             f"or \"right\", got {selected!r}")
+        choices.append((rest, pairwise[0], selected))
+    side_a, side_b = _label_studio_sides(data, [r for _, r, _ in choices if r is not None])
+    flat = {"prompt": data.get("prompt"), "a": data.get(side_a), "b": data.get(side_b)}
+    context = (f" (in this Label Studio task 'prompt' is data.prompt, 'a' and 'b' are "
+               f"data.{side_a} and data.{side_b})")
+    task_meta = {k: v for k, v in task.items() if k not in ("data", key)}
+    others = {k: v for k, v in data.items() if k not in ("prompt", side_a, side_b)}
+    if others:
+        task_meta["data"] = others
+    records = []
+    for part, (rest, result, label) in enumerate(choices or [({}, None, None)]):
+        obj = dict(flat)
+        if label is not None:
+            obj["label"] = label
+            who = _label_studio_annotator(rest)
+            if who is not None:
+                obj["annotator"] = who
+        try:
+            record = _parse_object(obj, line)
+        except _LineError as exc:
+            raise _LineError(f"{exc}{context}") from None
+        kept = {"task": task_meta, **({"annotation": rest} if label is not None else {})}
+        if result is not None and isinstance(result.get("to_name"), str | list):
+            kept["to_name"] = result["to_name"]
+        _check_unicode(kept, "label_studio")
+        records.append(replace(record, fields={"label_studio": kept}, part=part))
+    return records
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -295,8 +548,7 @@ def read_jsonl(file_path: str | os.PathLike) -> ParsedFile:
     data = _read_bytes(path)
     text = _decode(path, data)
     records: list[Record] = []
-    known = set(LABELLED_ONLY) | set(PENDING_ONLY) | {"prompt"}
-    ignored: set[str] = set()
+    kept: set[str] = set()
     for number, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
@@ -312,11 +564,15 @@ def read_jsonl(file_path: str | os.PathLike) -> ParsedFile:
             except ValueError as exc:  # e.g. an integer with too many digits
                 raise _LineError(f"malformed JSON ({exc}); write one JSON object per "
                                  "line") from None
-            records.append(_parse_object(obj, number))
+            if _is_label_studio_task(obj):
+                found = _label_studio_records(obj, number)
+            else:
+                found = [_parse_object(obj, number)]
         except _LineError as exc:
             raise UserInputError(f"{path}:{number}: {exc}") from None
-        ignored.update(k for k in obj if k not in known)
+        records.extend(found)
+        kept.update(k for rec in found for k in rec.fields)
     if not records:
         raise UserInputError(f"{path}: holds no records (empty or only blank lines); "
                              f"{_FORMS_HINT}, one per line")
-    return ParsedFile(path, hashlib.sha256(data).hexdigest(), records, sorted(ignored))
+    return ParsedFile(path, hashlib.sha256(data).hexdigest(), records, sorted(kept))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import os
 import sqlite3
@@ -75,7 +77,8 @@ def test_import_records_answers_with_provenance(tmp_path):
     summary = import_jsonl(tmp_path / "s.db", f)
     assert (summary.labelled_added, summary.pending_added, summary.duplicates_skipped) == \
         (3, 1, 0)
-    assert summary.ignored_fields == ["extra_column"]
+    assert summary.kept_fields == ["extra_column"]
+    assert "kept other fields as metadata" in summary.describe()
     assert "3 labelled" in summary.describe() and "1 pending" in summary.describe()
     with PreferenceStore(tmp_path / "s.db") as s:
         assert s.count_queries() == 3
@@ -92,6 +95,9 @@ def test_import_records_answers_with_provenance(tmp_path):
         pending = [q for q in s.queries() if q.prompt == "p3"][0]
         assert (pending.gold, pending.left_source, pending.right_source) == ("right", "m1", "m2")
         assert s.pending_ids("someone") == [pending.id]
+        (kept,) = s.events("fields")  # bo's line carried the extra column, kept with the answer
+        assert (kept["answer_id"], kept["data"]) == (got[("p1", "bo")][1].id,
+                                                     {"extra_column": 1})
         (event,) = s.events("import")
         assert event["data"]["sha256"] == summary.sha256
         assert event["data"]["file"] == "prefs.jsonl"
@@ -123,6 +129,149 @@ def test_labels_map_through_swapped_orientation(tmp_path):
     out = tmp_path / "out.jsonl"
     export_jsonl(tmp_path / "s.db", out, provenance=False)
     assert read_rows(out) == [{"prompt": "p", "chosen": "first", "rejected": "second"}]
+
+
+def test_pending_lines_with_a_label_are_answered(tmp_path):
+    """{"prompt","a","b","label"}: the label is the annotator's answer, never dropped."""
+    f = write_jsonl(tmp_path / "judged.jsonl", [
+        {"prompt": "p1", "a": "one", "b": "two", "label": "a", "annotator": "ana",
+         "rationale": "shorter"},
+        {"prompt": "p2", "a": "one", "b": "two", "label": "b", "annotator": "ana",
+         "source_a": "m1", "source_b": "m2", "gold": "b"},
+        {"prompt": "p3", "a": "one", "b": "two", "label": "tie"},
+        {"prompt": "p4", "a": "one", "b": "two", "label": "skip", "annotator": "bo"},
+        {"prompt": "p5", "a": "one", "b": "two", "label": None},  # null: no judgement
+    ])
+    summary = import_jsonl(tmp_path / "s.db", f, default_annotator="cli")
+    assert (summary.labelled_added, summary.skips_added, summary.pending_added) == (3, 1, 1)
+    assert "1 skips" in summary.describe()
+    with PreferenceStore(tmp_path / "s.db") as s:
+        queries = {q.prompt: q for q in s.queries()}
+        answers = {queries_prompt(queries, a.query_id): a for a in s.answers()}
+        # the query keeps the line's order (a left), the answer says which side won
+        assert all((q.left, q.right) == ("one", "two") for q in queries.values())
+        assert [(p, a.answer, a.annotator) for p, a in sorted(answers.items())] == [
+            ("p1", "left", "ana"), ("p2", "right", "ana"), ("p3", "tie", "cli"),
+            ("p4", "skip", "bo")]
+        assert (answers["p1"].rationale, answers["p1"].interface) == ("shorter",
+                                                                      IMPORT_INTERFACE)
+        assert (queries["p2"].left_source, queries["p2"].right_source,
+                queries["p2"].gold) == ("m1", "m2", "right")
+        assert s.pending_ids("someone") == [queries["p5"].id]  # a skip answers the query
+    out = tmp_path / "out.jsonl"
+    export_jsonl(tmp_path / "s.db", out, provenance=False)
+    assert read_rows(out) == [{"prompt": "p1", "chosen": "one", "rejected": "two"},
+                              {"prompt": "p2", "chosen": "two", "rejected": "one"}]
+    # read for training the same way: chosen first
+    parsed = read_jsonl(f)
+    assert [(r.labelled, r.first, r.skip) for r in parsed.records] == [
+        (True, "one", False), (True, "two", False), (True, "one", False),
+        (False, "one", True), (False, "one", False)]
+
+
+def queries_prompt(queries: dict, query_id: int) -> str:
+    return next(p for p, q in queries.items() if q.id == query_id)
+
+
+@pytest.mark.parametrize("line, answer", [
+    ({"choice": "B"}, "right"), ({"preference": " left "}, "left"),
+    ({"preferred": "right"}, "right"), ({"winner": "model_a"}, "left"),
+    ({"winner": "tie (bothbad)"}, "tie"), ({"selected": "right"}, "right"),
+    ({"label": "TIE"}, "tie")])
+def test_other_tools_judgement_fields(tmp_path, line, answer):
+    f = write_jsonl(tmp_path / "f.jsonl", [{"prompt": "p", "a": "x", "b": "y", **line}])
+    assert import_jsonl(tmp_path / "s.db", f).labelled_added == (answer != "skip")
+    with PreferenceStore(tmp_path / "s.db") as s:
+        assert [a.answer for a in s.answers()] == [answer]
+
+
+def test_unknown_fields_are_kept_and_exported_again(tmp_path):
+    f = write_jsonl(tmp_path / "in.jsonl", [
+        {"prompt": "p", "chosen": "a", "rejected": "b", "score_chosen": 8.5,
+         "meta": {"label": "not a judgement, nested"}, "chosen_highlights": [[0, 1]]},
+        {"prompt": "q", "a": "c", "b": "d", "topic": "films"},  # pending: kept with the query
+        {"prompt": "r", "a": "e", "b": "f", "label": "b", "topic": "books"},
+    ])
+    summary = import_jsonl(tmp_path / "s.db", f)
+    assert summary.kept_fields == ["chosen_highlights", "meta", "score_chosen", "topic"]
+    with PreferenceStore(tmp_path / "s.db") as s:
+        pending = next(q for q in s.queries() if q.prompt == "q")
+        assert pending.meta["fields"] == {"topic": "films"}
+        s.record_answer(pending.id, "right", "zed")
+    out = tmp_path / "out.jsonl"
+    export_jsonl(tmp_path / "s.db", out)
+    rows = {r["prompt"]: r for r in read_rows(out)}
+    assert rows["p"] == {"prompt": "p", "chosen": "a", "rejected": "b",
+                         "annotator": "import:in.jsonl", "score_chosen": 8.5,
+                         "meta": {"label": "not a judgement, nested"},
+                         "chosen_highlights": [[0, 1]], "topic": None}
+    assert (rows["q"]["chosen"], rows["q"]["topic"], rows["q"]["score_chosen"]) == \
+        ("d", "films", None)
+    assert (rows["r"]["chosen"], rows["r"]["topic"]) == ("f", "books")
+    # the export imports again with the same fields, and exports the same lines
+    import_jsonl(tmp_path / "s2.db", out)
+    export_jsonl(tmp_path / "s2.db", tmp_path / "out2.jsonl")
+    assert read_rows(tmp_path / "out2.jsonl") == read_rows(out)
+    export_jsonl(tmp_path / "s.db", out, provenance=False)
+    assert all(set(r) == {"prompt", "chosen", "rejected"} for r in read_rows(out))
+
+
+def _ls_task(task_id: int, annotations: list | None, **data) -> dict:
+    task = {"id": task_id, "project": 3,
+            "data": {"prompt": f"prompt {task_id}", "answer1": "first text",
+                     "answer2": "second text", **data}}
+    if annotations is not None:
+        task["annotations"] = annotations
+    return task
+
+
+def _ls_choice(selected: str, who: object = 1, **extra) -> dict:
+    return {"id": 100, "completed_by": who, "was_cancelled": False, "lead_time": 4.2,
+            "result": [{"id": "r1", "from_name": "comparison", "to_name": "answer1",
+                        "type": "pairwise", "value": {"selected": selected}}], **extra}
+
+
+def test_label_studio_tasks(tmp_path):
+    """Label Studio's JSON export, one task per line (jq -c '.[]' export.json)."""
+    rationale = {"from_name": "why", "to_name": "prompt", "type": "textarea",
+                 "value": {"text": ["clearer"]}}
+    tasks = [
+        _ls_task(1, [_ls_choice("left", 1), _ls_choice("right", {"id": 2, "email": "e@x.org"}),
+                     {"id": 102, "completed_by": 3, "was_cancelled": True, "result": []}]),
+        _ls_task(2, [_ls_choice("right", 1)], source="m1"),
+        _ls_task(3, []),  # not annotated yet: a pending query
+        {"id": 4, "data": {"prompt": "p4", "text1": "t one", "text2": "t two"},
+         "annotations": [{"completed_by": 5, "result": [
+             {"type": "pairwise", "to_name": ["text2", "text1"], "value": {"selected": "left"}},
+             rationale]}]},
+    ]
+    f = write_jsonl(tmp_path / "ls.jsonl", tasks)
+    summary = import_jsonl(tmp_path / "s.db", f)
+    assert (summary.labelled_added, summary.skips_added, summary.pending_added) == (4, 1, 1)
+    assert summary.kept_fields == ["label_studio"]
+    with PreferenceStore(tmp_path / "s.db") as s:
+        queries = {q.id: q for q in s.queries()}
+        got = sorted((queries[a.query_id].prompt, a.annotator, a.answer) for a in s.answers())
+        assert got == [("p4", "label-studio:5", "left"),
+                       ("prompt 1", "e@x.org", "right"), ("prompt 1", "label-studio:1", "left"),
+                       ("prompt 1", "label-studio:3", "skip"),
+                       ("prompt 2", "label-studio:1", "right")]
+        q4 = next(q for q in queries.values() if q.prompt == "p4")
+        assert (q4.left, q4.right) == ("t two", "t one")  # to_name gave the order
+        pending = [queries[i] for i in s.pending_ids("someone")]
+        assert [(q.prompt, q.left, q.meta["fields"]["label_studio"]["task"]) for q in pending] \
+            == [("prompt 3", "first text", {"id": 3, "project": 3})]
+        kept = {e["annotator"]: e["data"]["label_studio"] for e in s.events("fields")}
+        assert kept["label-studio:1"]["task"] in ({"id": 1, "project": 3},
+                                                  {"id": 2, "project": 3, "data": {"source": "m1"}})
+        assert kept["label-studio:5"]["annotation"]["result"] == [rationale]
+        assert kept["e@x.org"]["annotation"]["lead_time"] == 4.2
+    out = tmp_path / "out.jsonl"
+    assert export_jsonl(tmp_path / "s.db", out) == 4
+    assert {(r["prompt"], r["chosen"]) for r in read_rows(out)} == {
+        ("prompt 1", "first text"), ("prompt 1", "second text"), ("prompt 2", "second text"),
+        ("p4", "t two")}
+    assert import_jsonl(tmp_path / "s.db", f).duplicates_skipped == 6  # the same file again
 
 
 def test_reimport_and_duplicates_add_nothing(tmp_path):
@@ -292,7 +441,7 @@ def _train_one_step(data_file: Path, tmp_path: Path, reward: bool = True, chat: 
                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                  bos_token_id=tok.eos_token_id)
     common = dict(max_steps=1, per_device_train_batch_size=2, learning_rate=1e-2, bf16=False,
-                  gradient_checkpointing=False, use_cpu=True, report_to=[],
+                  activation_checkpointing=False, use_cpu=True, report_to=[],
                   save_strategy="no", max_length=256, dataloader_num_workers=0)
     policy = GPT2LMHeadModel(GPT2Config(**shape))
     before = [p.detach().clone() for p in policy.parameters()]
@@ -313,10 +462,12 @@ def _train_one_step(data_file: Path, tmp_path: Path, reward: bool = True, chat: 
 
 def test_export_trains_in_trl_dpo_and_reward(tmp_path):
     rows = UNICODE_ROWS + [{"prompt": f"q{i}", "chosen": f"yes {i}", "rejected": f"no {i}",
-                            "rationale": "because"} for i in range(3)]
+                            "rationale": "because", "source_id": i} for i in range(3)]
     import_jsonl(tmp_path / "s.db", write_jsonl(tmp_path / "in.jsonl", rows))
     out = tmp_path / "out.jsonl"
-    assert export_jsonl(tmp_path / "s.db", out) == 6  # with annotator and rationale columns
+    # with annotator and rationale columns, and a kept field that is null on the first lines
+    assert export_jsonl(tmp_path / "s.db", out) == 6
+    assert [r["source_id"] for r in read_rows(out)] == [None, None, None, 0, 1, 2]
     _train_one_step(out, tmp_path)
 
 
@@ -335,9 +486,14 @@ def test_conversational_export_trains_in_trl_dpo(tmp_path):
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "rlhf_hgt.cli", *map(str, args)],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    """The command, run in this process (no torch import per case); the process boundary
+    itself is tested once, in test_bad_label_through_the_installed_command."""
+    from rlhf_hgt.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def test_implicit_prompt_is_the_shared_start(tmp_path):
@@ -362,6 +518,13 @@ def test_implicit_prompt_is_the_shared_start(tmp_path):
 
 
 GOOD = b'{"prompt": "p", "chosen": "c", "rejected": "r"}\n'
+
+
+def pending_with(fields: bytes) -> bytes:
+    """A good line, then a pending query with these fields added."""
+    return GOOD + b'{"prompt": "p", "a": "c", "b": "r", ' + fields + b"}\n"
+
+
 BAD_FILES = {  # name: (content, line, words the message must hold)
     "malformed_json": (GOOD + b'{"prompt": "p", "chosen": \n', 2, ["malformed JSON"]),
     "not_an_object": (GOOD + b'["p", "c", "r"]\n', 2, ["not a JSON object"]),
@@ -395,6 +558,34 @@ BAD_FILES = {  # name: (content, line, words the message must hold)
                     b'"chosen": [{"role": "assistant", "content": "c"}], '
                     b'"rejected": [{"role": "assistant", "content": "r"}]}\n', 2,
                     ["'prompt[0].content'"]),
+    "bad_label": (pending_with(b'"label": "banana"'), 2,
+                  ["'label'", '"a", "b", "tie" or "skip"', "banana"]),
+    "label_not_a_string": (pending_with(b'"winner": 1'), 2, ["'winner'", "a number"]),
+    "two_judgements": (pending_with(b'"label": "a", "choice": "b"'), 2,
+                       ["'choice'", "two judgements"]),
+    "judgement_on_labelled_pair": (GOOD + b'{"prompt": "p", "chosen": "c", "rejected": "r", '
+                                   b'"label": "b"}\n', 2, ["'label'", "labelled pair"]),
+    "unknown_judgement_field": (pending_with(b'"human_preference": "a"'), 2,
+                                ["'human_preference'", "judgement", '"label"']),
+    "chosen_side_field": (pending_with(b'"chosenSide": "a"'), 2, ["'chosenSide'", "judgement"]),
+    "label_studio_min_choice": (pending_with(b'"pw": [{"selected": "left"}]'), 2,
+                                ["'pw'", "Label Studio pairwise choice"]),
+    "argilla_responses": (pending_with(b'"q": [{"user_id": "u", "value": ["b", "a"]}]'), 2,
+                          ["'q'", "judgement"]),
+    "answer_fields_without_judgement": (pending_with(b'"annotator": "x"'), 2,
+                                        ["'annotator'", "no judgement"]),
+    "label_studio_no_pairwise": (GOOD + b'{"data": {"prompt": "p", "answer1": "c", '
+                                 b'"answer2": "r"}, "annotations": [{"result": [{"type": '
+                                 b'"choices", "value": {"choices": ["1"]}}]}]}\n', 2,
+                                 ["'annotations[0].result'", "no pairwise"]),
+    "label_studio_bad_selected": (GOOD + b'{"data": {"prompt": "p", "answer1": "c", '
+                                  b'"answer2": "r"}, "annotations": [{"result": [{"type": '
+                                  b'"pairwise", "value": {"selected": "up"}}]}]}\n', 2,
+                                  ["value.selected", "'up'"]),
+    "label_studio_no_texts": (GOOD + b'{"data": {"prompt": "p", "x": "c", "y": "r"}}\n', 2,
+                              ["'data'", "answer1"]),
+    "label_studio_no_prompt": (GOOD + b'{"data": {"text1": "c", "text2": "r"}}\n', 2,
+                               ["'prompt'", "data.prompt"]),
     "empty_file": (b"", None, ["no records"]),
     "blank_lines_only": (b"\n  \n\r\n", None, ["no records"]),
     "not_utf8": (GOOD + b'{"prompt": "caf\xe9", "chosen": "c", "rejected": "r"}\n', 2,
@@ -435,6 +626,19 @@ def test_bad_file_is_refused_whole(case, tmp_path, seeded_store):
     fresh = tmp_path / "fresh" / "new.db"
     _assert_refused(run_cli("feedback", "import", fresh, bad), bad.name, line, words)
     assert not fresh.exists() and not fresh.parent.exists()
+
+
+def test_bad_label_through_the_installed_command(tmp_path, seeded_store):
+    """The real process: exit code 2, one line on stderr, no traceback, nothing written."""
+    bad = tmp_path / "banana.jsonl"
+    write_jsonl(bad, [{"prompt": "p", "a": "x", "b": "y", "label": "banana"}])
+    state = store_state(seeded_store)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-m", "rlhf_hgt.cli", "feedback", "import",
+                             str(seeded_store), str(bad)], capture_output=True, text=True,
+                            env=env, cwd=ROOT, timeout=120)
+    _assert_refused(result, "banana.jsonl", 1, ["'label'", "banana"])
+    assert store_state(seeded_store) == state
 
 
 def test_missing_file_and_folder_are_refused(tmp_path, seeded_store):
@@ -492,7 +696,7 @@ message_lists = st.lists(st.fixed_dictionaries(
     {"role": st.sampled_from(["user", "assistant", "system"]), "content": nonblank}),
     min_size=1, max_size=2)
 ALL_KEYS = ["prompt", "chosen", "rejected", "a", "b", "tie", "gold", "annotator", "rationale",
-            "source_a", "source_b", "other"]
+            "source_a", "source_b", "other", "label", "winner", "data"]
 DELETE = object()
 
 
@@ -507,7 +711,8 @@ def valid_objects(draw) -> dict:
     else:
         obj = {"prompt": draw(side), "a": first, "b": second}
         extra = {"gold": st.sampled_from(["a", "b", "tie"]), "source_a": nonblank,
-                 "source_b": nonblank}
+                 "source_b": nonblank, "label": st.sampled_from(["a", "b", "tie", "skip"]),
+                 "other": json_values}
     for key, values in extra.items():
         if draw(st.booleans()):
             obj[key] = draw(values)
@@ -550,7 +755,7 @@ def _import_or_refuse(content: bytes) -> None:
             assert str(f) in str(exc)
             assert not store.exists()
             return
-        assert summary.labelled_added + summary.pending_added >= 1
+        assert summary.labelled_added + summary.pending_added + summary.skips_added >= 1
         export_jsonl(store, Path(tmp) / "out.jsonl")
         with PreferenceStore(store) as s:
             assert s.integrity_check() == "ok"
