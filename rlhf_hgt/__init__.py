@@ -37,12 +37,12 @@ _API: dict[str, str] = {
     "LabelOptions": "rlhf_hgt.feedback.terminal",
     "run_labelling": "rlhf_hgt.feedback.terminal",
     # control
-    "ControlConfig": "rlhf_hgt.control.loop",
+    "ControlConfig": "rlhf_hgt.control.config",
     "run_control": "rlhf_hgt.control.loop",
-    "AgentConfig": "rlhf_hgt.control.agents",
+    "AgentConfig": "rlhf_hgt.control.config",
     "RewardModelConfig": "rlhf_hgt.control.reward_config",
     "RewardEnsemble": "rlhf_hgt.control.reward_model",
-    "PolicyDPOConfig": "rlhf_hgt.control.policy_dpo",
+    "PolicyDPOConfig": "rlhf_hgt.control.config",
     "make_env": "rlhf_hgt.envs",
     # language models
     "load_pairs": "rlhf_hgt.lm.data",

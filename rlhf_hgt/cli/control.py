@@ -1,6 +1,6 @@
 """``rlhf-hgt control ENV_ID ...``: train a control policy from preferences over clips.
 
-The flags come from :class:`rlhf_hgt.control.loop.ControlConfig` and the configs nested in
+The flags come from :class:`rlhf_hgt.control.config.ControlConfig` and the configs nested in
 it (``--reward-*`` the reward ensemble, ``--agent-*`` the RL agent, ``--dpo-*`` policy
 DPO); the stack is imported only when the command runs or its help is asked for.
 """
@@ -17,7 +17,7 @@ INTERRUPTED = "interrupted; rerun the same command to resume from the last finis
 
 
 def command_sections() -> list[Section]:
-    from rlhf_hgt.control.loop import ControlConfig
+    from rlhf_hgt.control.config import ControlConfig
 
     return sections(
         ControlConfig,
