@@ -17,6 +17,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import gymnasium as gym
@@ -30,6 +33,7 @@ __all__ = [
     "TASK_IDS",
     "CartPoleLeft",
     "EnvCreationError",
+    "OffscreenRender",
     "PendulumAtAngle",
     "TaskRewardWrapper",
     "UnknownEnvError",
@@ -351,6 +355,51 @@ def _resolve_id(env_id: str) -> str:
     return name
 
 
+# SDL drivers that draw and play nothing: enough for rendering to arrays
+_OFFSCREEN_SDL = {"SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
+
+
+@contextmanager
+def _offscreen_sdl() -> Iterator[None]:
+    """SDL's dummy drivers for what runs inside, unless the user chose drivers."""
+    added = [k for k in _OFFSCREEN_SDL if k not in os.environ]
+    for key in added:
+        os.environ[key] = _OFFSCREEN_SDL[key]
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+class OffscreenRender(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """An env rendered to arrays that never touches the terminal or the desktop.
+
+    gymnasium's pygame renderers (classic control, toy text, box2d) start SDL on first use,
+    and SDL probes the desktop's video and audio: with no desktop session (a terminal, ssh,
+    CI) that probe prints "error: XDG_RUNTIME_DIR is invalid or not set in the environment."
+    on every new env. While this env resets, steps and renders, SDL gets its dummy drivers,
+    which draw the same arrays and show nothing; a user's own SDL_VIDEODRIVER or
+    SDL_AUDIODRIVER is left as it is, and nothing is changed outside these calls.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+
+    def reset(self, **kwargs: Any) -> Any:
+        with _offscreen_sdl():
+            return self.env.reset(**kwargs)
+
+    def step(self, action: Any) -> Any:
+        with _offscreen_sdl():
+            return self.env.step(action)
+
+    def render(self) -> Any:
+        with _offscreen_sdl():
+            return self.env.render()
+
+
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     """`gymnasium.make(env_id, **kwargs)` with errors a user can act on.
 
@@ -358,10 +407,15 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     `"module.path:EnvName-v0"` ids whose module registers the env when imported. Raises
     `UnknownEnvError` (a ValueError) naming the id and close matches, or `EnvCreationError`
     (a ValueError) when a dependency is missing or a keyword argument is not accepted.
+    An env rendered to arrays (``render_mode="rgb_array"``) comes in :class:`OffscreenRender`,
+    so rendering it prints nothing.
     """
     register_tasks()
     name = _resolve_id(env_id)
     try:
+        if str(kwargs.get("render_mode")).startswith("rgb_array"):
+            with _offscreen_sdl():
+                return OffscreenRender(gym.make(name, **kwargs))
         return gym.make(name, **kwargs)
     except gym.error.DependencyNotInstalled as exc:
         raise EnvCreationError(

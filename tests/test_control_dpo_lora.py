@@ -282,6 +282,13 @@ def test_config_checks(field, value):
         PolicyDPOConfig(**{field: value})
 
 
+def test_every_lora_setting_has_help():
+    from dataclasses import fields
+
+    assert [f.name for f in fields(lora.PolicyLoraConfig)
+            if len(f.metadata.get("help", "")) < 10] == []
+
+
 def test_bad_preferences_are_user_errors(cart_prefs):
     model = PPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, device="cpu",
                 policy_kwargs=small())

@@ -289,7 +289,8 @@ def test_disagreement_selection_beats_random(fitted):
     assert spread(chosen).mean() > 1.5 * spread(rand).mean()
     # segment pairs come back ready for store.add_segment_queries
     pairs = select_pairs(cands, 4, "disagreement", ensemble=ens, rng=rng)
-    assert all(isinstance(a, dict) and isinstance(b, dict) for a, b in pairs)
+    assert len(pairs) == 4 and all(isinstance(a, dict) and isinstance(b, dict)
+                                   for a, b in pairs)
 
 
 def test_random_pairs_are_distinct_and_errors_are_clear():
@@ -454,7 +455,8 @@ def test_record_frames_on_cartpole_gives_small_uint8_frames():
     # frames follow the steps: the cart drawn moves as the cart's position does
     ep = max(episodes, key=lambda e: len(e["obs"]))
     cart_col = ep["frames"][:, 36:38].astype(int).sum(axis=(1, 3)).argmin(axis=1)
-    assert np.corrcoef(cart_col, ep["obs"][:, 0])[0, 1] > 0.5 or np.ptp(ep["obs"][:, 0]) < 0.02
+    assert np.ptp(ep["obs"][:, 0]) > 0.05  # the cart moved (random actions, seed 0)
+    assert np.corrcoef(cart_col, ep["obs"][:, 0])[0, 1] > 0.5
     with pytest.raises(ValueError, match="render_mode='rgb_array'"):
         collect_rollouts(gym.make("CartPole-v1"), None, 5, record_frames=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium.envs.classic_control import CartPoleEnv, PendulumEnv
 from stable_baselines3.common.env_checker import check_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -326,7 +328,8 @@ def test_task_registration_is_idempotent() -> None:
         envs.register_tasks()
         envs.register_tasks()
     assert PENDULUM_AT_ANGLE_ID in gym.registry and CARTPOLE_LEFT_ID in gym.registry
-    assert isinstance(gym.make(CARTPOLE_LEFT_ID).unwrapped, gym.Env)
+    assert isinstance(gym.make(CARTPOLE_LEFT_ID).unwrapped, CartPoleEnv)
+    assert isinstance(gym.make(PENDULUM_AT_ANGLE_ID).unwrapped, PendulumEnv)
 
 
 def test_import_is_light_and_registers_tasks() -> None:
@@ -342,6 +345,63 @@ def test_import_is_light_and_registers_tasks() -> None:
         "assert e.HiddenRewardWrapper.__name__ == 'HiddenRewardWrapper'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def test_rendering_to_arrays_prints_nothing_without_a_desktop() -> None:
+    """Without a desktop session SDL (gymnasium's pygame renderer) prints "error:
+    XDG_RUNTIME_DIR is invalid or not set" on every new env; make_env's envs print nothing."""
+    import subprocess
+
+    code = (
+        "import os\n"
+        "from rlhf_hgt.envs import make_env\n"
+        "for env_id in ('CartPole-v1', 'rlhf_hgt/CartPoleLeft-v0', 'FrozenLake-v1'):\n"
+        "    env = make_env(env_id, render_mode='rgb_array')\n"
+        "    env.reset(seed=0)\n"
+        "    frame = env.render()\n"
+        "    env.step(0)\n"
+        "    env.close()\n"
+        "    print(frame.ndim, frame.shape[-1], frame.std() > 0)\n"
+        "print(os.environ.get('SDL_VIDEODRIVER'), os.environ.get('SDL_AUDIODRIVER'))\n"
+    )
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("XDG_RUNTIME_DIR", "SDL_VIDEODRIVER", "SDL_AUDIODRIVER")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "XDG_RUNTIME_DIR" not in done.stderr and done.stderr.strip() == ""
+    # real pictures, and the process environment as it was
+    assert done.stdout.split("\n")[:4] == ["3 3 True"] * 3 + ["None None"]
+
+
+def test_offscreen_render_keeps_a_users_sdl_drivers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlhf_hgt.envs import OffscreenRender
+
+    class Probe(gym.Env):
+        observation_space = gym.spaces.Discrete(1)
+        action_space = gym.spaces.Discrete(1)
+        render_mode = "rgb_array"
+
+        def reset(self, *, seed=None, options=None):
+            return 0, {"driver": os.environ.get("SDL_VIDEODRIVER")}
+
+        def step(self, action):
+            return 0, 0.0, True, False, {"driver": os.environ.get("SDL_AUDIODRIVER")}
+
+        def render(self):
+            return os.environ.get("SDL_VIDEODRIVER")
+
+    monkeypatch.delenv("SDL_VIDEODRIVER", raising=False)
+    monkeypatch.setenv("SDL_AUDIODRIVER", "pulseaudio")
+    env = OffscreenRender(Probe())
+    assert env.reset()[1]["driver"] == "dummy" and env.render() == "dummy"
+    assert env.step(0)[4]["driver"] == "pulseaudio"  # the user's choice stands
+    assert "SDL_VIDEODRIVER" not in os.environ  # set only while the env runs
+    monkeypatch.setenv("SDL_VIDEODRIVER", "x11")
+    assert env.render() == "x11"
 
 
 # --------------------------------------------------------------------------- DistractorWrapper
