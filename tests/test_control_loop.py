@@ -160,6 +160,8 @@ def test_a_human_round_through_a_pseudo_terminal(tmp_path):
     (["CartPol-v1"], "CartPole-v1"),
     (["CartPole-v1", "--labels", "0"], "--labels must be at least 1"),
     (["custom_envs_for_tests:DictObs-v0"], "Dict"),
+    (["custom_envs_for_tests:DictObs-v0", "--algo", "dpo"], "FlattenObservation"),
+    (["CartPole-v1", "--dpo-alpha", "0"], "alpha must be a positive number"),
     (["CartPole-v1", "--teacher", "wizard"], "oracle"),
     (["nosuchmodule:Env-v0"], "nosuchmodule"),
     (["CartPole-v1", "--pessimism", "-1"], "pessimism must be >= 0"),
