@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import threading
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -27,6 +26,8 @@ from PIL import Image
 from rich.color import ColorSystem
 from rich.console import Console, RenderableType
 from rich.text import Text
+
+from .files import write_atomic
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 UPPER_HALF = "▀"
@@ -210,16 +211,9 @@ def save_gif(frames: np.ndarray, path: Path, fps: float = DEFAULT_FPS,
         scale = max_side / max(h, w)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         images = [im.resize(size, Image.Resampling.BOX) for im in images]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    try:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                       duration=max(20, int(round(1000 / fps))), loop=0)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_atomic(path, lambda fh: images[0].save(
+        fh, format="GIF", save_all=True, append_images=images[1:],
+        duration=max(20, int(round(1000 / fps))), loop=0))
 
 
 class GifWriter:
