@@ -61,6 +61,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhf_hgt.feedback.files import write_bytes_atomic
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -161,10 +163,7 @@ def load_results(plan: Plan) -> dict[str, Any]:
 def save_result(plan: Plan, key: str, value: dict[str, Any]) -> None:
     results = load_results(plan)  # re-read: another sub-command may have written meanwhile
     results[key] = value
-    plan.results.parent.mkdir(parents=True, exist_ok=True)
-    tmp = plan.results.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-    os.replace(tmp, plan.results)
+    write_bytes_atomic(plan.results, json.dumps(results, indent=1, sort_keys=True).encode())
 
 
 def machine() -> dict[str, Any]:

@@ -9,7 +9,6 @@ jobs share with the TRL 1.12 anchor (scripts/bench_lm_trl_ppo.py).
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import time
@@ -55,19 +54,16 @@ def finish_job(job: Any, spec: dict[str, Any], out_path: str | Path, name: str) 
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    from rlhf_hgt.feedback.files import write_json_atomic
+
+    write_json_atomic(path, obj, indent=1)
 
 
 def causal_lm(name: str) -> tuple[Any, Any]:
-    """(model, tokenizer) in fp32: the tiny in-memory model or a real one (pad fixed)."""
+    """(model, tokenizer) in fp32: the tiny in-memory model ("tiny") or a real one (pad
+    fixed)."""
     import torch
 
-    if name == "tiny":
-        from rlhf_hgt.lm.tiny import tiny_causal_lm
-
-        return tiny_causal_lm(seed=0)
     from rlhf_hgt.lm.models import load_causal_lm
 
     return load_causal_lm(name, dtype=torch.float32)
@@ -76,10 +72,6 @@ def causal_lm(name: str) -> tuple[Any, Any]:
 def reward_lm(name: str) -> tuple[Any, Any]:
     import torch
 
-    if name == "tiny":
-        from rlhf_hgt.lm.tiny import tiny_reward_lm
-
-        return tiny_reward_lm(seed=0)
     from rlhf_hgt.lm.models import load_reward_lm
 
     return load_reward_lm(name, dtype=torch.float32)
@@ -102,12 +94,14 @@ def trl_args(spec: dict[str, Any], batch: int) -> dict[str, Any]:
     batch, the step cap, quiet, and bf16 / checkpointing off on a CPU."""
     import torch
 
+    from rlhf_hgt.lm.trl_common import checkpointing_argument
+
     gpu = torch.cuda.is_available()
     return {"output_dir": spec["out"], "seed": spec["seed"], "per_device_train_batch_size": batch,
             "max_steps": spec.get("max_steps", -1), "report_to": [], "save_strategy": "no",
             "logging_steps": 10, "disable_tqdm": True, "use_cpu": not gpu,
             "bf16": bool(gpu and torch.cuda.is_bf16_supported()),
-            "activation_checkpointing": False}
+            checkpointing_argument(): False}
 
 
 def sample_reviews(model: Any, tok: Any, prompts: list[str], new_tokens: int, seed: int,
@@ -190,7 +184,7 @@ def job_reward_trl(spec: dict[str, Any]) -> dict[str, Any]:
     ours = LMRewardConfig()
     set_seed(spec["seed"])
     model, tok = reward_lm(spec["model"])
-    args = RewardConfig(**trl_args(spec, ours.batch_size),
+    args = RewardConfig(**trl_args(spec, ours.per_device_train_batch_size),
                         num_train_epochs=ours.resolved_epochs(len(train)))
     trainer = RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tok,
                             peft_config=LoraConfig(task_type="SEQ_CLS", **TRL_LORA))
@@ -222,7 +216,8 @@ def job_dpo_ours(spec: dict[str, Any]) -> dict[str, Any]:
     return {"implicit_reward_accuracy": m["implicit_reward_accuracy"], "steps": m["steps"],
             "epochs": m["epochs"], "learning_rate": cfg.learning_rate, "beta": cfg.beta,
             "loss_type": cfg.trl_losses()[0], "loss_weights": cfg.trl_losses()[1],
-            "samples_per_s": m["steps"] * cfg.batch_size / m["train_runtime_s"],
+            "samples_per_s": m["steps"] * cfg.per_device_train_batch_size
+            / m["train_runtime_s"],
             "train_runtime_s": m["train_runtime_s"], "train_pairs": len(train),
             "eval_pairs": len(test), **sentiment(policy, tok, test, spec)}
 
@@ -254,12 +249,14 @@ def job_dpo_trl(spec: dict[str, Any]) -> dict[str, Any]:
 
     train, test = pairs(spec)
     ours = LMDPOConfig()
-    trainer, policy, tok, runtime = _trl_dpo(spec, train, epochs=ours.epochs,
-                                             batch=ours.batch_size, max_steps=spec["max_steps"])
+    trainer, policy, tok, runtime = _trl_dpo(spec, train, epochs=ours.num_train_epochs,
+                                             batch=ours.per_device_train_batch_size,
+                                             max_steps=spec["max_steps"])
     acc = implicit_reward_accuracy(policy, None, tok, test, beta=trainer.args.beta)
     steps = trainer.state.global_step
     return {"implicit_reward_accuracy": acc, "steps": steps, "epochs": trainer.state.epoch,
-            "learning_rate": TRL_DPO_LR, "samples_per_s": steps * ours.batch_size / runtime,
+            "learning_rate": TRL_DPO_LR,
+            "samples_per_s": steps * ours.per_device_train_batch_size / runtime,
             "train_runtime_s": runtime, "train_pairs": len(train), "eval_pairs": len(test),
             "lora": TRL_LORA, **sentiment(policy, tok, test, spec)}
 
@@ -269,7 +266,7 @@ def job_dpo_speed_ours(spec: dict[str, Any]) -> dict[str, Any]:
 
     train, _ = pairs(spec)
     cfg = LMDPOConfig(seed=spec["seed"], progress=False, max_steps=spec["steps"],
-                      batch_size=spec["batch"], eval_fraction=0.0)
+                      per_device_train_batch_size=spec["batch"], eval_fraction=0.0)
     m = train_dpo(spec["model"], train, None, cfg, out_dir=spec["out"])
     return {"samples_per_s": m["steps"] * spec["batch"] / m["train_runtime_s"],
             "steps": m["steps"], "batch": spec["batch"], "train_runtime_s": m["train_runtime_s"]}
@@ -294,8 +291,8 @@ def _ppo_trainer(spec: dict[str, Any], batch: int, merge: bool, full: bool = Fal
         scorer.model = scorer.model.merge_and_unload().eval()
     model, tok = causal_lm(spec["model"])
     cfg = LMPPOConfig(steps=spec["steps"], batch_size=batch, mini_batch_size=min(8, batch),
-                      max_new_tokens=spec["new_tokens"], seed=spec["seed"],
-                      **({"lora_r": 0, "lr": 1e-6} if full else {}))
+                      response_length=spec["new_tokens"], seed=spec["seed"],
+                      **({"lora_r": 0, "learning_rate": 1e-6} if full else {}))
     return LMPPOTrainer(model, tok, scorer, cfg), scorer
 
 
@@ -350,7 +347,7 @@ def job_ppo_speed_ours(spec: dict[str, Any]) -> dict[str, Any]:
     hist = trainer.train(list(dict.fromkeys(train["prompt"])), steps=spec["steps"],
                          callback=_print_update)
     return {**_throughput(hist, spec["batch"]), "steps": len(hist), "batch": spec["batch"],
-            "new_tokens": spec["new_tokens"], "ppo_epochs": trainer.config.ppo_epochs,
+            "new_tokens": spec["new_tokens"], "ppo_epochs": trainer.config.num_ppo_epochs,
             "per_update": [{k: s[k] for k in ("step_time_s", "time_generate_s",
                                               "response_length")} for s in hist],
             "lora_r": trainer.config.lora_r,

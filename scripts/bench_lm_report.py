@@ -7,6 +7,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from rlhf_hgt.feedback.files import write_bytes_atomic
+
 ANCHORS = {"trl_dpo_acc_1epoch_800": 0.765, "base_vader": 0.19, "trl112_tokens_per_s": 13.0,
            "trl112_peak_gb": 5.5, "trl112_sampling_tokens_per_s": 64.0}
 PEER_INSTALL = "pip install --no-deps --target .peers/trl112 trl==1.12.0"
@@ -126,7 +128,7 @@ def write_report(plan: Any, res: dict[str, Any], root: Path) -> str:
                                if k.startswith("speed|") and k.split("|")[3] == model})
     text = "\n".join(lines)
     path = plan.sibling("summary", ".md")
-    path.write_text(text + "\n")
+    write_bytes_atomic(path, (text + "\n").encode())
     print(text)
     return text
 

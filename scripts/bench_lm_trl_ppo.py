@@ -99,7 +99,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         response_length=spec["new_tokens"], temperature=0.7, stop_token="eos",
         num_sample_generations=0, report_to=[], save_strategy="no", logging_steps=1,
         disable_tqdm=True, use_cpu=not gpu, bf16=bool(gpu and torch.cuda.is_bf16_supported()),
-        activation_checkpointing=False)
+        **{trl_common.checkpointing_argument(): False})
     peft_config = (LoraConfig(task_type="CAUSAL_LM", **jobs.TRL_LORA) if spec["lora"]
                    else None)
 

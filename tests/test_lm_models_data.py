@@ -150,6 +150,25 @@ def test_tiny_causal_lm_loads_by_path(tmp_path):
     assert trainable == total == sum(p.numel() for p in model.parameters())
 
 
+def test_tiny_by_name_always_has_the_fixed_seed():
+    """'tiny' is one model wherever it is named (a saved adapter finds its base again): the
+    loaders build it from TINY_SEED, never from a run's seed."""
+    from rlhf_hgt.lm.tiny import TINY, TINY_SEED
+
+    torch.manual_seed(123)  # the global seed of a run does not matter
+    model, tok = models.load_causal_lm(TINY, device="cpu")
+    want, _ = tiny_causal_lm(seed=TINY_SEED)
+    other, _ = tiny_causal_lm(seed=TINY_SEED + 1)
+    state, want_state = model.state_dict(), want.state_dict()
+    assert all(torch.equal(state[k], want_state[k]) for k in want_state)
+    assert not torch.equal(state["lm_head.weight"], other.state_dict()["lm_head.weight"])
+    assert tok.padding_side == "left" and not model.training
+    reward, rtok = models.load_reward_lm(TINY, device="cpu", dtype=torch.bfloat16)
+    assert reward.config.num_labels == 1 and reward.dtype == torch.bfloat16
+    assert rtok.padding_side == "right"
+    assert models.resolve_model_path(TINY) == TINY  # nothing to find on disk
+
+
 def test_tiny_reward_lm_loads_by_path_and_ignores_padding(tmp_path):
     model, tok = tiny_causal_lm(seed=4)  # a causal LM checkpoint: the score head is new
     folder = save(model, tok, tmp_path / "rm")

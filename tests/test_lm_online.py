@@ -35,8 +35,8 @@ SMALL = ["--model", "tiny", "--prompts-per-round", "4", "--teacher", "length",
 def small(tmp_path: Path, **kw) -> OnlineConfig:
     base = dict(out=str(tmp_path / "run"), prompts=PROMPTS, model="tiny", rounds=2,
                 prompts_per_round=4, teacher="length", eval_prompts=2,
-                ppo=LMPPOConfig(steps=1, batch_size=4, mini_batch_size=4, ppo_epochs=1,
-                                max_new_tokens=8),
+                ppo=LMPPOConfig(steps=1, batch_size=4, mini_batch_size=4, num_ppo_epochs=1,
+                                response_length=8),
                 reward=LMRewardConfig(max_steps=2, progress=False),
                 dpo=LMDPOConfig(max_steps=1, learning_rate=1e-2, warmup_ratio=0,
                                 progress=False))
@@ -73,6 +73,25 @@ def env() -> dict[str, str]:
 def test_bad_settings_say_how_to_fix(tmp_path, kw, hint):
     with pytest.raises(UserInputError, match=hint):
         small(tmp_path, **kw)
+
+
+def test_length_score_counts_words_for_teacher_monitor_and_ppo(tmp_path):
+    """One definition of the built-in length (rlhf_hgt.lm.scores): the words of the response,
+    for the online loop's teacher and monitor as for `lm ppo --reward length`."""
+    from rlhf_hgt.lm.online import _Loop
+    from rlhf_hgt.lm.scores import BUILTIN_SCORES, make_score
+
+    text = "  two\twords,\n  "
+    assert BUILTIN_SCORES == ("vader", "length")
+    assert make_score("length")("any prompt", text) == 2.0
+    assert make_score("length")("p", "") == 0.0
+    loop = _Loop(small(tmp_path, monitor="length"), lambda event, info: None, None)
+    try:
+        assert loop.teacher_fn("p", text) == loop.monitor_fn("p", text) == 2.0
+    finally:
+        loop.close()
+    with pytest.raises(ValueError, match="use one of vader, length"):
+        make_score("characters")
 
 
 def test_round_prompts_are_seeded_slices_without_repeats():
@@ -115,16 +134,20 @@ def test_ppo_loop_two_rounds_with_resume(tmp_path):
         assert all(q.left_source == q.right_source == row["policy"] for q in mine)
         assert row["policy"].startswith(f"run:round{r}:")
         assert all(q.left != q.right and q.left.strip() and q.right.strip() for q in mine)
-        assert row["reward_model_accuracy"] is not None and row["ppo_updates"] == 1
+        # the reward model was refit on every label so far (its held-out accuracy is None
+        # when the one held-out pair is a tie: random bytes often have equal word counts)
+        assert row["fit_pairs"] == sum(h["answers_added"] for h in m["history"][:r + 1])
+        assert "reward_model_accuracy" in row and row["ppo_updates"] == 1
         assert row["ppo_kl_last"] is not None and row["sample_score_mean"] is not None
     assert m["history"][0]["policy"] != m["history"][1]["policy"]  # PPO moved the adapter
     assert len(queries) == sum(h["queries"] for h in m["history"])  # nothing asked twice
     assert len(answers) == len(queries) == m["labels"]
     assert {(a.annotator, a.synthetic) for a in answers} == {("teacher:oracle(length)", True)}
-    # every side scored by the teacher's function: the oracle's answer is the longer side
+    # every side scored by the teacher's function: the oracle's answer is the side with more
+    # words (rlhf_hgt.lm.scores: the same length as `lm ppo --reward length`)
     for q in queries:
         a = next(a for a in answers if a.query_id == q.id)
-        ll, lr = len(q.left.strip()), len(q.right.strip())
+        ll, lr = len(q.left.split()), len(q.right.split())
         assert a.answer == ("tie" if ll == lr else "left" if ll > lr else "right")
 
     metrics = json.loads((out / "metrics.json").read_text())

@@ -12,6 +12,7 @@ import torch
 
 from rlhf_hgt.feedback.errors import UserInputError
 from rlhf_hgt.lm import ppo_core as core
+from rlhf_hgt.lm.models import peft_quietly
 from rlhf_hgt.lm.ppo import LMPPOConfig, LMPPOTrainer, as_batch_scorer, prompt_list
 from rlhf_hgt.lm.ppo_cli import add_ppo_arguments, main, run_ppo_command
 from rlhf_hgt.lm.tiny import tiny_causal_lm
@@ -161,8 +162,8 @@ def letters(prompt: str, response: str) -> float:
 
 def make_trainer(reward=letters, seed: int = 0, **kw) -> LMPPOTrainer:
     model, tok = tiny(seed)
-    opts = {"batch_size": 8, "mini_batch_size": 4, "max_new_tokens": 6, "lora_r": 4,
-            "lr": 3e-3, "temperature": 1.0, "use_chat_template": False, "seed": seed,
+    opts = {"batch_size": 8, "mini_batch_size": 4, "response_length": 6, "lora_r": 4,
+            "learning_rate": 3e-3, "temperature": 1.0, "use_chat_template": False, "seed": seed,
             "device": "cpu", **kw}
     return LMPPOTrainer(model, tok, reward, LMPPOConfig(**opts))
 
@@ -173,7 +174,8 @@ def test_config_checks_say_how_to_fix():
     with pytest.raises(ValueError, match="lora_r"):
         LMPPOConfig(lora_r=-1)
     assert LMPPOConfig(lora_r=0).full_finetune and not LMPPOConfig().full_finetune
-    assert LMPPOConfig(lora_r=0).lr == 1e-6 and LMPPOConfig().lr == 3e-5  # per mode
+    assert LMPPOConfig(lora_r=0).learning_rate == 1e-6  # per mode
+    assert LMPPOConfig().learning_rate == 3e-5
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
         LMPPOConfig(mini_batch_size=4, batch_size=8, gradient_accumulation_steps=3)
     with pytest.raises(ValueError, match="target_kl"):
@@ -233,7 +235,7 @@ def test_reference_is_exactly_the_base_model():
 
 
 def test_full_finetuning_trains_every_weight_against_a_frozen_copy(tmp_path):
-    trainer = make_trainer(lora_r=0, lr=1e-3)
+    trainer = make_trainer(lora_r=0, learning_rate=1e-3)
     assert not any("lora_" in n for n, _ in trainer.policy.named_parameters())
     before = {n: p.detach().clone() for n, p in trainer.lm.named_parameters()}
     stats = trainer.step(PROMPTS * 2)
@@ -255,7 +257,7 @@ def test_full_finetuning_of_a_bf16_model_trains_in_fp32():
     model, tok = tiny(0)
     model = model.to(torch.bfloat16)
     trainer = LMPPOTrainer(model, tok, letters, LMPPOConfig(
-        lora_r=0, lr=1e-6, batch_size=8, mini_batch_size=8, max_new_tokens=6,
+        lora_r=0, learning_rate=1e-6, batch_size=8, mini_batch_size=8, response_length=6,
         temperature=1.0, use_chat_template=False, device="cpu"))
     assert all(p.dtype == torch.float32 for p in trainer.lm.parameters())
     before = {n: p.detach().clone() for n, p in trainer.lm.named_parameters()}
@@ -265,7 +267,7 @@ def test_full_finetuning_of_a_bf16_model_trains_in_fp32():
 
 
 def test_batched_left_padded_greedy_equals_one_by_one():
-    trainer = make_trainer(max_new_tokens=8)
+    trainer = make_trainer(response_length=8)
     batched = trainer.generate(PROMPTS, greedy=True)
     single = [trainer.generate([p], greedy=True)[0] for p in PROMPTS]
     assert batched == single
@@ -273,7 +275,7 @@ def test_batched_left_padded_greedy_equals_one_by_one():
 
 
 def test_rollout_cuts_at_first_eos_and_penalises_unfinished():
-    trainer = make_trainer(missing_eos_penalty=5.0, max_new_tokens=5)
+    trainer = make_trainer(missing_eos_penalty=5.0, response_length=5)
     eos, a = trainer.tokenizer.eos_token_id, trainer.tokenizer.convert_tokens_to_ids("a")
     tail = torch.tensor([[a, eos, a, a, eos], [a, a, a, a, a]])
 
@@ -294,7 +296,7 @@ def test_rollout_cuts_at_first_eos_and_penalises_unfinished():
 
 
 def test_ppo_increases_a_simple_reward():
-    trainer = make_trainer(batch_size=16, mini_batch_size=8, max_new_tokens=8, lora_r=8)
+    trainer = make_trainer(batch_size=16, mini_batch_size=8, response_length=8, lora_r=8)
     history = trainer.train(PROMPTS, steps=30)
     scores = [h["score"] for h in history]
     first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
@@ -316,10 +318,65 @@ def test_train_callback_stops_and_save_round_trips(tmp_path):
     assert torch.equal(head["weight"], trainer.policy.value_head.weight.detach())
     assert json.loads((out / "ppo_config.json").read_text())["lora_r"] == 4
     base, tok = tiny(0)
-    loaded = PeftModel.from_pretrained(base, str(out))
+    with peft_quietly():
+        loaded = PeftModel.from_pretrained(base, str(out))
     ids = tok(["abc"], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.allclose(loaded(input_ids=ids).logits, trainer.lm(input_ids=ids).logits)
+
+
+def _reseed(trainer: LMPPOTrainer, seed: int) -> None:
+    torch.manual_seed(seed)
+    trainer.rng.manual_seed(seed)
+
+
+@pytest.mark.parametrize("rank", [4, 0])  # LoRA, and full fine-tuning
+def test_save_and_restore_resume_where_the_trainer_stopped(tmp_path, rank):
+    """One update, save, restore into a new trainer: weights, value head, optimiser moments,
+    update count and adaptive KL coefficient match, and the next update is the same."""
+    kw = {"lora_r": rank, "target_kl": 0.01, "kl_horizon": 10}
+    first = make_trainer(**kw)
+    first.train(PROMPTS, steps=1)
+    assert first.kl_ctl.value != first.config.kl_coef  # the adaptive coefficient moved
+    first.save(tmp_path / "ck")
+    second = make_trainer(**kw)
+    second.restore(tmp_path / "ck")
+    assert second.step_count == 1 and second.kl_ctl.value == first.kl_ctl.value
+    for (name, a), b in zip(first.policy.named_parameters(), second.policy.parameters(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    moments = [(first.optimizer.state[a], second.optimizer.state[b])
+               for a, b in zip(first.policy.parameters(), second.policy.parameters(),
+                               strict=True) if a.requires_grad]
+    assert moments and all(torch.equal(x["exp_avg_sq"], y["exp_avg_sq"]) for x, y in moments)
+    for trainer in (first, second):
+        _reseed(trainer, 7)
+        trainer.step(PROMPTS)
+    for a, b in zip(first.policy.parameters(), second.policy.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert second.step_count == 2 and second.kl_ctl.value == pytest.approx(first.kl_ctl.value)
+
+
+def test_restore_refuses_a_checkpoint_of_another_shape(tmp_path):
+    make_trainer(lora_r=4).save(tmp_path / "r4")
+    with pytest.raises(UserInputError, match="another shape"):
+        make_trainer(lora_r=8).restore(tmp_path / "r4")
+    with pytest.raises(UserInputError, match="model.safetensors: missing"):
+        make_trainer(lora_r=0).restore(tmp_path / "r4")
+    with pytest.raises(UserInputError, match="trainer_state.json"):
+        make_trainer().restore(tmp_path)
+
+
+def test_old_setting_names_still_build_the_same_config():
+    new = LMPPOConfig(learning_rate=1e-4, num_ppo_epochs=2, kl_coef=0.1, response_length=5,
+                      local_rollout_forward_batch_size=2, activation_checkpointing=True)
+    with pytest.warns(DeprecationWarning) as seen:
+        old = LMPPOConfig(lr=1e-4, ppo_epochs=2, init_kl_coef=0.1, max_new_tokens=5,
+                          forward_batch_size=2, gradient_checkpointing=True)
+    assert old == new and len(seen) == 6
+    assert "LMPPOConfig(lr=...) is now learning_rate=..." in str(seen[0].message)
+    with pytest.warns(DeprecationWarning, match="LMPPOConfig.ppo_epochs is now"):
+        assert old.ppo_epochs == 2
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -375,7 +432,7 @@ def test_cli_bad_input_exit_2_and_nothing_written(tmp_path, capsys):
 
 def test_conversational_prompts_of_one_user_message(tmp_path):
     from rlhf_hgt.feedback.jsonl import import_jsonl
-    from rlhf_hgt.lm.ppo_cli import read_prompts
+    from rlhf_hgt.lm.data import read_prompts
 
     user = [{"role": "user", "content": "Review Alien:"}]
     data = tmp_path / "conv.jsonl"
@@ -396,7 +453,7 @@ def test_conversational_prompts_of_one_user_message(tmp_path):
 def test_gradient_checkpointing_recomputes_and_gives_the_same_update():
     results = []
     for checkpointing in (False, True):
-        trainer = make_trainer(gradient_checkpointing=checkpointing, ppo_epochs=1)
+        trainer = make_trainer(activation_checkpointing=checkpointing, num_ppo_epochs=1)
         attn = trainer.lm.get_base_model().model.layers[0].self_attn
         calls: list[int] = []
         attn.register_forward_hook(lambda *a, seen=calls: seen.append(1))

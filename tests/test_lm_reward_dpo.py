@@ -92,7 +92,7 @@ def test_reward_training_moves_adapters_and_head_only(tmp_path):
 
 def test_reward_accuracy_rises_and_the_saved_scorer_agrees(tmp_path):
     train, test = ab_pairs(96, seed=0), ab_pairs(50, seed=1, tie_every=5)
-    cfg = LMRewardConfig(epochs=3, learning_rate=3e-3, progress=False)
+    cfg = LMRewardConfig(num_train_epochs=3, learning_rate=3e-3, progress=False)
     m = train_reward_model("tiny", train, test, cfg, tmp_path / "rm")
     assert m["eval_pairs"] == 50 and m["eval_ties"] == 10
     assert m["reward_model_accuracy"] >= 0.9  # chance is 0.5
@@ -113,7 +113,7 @@ def test_reward_accuracy_rises_and_the_saved_scorer_agrees(tmp_path):
 
 
 def test_ties_enter_the_loss_as_the_shared_core_says(tmp_path):
-    cfg = LMRewardConfig(progress=False, lora_dropout=0.0, center_rewards=0.01,
+    cfg = LMRewardConfig(progress=False, lora_dropout=0.0, center_rewards_coefficient=0.01,
                          label_noise=0.1, eval_fraction=0)
     ds = ab_pairs(8, tie_every=2)
     targets = torch.tensor(ds["target"])
@@ -184,7 +184,8 @@ def test_dpo_lora_trains_adapters_and_reference_is_the_base(tmp_path):
 
 
 def test_dpo_implicit_rewards_mirror_trl(tmp_path):
-    cfg = LMDPOConfig(max_steps=3, learning_rate=5e-3, batch_size=8, progress=False)
+    cfg = LMDPOConfig(max_steps=3, learning_rate=5e-3, per_device_train_batch_size=8,
+                      progress=False)
     test = ab_pairs(16, seed=5)  # two full evaluation batches: TRL's batch means = the mean
     m = train_dpo("tiny", ab_pairs(24), test, cfg, tmp_path / "dpo")
     policy, tok = load_policy(tmp_path / "dpo")
@@ -199,7 +200,7 @@ def test_dpo_full_parameters_against_a_reference_copy(tmp_path):
     model, tok = tiny_causal_lm(seed=4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = LMDPOConfig(lora_r=0, max_steps=1, learning_rate=1e-3, warmup_ratio=0,
-                      batch_size=8, eval_fraction=0, progress=False)
+                      per_device_train_batch_size=8, eval_fraction=0, progress=False)
     assert LMDPOConfig(lora_r=0).learning_rate == 5e-7
     m = train_dpo((model, tok), ab_pairs(8), ab_pairs(8, 1), cfg, tmp_path / "full")
     # first step: policy == reference copy, so the sigmoid loss is exactly log 2
@@ -218,9 +219,12 @@ def test_dpo_on_a_model_with_an_adapter_trains_it_against_its_own_frozen_copy(tm
     one adapter again."""
     from peft import LoraConfig, get_peft_model
 
+    from rlhf_hgt.lm.models import peft_quietly
+
     model, tok = tiny_causal_lm(seed=6)
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                            task_type="CAUSAL_LM"))
+    with peft_quietly():
+        peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                task_type="CAUSAL_LM"))
     with torch.no_grad():  # an adapter that already moved the policy away from the base
         for n, p in peft.named_parameters():
             if "lora_B" in n:
@@ -237,7 +241,7 @@ def test_dpo_on_a_model_with_an_adapter_trains_it_against_its_own_frozen_copy(tm
 
     monkeypatch.setattr(copy, "deepcopy", no_model_copy)
     cfg = LMDPOConfig(lora_r=0, max_steps=1, learning_rate=1e-2, warmup_ratio=0,
-                      batch_size=8, eval_fraction=0, progress=False)
+                      per_device_train_batch_size=8, eval_fraction=0, progress=False)
     m = train_dpo((peft, tok), ab_pairs(8), ab_pairs(8, 1), cfg, tmp_path / "again")
     # first step: the policy equals its frozen copy, so the sigmoid loss is exactly log 2
     # (against the bare base it would not be: the adapter had already moved it)
@@ -271,11 +275,12 @@ def test_dpo_loss_variants_pass_through(tmp_path, loss_type, weights, smoothing,
         def on_train_begin(self, args, state, control, **kw):
             seen.update(loss_type=list(args.loss_type), beta=args.beta,
                         label_smoothing=args.label_smoothing, bf16=args.bf16,
-                        checkpointing=args.gradient_checkpointing, report_to=args.report_to)
+                        checkpointing=getattr(args, trl_common.checkpointing_argument()),
+                        report_to=args.report_to)
 
     cfg = LMDPOConfig(loss_type=loss_type, loss_weights=weights, label_smoothing=smoothing,
-                      max_steps=1, batch_size=8, eval_fraction=0, progress=False,
-                      sft_weight=0.0)  # the preference loss alone: its first value is known
+                      max_steps=1, per_device_train_batch_size=8, eval_fraction=0,
+                      progress=False, sft_weight=0.0)  # the preference loss alone: known loss
     m = train_dpo("tiny", ab_pairs(8), None, cfg, tmp_path / "d", callbacks=[Capture()])
     assert seen["loss_type"] == list(loss_type) and seen["beta"] == 0.1
     assert seen["label_smoothing"] == smoothing
@@ -297,8 +302,8 @@ def test_dpo_sft_weight_adds_an_sft_term(tmp_path):
         def on_train_begin(self, args, state, control, **kw):
             seen.update(loss_type=list(args.loss_type), weights=list(args.loss_weights))
 
-    cfg = LMDPOConfig(max_steps=1, batch_size=8, eval_fraction=0, progress=False,
-                      sft_weight=0.1)
+    cfg = LMDPOConfig(max_steps=1, per_device_train_batch_size=8, eval_fraction=0,
+                      progress=False, sft_weight=0.1)
     m = train_dpo("tiny", ab_pairs(8), None, cfg, tmp_path / "d", callbacks=[Capture()])
     assert seen == {"loss_type": ["sigmoid", "sft"], "weights": [1.0, 0.1]}
     assert m["loss_type"] == "sigmoid+sft" and m["loss_weights"] == [1.0, 0.1]
@@ -343,7 +348,7 @@ def test_loss_type_list_matches_trl():
     (LMRewardConfig, {"learning_rate": 0}, "2e-4"),
     (LMRewardConfig, {"eval_fraction": 1.0}, "0.1 is usual"),
     (LMRewardConfig, {"max_steps": 0}, "-1 for no limit"),
-    (LMRewardConfig, {"epochs": 0}, "None for automatic"),
+    (LMRewardConfig, {"num_train_epochs": 0}, "None for automatic"),
     (LMRewardConfig, {"lora_dropout": 1.0}, "[0, 1)"),
     (LMDPOConfig, {"beta": 0}, "0.1 is usual"),
     (LMDPOConfig, {"loss_type": "nope"}, "sigmoid, hinge, ipo"),
@@ -352,7 +357,8 @@ def test_loss_type_list_matches_trl():
     (LMDPOConfig, {"label_smoothing": 0.5}, "[0, 0.5)"),
     (LMDPOConfig, {"sft_weight": -1.0}, "0 turns the term off"),
     (LMDPOConfig, {"loss_type": ("sigmoid", "sft"), "sft_weight": 0.1}, "already holds"),
-    (LMDPOConfig, {"batch_size": 0}, "batch_size must be >= 1"),
+    (LMDPOConfig, {"per_device_train_batch_size": 0}, "batch_size must be >= 1"),
+    (LMDPOConfig, {"num_train_epochs": 0}, "num_train_epochs must be > 0"),
 ])
 def test_bad_config_values_say_how_to_fix(cls, kw, hint):
     with pytest.raises(ValueError, match=None) as info:
@@ -360,9 +366,30 @@ def test_bad_config_values_say_how_to_fix(cls, kw, hint):
     assert hint in str(info.value)
 
 
+def test_old_setting_names_still_build_the_same_config():
+    """Renamed to TRL's names; the old ones work for one release, with a DeprecationWarning."""
+    old_names = {"target_modules": ("q_proj",), "lr_scheduler": "cosine", "batch_size": 4,
+                 "grad_accum": 2, "eval_batch_size": 3, "gradient_checkpointing": True,
+                 "epochs": 1.5}
+    new_names = {"lora_target_modules": ("q_proj",), "lr_scheduler_type": "cosine",
+                 "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
+                 "per_device_eval_batch_size": 3, "activation_checkpointing": True,
+                 "num_train_epochs": 1.5}
+    for cls, extra_old, extra_new in (
+            (LMRewardConfig, {"center_rewards": 0.1}, {"center_rewards_coefficient": 0.1}),
+            (LMDPOConfig, {}, {})):
+        with pytest.warns(DeprecationWarning) as seen:
+            old = cls(**old_names, **extra_old)
+        assert old == cls(**new_names, **extra_new)
+        assert len(seen) == len(old_names) + len(extra_old)
+        with pytest.warns(DeprecationWarning, match=r"\.grad_accum is now"):
+            assert old.grad_accum == 2
+
+
 def test_config_defaults_suit_few_labels():
     cfg = LMRewardConfig()
-    assert cfg.lora_r == 16 and 1e-4 <= cfg.learning_rate <= 5e-4 and cfg.center_rewards > 0
+    assert cfg.lora_r == 16 and 1e-4 <= cfg.learning_rate <= 5e-4
+    assert cfg.center_rewards_coefficient > 0
     assert cfg.resolved_epochs(400) == 4  # 400 pairs: 200 steps of 8
     assert cfg.resolved_epochs(3200) == 1 and cfg.resolved_epochs(40) == cfg.max_auto_epochs
     assert LMDPOConfig().learning_rate == 5e-5 and LMDPOConfig().beta == 0.1
@@ -372,17 +399,16 @@ def test_config_defaults_suit_few_labels():
 def test_precision_on_this_machine():
     from trl import RewardConfig
 
-    kw = trl_common.training_kwargs("unused", seed=0, learning_rate=1e-4, epochs=1,
-                                    batch_size=2, grad_accum=1, max_steps=-1, weight_decay=0,
-                                    warmup_ratio=0, lr_scheduler="linear", logging_steps=10)
-    args = RewardConfig(**kw)
+    cfg = LMRewardConfig(learning_rate=1e-4, per_device_train_batch_size=2, weight_decay=0,
+                         warmup_ratio=0, activation_checkpointing=True)
+    args = RewardConfig(**cfg.training_kwargs("unused", num_train_epochs=1))
     assert args.report_to in ([], "none", ["none"], None)
     assert args.dataloader_num_workers == 0
     if torch.cuda.is_available():
         assert args.bf16 == torch.cuda.is_bf16_supported()
     else:
         assert args.use_cpu and args.bf16 is False and args.fp16 is False
-        assert args.gradient_checkpointing is False
+        assert getattr(args, trl_common.checkpointing_argument()) is False  # asked, but no GPU
 
 
 # --------------------------------------------------------------------------- CLI

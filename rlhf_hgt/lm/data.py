@@ -15,6 +15,8 @@ Every loader returns a ``datasets.Dataset`` in TRL's preference format, columns 
   ``""`` when a file names nobody). Conversations (TRL's conversational form) arrive as text
   rendered with role markers (:func:`rlhf_hgt.feedback.jsonl.render_messages`), exactly as the
   store keeps them; applying a model's own chat template is left to the trainer.
+- :func:`read_prompts`: the distinct prompts of a JSONL file or a store, for PPO and the
+  online loop.
 - :func:`split_pairs`: a held-out split that keeps each prompt on one side.
 - :func:`vader_scorer` / :func:`vader_pair_accuracy`: an offline lexicon sentiment score
   (vaderSentiment), the yardstick for "more positive" on the movie pairs.
@@ -267,6 +269,88 @@ def _stored_messages(query: Any, first: str, second: str) -> str:
     sides = conv["sides"]
     return json.dumps({"prompt": conv["prompt"], "chosen": sides[content_hash(first)],
                        "rejected": sides[content_hash(second)]})
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def read_prompts(data: str | os.PathLike | None, store: str | os.PathLike | None,
+                 limit: int | None = None) -> list[str]:
+    """Distinct prompts, in file/store order, from a JSONL file (the "prompt" of every line:
+    labelled pairs, pending queries or prompt-only lines) or a preference store (the prompts
+    of its text queries); at most ``limit`` of them. A conversational prompt must be one user
+    message (its text is used). Bad input raises UserInputError naming the file and line."""
+    if (data is None) == (store is None):
+        raise UserInputError("give exactly one source of prompts: --data FILE.jsonl or "
+                             "--store STORE" + (", not both" if data is not None else ""))
+    if limit is not None and limit < 1:
+        raise UserInputError(f"--max-prompts must be at least 1, got {limit}")
+    prompts = (_prompts_from_jsonl(Path(data)) if data is not None
+               else _prompts_from_store(store))  # type: ignore[arg-type]
+    prompts = list(dict.fromkeys(prompts))[:limit]
+    if not prompts:
+        where = os.fspath(data if data is not None else store)  # type: ignore[arg-type]
+        raise UserInputError(f"{where}: holds no prompts; give lines with a non-empty "
+                             '"prompt" (e.g. {"prompt": "Write a review of Alien:"})'
+                             if data is not None else
+                             f"{where}: the store holds no text queries with a prompt; "
+                             "import some with `rlhf-hgt feedback import`")
+    return prompts
+
+
+def _prompts_from_jsonl(path: Path) -> list[str]:
+    from rlhf_hgt.feedback.jsonl_read import single_user_text
+
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserInputError(f"{path}: no such file; check the --data path") from None
+    except OSError as exc:
+        raise UserInputError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise UserInputError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8") from None
+    prompts = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (json.JSONDecodeError, RecursionError, ValueError):
+            raise UserInputError(f"{path}:{number}: malformed JSON; write one JSON object "
+                                 "per line") from None
+        if not isinstance(obj, dict):
+            raise UserInputError(f"{path}:{number}: expected a JSON object with a \"prompt\" "
+                                 f"field, got {type(obj).__name__}")
+        prompt = obj.get("prompt")
+        if isinstance(prompt, list) and prompt:  # TRL's conversational form
+            prompt = single_user_text(prompt)
+            if prompt is None:
+                raise UserInputError(f"{path}:{number}: field \"prompt\": PPO takes a "
+                                     "conversational prompt of one user message (it is sent "
+                                     "through the model's chat template); give that, or text")
+        if not isinstance(prompt, str) or not prompt.strip():
+            what = "missing" if prompt is None else f"not a non-empty string ({prompt!r:.40})"
+            raise UserInputError(f"{path}:{number}: field \"prompt\" is {what}; every line "
+                                 "needs the prompt to generate from")
+        prompts.append(prompt)
+    return prompts
+
+
+def _prompts_from_store(path: str | os.PathLike) -> list[str]:
+    from rlhf_hgt.feedback.jsonl import conversation_of
+    from rlhf_hgt.feedback.jsonl_read import single_user_text
+    from rlhf_hgt.feedback.store import PreferenceStore
+
+    def prompt_of(query: Any) -> str | None:
+        conv = conversation_of(query)  # imported as one user message: its text
+        return (single_user_text(conv["prompt"]) if conv else None) or query.prompt
+
+    with PreferenceStore(path, create=False) as st:
+        prompts = [prompt_of(q) for q in st.queries(kind="text")]
+    return [p for p in prompts if p and p.strip()]
 
 
 def format_conversations(tok: Any, chat_template: bool, *datasets: Any

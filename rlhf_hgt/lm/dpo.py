@@ -34,9 +34,11 @@ from typing import Any
 
 import torch
 
+from rlhf_hgt.configs import renamed
 from rlhf_hgt.feedback.errors import UserInputError
 from rlhf_hgt.lm import trl_common as common
 from rlhf_hgt.lm.data import format_conversations
+from rlhf_hgt.lm.models import peft_quietly
 from rlhf_hgt.preference import preference_accuracy
 
 __all__ = ["DPO_LOSS_TYPES", "LMDPOConfig", "implicit_reward_accuracy", "implicit_rewards",
@@ -53,6 +55,7 @@ DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "
                   "sigmoid_norm")
 
 
+@renamed(epochs="num_train_epochs")
 @dataclass
 class LMDPOConfig(common.PairTrainingConfig):
     """How a policy is trained with DPO. The defaults serve a few hundred labels with LoRA;
@@ -69,7 +72,7 @@ class LMDPOConfig(common.PairTrainingConfig):
     sft_weight: float = field(default=0.0, metadata={
         "help": "weight of a supervised term (the chosen response's mean token NLL, TRL's "
                 "'sft' loss) added to the preference loss, as in RPO; it keeps the chosen "
-                "answers likely. 0 (default) = the preference loss alone; on 400 review "
+                "answers likely. 0 = the preference loss alone; on 400 review "
                 "pairs 0.1 raised the samples' sentiment but cost held-out accuracy over two "
                 "seeds (BENCHMARKS.md)"})
     label_smoothing: float = field(default=0.0, metadata={
@@ -80,7 +83,8 @@ class LMDPOConfig(common.PairTrainingConfig):
     learning_rate: float | None = field(default=None, metadata={
         "help": "peak learning rate; default 5e-5 with LoRA (TRL's 1e-6 barely moves an "
                 "adapter), 5e-7 for full fine-tuning"})
-    epochs: float = field(default=2.0, metadata={"help": "passes over the training pairs"})
+    num_train_epochs: float = field(default=2.0, metadata={
+        "help": "passes over the training pairs"})
     max_length: int = field(default=512, metadata={
         "help": "most tokens of prompt + response; longer ones keep their start (TRL); pairs "
                 "whose prompt alone fills it are dropped by TRL"})
@@ -123,8 +127,8 @@ class LMDPOConfig(common.PairTrainingConfig):
         if "exo_pair" in self.loss_type and self.label_smoothing == 0:
             raise ValueError("exo_pair needs label_smoothing > 0; the EXO paper uses 1e-3")
         self.check_shared(lr_lora=5e-5, lr_full=5e-7)
-        if not self.epochs > 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if not self.num_train_epochs > 0:
+            raise ValueError(f"num_train_epochs must be > 0, got {self.num_train_epochs}")
 
 
 # --------------------------------------------------------------------------- data
@@ -322,19 +326,14 @@ def train_dpo(model: Any, train_ds: Any, eval_ds: Any = None, config: LMDPOConfi
     elif cfg.lora_r > 0:
         ref_model = None
         peft_config = common.lora_config("CAUSAL_LM", cfg.lora_r, cfg.lora_alpha, 0.0,
-                                         cfg.target_modules)
+                                         cfg.lora_target_modules)
     else:
         peft_config = None
         ref_model = copy.deepcopy(model).eval()
         ref_model.requires_grad_(False)
     out = Path(out_dir)
     args = DPOConfig(
-        **common.training_kwargs(
-            out, seed=cfg.seed, learning_rate=cfg.learning_rate, epochs=cfg.epochs,
-            batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, max_steps=cfg.max_steps,
-            weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
-            lr_scheduler=cfg.lr_scheduler, logging_steps=cfg.logging_steps,
-            gradient_checkpointing=cfg.gradient_checkpointing, progress=cfg.progress),
+        **cfg.training_kwargs(out, cfg.num_train_epochs),
         beta=cfg.beta, loss_type=cfg.trl_losses()[0], loss_weights=cfg.trl_losses()[1],
         label_smoothing=cfg.label_smoothing, max_length=cfg.max_length,
         disable_dropout=True, precompute_ref_log_probs=False,
@@ -415,7 +414,7 @@ def _fit(model: Any, ref_model: Any, args: Any, tok: Any, train_rows: list[dict[
         metrics["eval_rewards_margin"] = trl_eval.get("eval_rewards/margins")
         metrics["implicit_reward_accuracy"] = implicit_reward_accuracy(
             policy, ref_model, tok, eval_ds, cfg.beta, cfg.max_length, cfg.chat_template,
-            cfg.eval_batch_size)
+            cfg.per_device_eval_batch_size)
     else:
         metrics.update({"eval_loss": None, "trl_eval_rewards_accuracies": None,
                         "implicit_reward_accuracy": None})
@@ -442,7 +441,8 @@ def load_policy(folder: str | Path, base: Any = None, device: str | None = None,
         if src is None:
             raise ValueError(f"{folder}: trained from a model built in memory; pass base=...")
         base_model, _, _ = common.load_lm("causal", src, device=device, dtype=dtype)
-        model = PeftModel.from_pretrained(base_model, str(folder))
+        with peft_quietly():
+            model = PeftModel.from_pretrained(base_model, str(folder))
     else:
         from transformers import AutoModelForCausalLM
 

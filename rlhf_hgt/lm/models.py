@@ -7,7 +7,8 @@ a safetensors folder in the cache (``$RLHF_HGT_CACHE/models/SmolLM2-135M-Instruc
 ``~/.cache/rlhf_hgt/...``), and later loads read that folder. The conversion writes to a
 temporary folder and renames it into place under a file lock, so two processes converting at
 once neither clash nor leave a half-written folder. Any local folder, local ``.gguf`` file or
-Hugging Face hub id works too.
+Hugging Face hub id works too, and ``"tiny"`` builds the tiny test model in memory
+(:mod:`rlhf_hgt.lm.tiny`, always from the same seed).
 
 Pad tokens: SmolLM2 pads with its end token, so masking the padding would also mask every real
 end token (a reward model would score the token before it, a policy would never learn to stop).
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rlhf_hgt.feedback.errors import UserInputError
+from rlhf_hgt.lm.tiny import TINY
 
 if TYPE_CHECKING:
     import torch
@@ -305,11 +307,14 @@ def resolve_model_path(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> str:
     ``"smollm2"`` gives the converted default model (converting it the first time, about 30 s);
     an existing folder with a ``config.json`` gives itself; a local ``.gguf`` file is converted
     once into the cache; a hub id (``org/name``) is returned as it is when it is in the Hugging
-    Face cache or the machine is online (transformers then loads it). Anything else raises
+    Face cache or the machine is online (transformers then loads it); ``"tiny"`` (the tiny
+    test model, built in memory by the loaders here) gives itself. Anything else raises
     UserInputError naming the model and the fix. Nothing is fetched here."""
     name = os.fspath(name_or_path).strip()
     if not name:
         raise UserInputError(f"model: the name is empty; {_SMOLLM2_HINT}")
+    if name == TINY:
+        return TINY
     if name.lower() == DEFAULT_MODEL:
         return str(convert_gguf(smollm2_gguf(), smollm2_folder()))
     path = Path(name).expanduser()
@@ -433,12 +438,33 @@ def _match_tokenizer(model: Any, tokenizer: Any) -> None:
         gen.eos_token_id = eos[0] if len(eos) == 1 else eos
 
 
+def _tiny(kind: str, device: Any, dtype: Any, padding_side: str) -> tuple[Any, Any]:
+    """The tiny test model (:mod:`rlhf_hgt.lm.tiny`), always from :data:`TINY_SEED`; fp32
+    unless ``dtype`` is given."""
+    from rlhf_hgt.lm import tiny
+
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    build = tiny.tiny_causal_lm if kind == "causal" else tiny.tiny_reward_lm
+    model, tokenizer = build(seed=tiny.TINY_SEED)
+    tokenizer.padding_side = padding_side
+    model = model.to(pick_device(device))
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval(), tokenizer
+
+
 def load_causal_lm(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: Any = None,
                    dtype: Any = None, padding_side: str = "left") -> tuple[Any, Any]:
     """(model, tokenizer) for generation and policy training, on ``device`` (see
-    :func:`pick_device`) in ``dtype`` (default :func:`pick_dtype`), in eval mode."""
+    :func:`pick_device`) in ``dtype`` (default :func:`pick_dtype`), in eval mode.
+
+    ``name_or_path``: ``"smollm2"``, a local folder or ``.gguf`` file, a hub id (see
+    :func:`resolve_model_path`), or ``"tiny"``: the tiny test model built in memory."""
     from transformers import AutoModelForCausalLM
 
+    if os.fspath(name_or_path) == TINY:
+        return _tiny("causal", device, dtype, padding_side)
     path = resolve_model_path(name_or_path)
     tokenizer = load_tokenizer(path, padding_side=padding_side)
     dev = pick_device(device)
@@ -451,9 +477,12 @@ def load_reward_lm(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: Any 
                    dtype: Any = None, padding_side: str = "right") -> tuple[Any, Any]:
     """(model, tokenizer): a sequence classifier with one output (the reward) on top of a
     pretrained language model; the score head is new (randomly initialised), and the model
-    reads the reward at the last token that is not padding."""
+    reads the reward at the last token that is not padding. ``"tiny"`` gives the tiny test
+    model (:func:`load_causal_lm`)."""
     from transformers import AutoModelForSequenceClassification
 
+    if os.fspath(name_or_path) == TINY:
+        return _tiny("reward", device, dtype, padding_side)
     path = resolve_model_path(name_or_path)
     tokenizer = load_tokenizer(path, padding_side=padding_side)
     dev = pick_device(device)
@@ -461,6 +490,30 @@ def load_reward_lm(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: Any 
                   num_labels=1)
     _match_tokenizer(model, tokenizer)
     return model.to(dev).eval(), tokenizer
+
+
+def enable_activation_checkpointing(model: Any) -> None:
+    """Recompute each layer's activations in the backward pass (non-reentrant), through
+    transformers' current ``activation_checkpointing_enable`` where it has it (the old
+    ``gradient_checkpointing_enable`` is deprecated there), else the old name."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+@contextlib.contextmanager
+def peft_quietly() -> Iterator[None]:
+    """Hide the FutureWarning PEFT raises itself while it wraps or loads a model (PEFT 0.21
+    reads transformers' deprecated ``is_gradient_checkpointing``): not a call of ours, and
+    nothing a user can change."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated",
+                                category=FutureWarning)
+        yield
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

@@ -6,7 +6,8 @@ Round ``r``:
    with identical or empty sides is skipped) and the pairs go into the store with
    ``round=r``; each side's source is the policy's id, ``"{run}:round{r}:{adapter hash}"``;
 2. answers: a synthetic teacher (B-Pref's oracle or another, see ``teacher_model``) judges
-   each pair on a score function (VADER sentiment, response length, or any function given to
+   each pair on a score function (a built-in one of :mod:`rlhf_hgt.lm.scores`: VADER
+   sentiment, or the response's length in words; or any function given to
    :func:`run_online`), annotator ``teacher:<model>(<score>)``; or a person answers in this
    terminal (``human``), or from another one with ``rlhf-hgt label STORE`` while the loop
    waits (``external``);
@@ -24,7 +25,8 @@ previous round's one is freed first). With DPO there is no reward model, but TRL
 frozen copy of the policy as it was at the start of the round (the reference of iterated
 DPO) while it trains.
 
-After every round the policy (adapter, value head, optimiser moments as safetensors), then
+After every round the policy (:meth:`LMPPOTrainer.save`: adapter, value head, optimiser
+moments as safetensors, PPO updates and KL coefficient), then
 metrics.json, then state.json (atomically, the commit point) are written; a killed run
 resumes after its last finished round, and the queries a round already asked are reused,
 never asked again. Randomness is seeded per round, so a resumed run samples what an
@@ -34,7 +36,6 @@ unbroken one would have.
 from __future__ import annotations
 
 import gc
-import getpass
 import hashlib
 import json
 import os
@@ -50,19 +51,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlhf_hgt.feedback.annotators import default_annotator
 from rlhf_hgt.feedback.errors import UserInputError
+from rlhf_hgt.feedback.files import write_json_atomic
 from rlhf_hgt.feedback.store import PreferenceStore, TextPair
-from rlhf_hgt.lm.online_config import SCORES, OnlineConfig, default_ppo_config
+from rlhf_hgt.lm.online_config import OnlineConfig, default_ppo_config
+from rlhf_hgt.lm.scores import BUILTIN_SCORES, make_score
 
 __all__ = ["OnlineConfig", "adapter_hash", "default_ppo_config", "load_prompts",
-           "round_prompts", "run_online", "score_function"]
+           "round_prompts", "run_online"]
 
 FORMAT = "rlhf_hgt.lm_online/1"
 STATE_FILE = "state.json"
 METRICS_FILE = "metrics.json"
 CHECKPOINTS = "checkpoints"
 REWARD_DIR = "checkpoints/reward"
-OPTIMIZER_FILE = "optimizer.safetensors"
 
 ScoreFn = Callable[[str, str], float]
 Progress = Callable[[str, dict[str, Any]], None]
@@ -75,23 +78,11 @@ def _quiet(event: str, info: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- inputs
 
 
-def score_function(name: str) -> ScoreFn:
-    """A built-in score(prompt, response): ``vader`` (compound sentiment of the response, in
-    [-1, 1]) or ``length`` (characters of the response, surrounding space left out)."""
-    if name == "vader":
-        from rlhf_hgt.lm.data import vader_scorer
-
-        return vader_scorer()
-    if name == "length":
-        return lambda prompt, response: float(len(response.strip()))
-    raise UserInputError(f"unknown score {name!r}; use {' or '.join(SCORES)}")
-
-
 def load_prompts(cfg: OnlineConfig) -> list[str]:
     """The distinct prompts of the run (file, store or list order)."""
     if isinstance(cfg.prompts, list):
         return list(dict.fromkeys(cfg.prompts))[:cfg.max_prompts]
-    from rlhf_hgt.lm.ppo_cli import read_prompts
+    from rlhf_hgt.lm.data import read_prompts
 
     for flag, path in (("--prompts", cfg.prompts), ("--prompt-store", cfg.prompt_store)):
         if path is not None and not Path(path).is_file():
@@ -133,12 +124,6 @@ def _no_reward(prompt: str, response: str) -> float:
     raise RuntimeError("no reward model has been fitted yet")
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def _mean(xs: Sequence[float]) -> float | None:
     return float(sum(xs) / len(xs)) if xs else None
 
@@ -165,7 +150,7 @@ def run_online(cfg: OnlineConfig, progress: Progress = _quiet,
 
 class _Loop:
     def __init__(self, cfg: OnlineConfig, progress: Progress, score_fn: ScoreFn | None):
-        from rlhf_hgt.lm.ppo import launched_by_accelerate
+        from rlhf_hgt.lm.processes import launched_by_accelerate
 
         if launched_by_accelerate():
             raise UserInputError("lm online runs in one process; start it without "
@@ -179,13 +164,11 @@ class _Loop:
         if cfg.teacher == "human":
             _check_human_terminal()
         self.teacher_fn = score_fn if score_fn is not None else (
-            score_function(cfg.teacher) if cfg.teacher in SCORES else None)
-        self.monitor_fn = (score_function(cfg.monitor) if cfg.monitor
-                           else self.teacher_fn)
-        if cfg.model != "tiny":
-            from rlhf_hgt.lm.models import resolve_model_path
+            make_score(cfg.teacher) if cfg.teacher in BUILTIN_SCORES else None)
+        self.monitor_fn = make_score(cfg.monitor) if cfg.monitor else self.teacher_fn
+        from rlhf_hgt.lm.models import resolve_model_path
 
-            resolve_model_path(cfg.model)  # an unknown model fails here, before any work
+        resolve_model_path(cfg.model)  # an unknown model fails here, before any work
         self.state = self._read_state()
         self.out.mkdir(parents=True, exist_ok=True)
         self.store = PreferenceStore(cfg.store_path)
@@ -224,41 +207,22 @@ class _Loop:
         return state
 
     def _build_trainer(self) -> None:
-        from rlhf_hgt.lm.models import pick_device
+        from rlhf_hgt.lm.models import load_causal_lm, pick_device
         from rlhf_hgt.lm.ppo import LMPPOTrainer
 
         device = pick_device(self.cfg.ppo.device)
-        if self.cfg.model == "tiny":
-            from rlhf_hgt.lm.tiny import tiny_causal_lm
-            from rlhf_hgt.lm.trl_common import TINY_SEED
-
-            model, tok = tiny_causal_lm(seed=TINY_SEED)
-            model = model.to(device)
-        else:
-            from rlhf_hgt.lm.models import load_causal_lm
-
-            model, tok = load_causal_lm(self.cfg.model, device=device)
+        model, tok = load_causal_lm(self.cfg.model, device=device)
         self.trainer = LMPPOTrainer(model, tok, _no_reward, self.cfg.ppo)
 
     def _restore(self, state: dict[str, Any]) -> None:
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        from rlhf_hgt.lm.ppo import VALUE_HEAD_FILE
-
         ck = self.out / state["checkpoint"]
-        adapter = ck / "adapter_model.safetensors"
-        if not adapter.is_file():
+        if not ck.is_dir():
             raise UserInputError(f"{ck}: the checkpoint named by {self.out / STATE_FILE} is "
                                  "missing; give a new --out")
-        result = set_peft_model_state_dict(self.trainer.lm, load_file(str(adapter)))
-        if getattr(result, "unexpected_keys", None):
-            raise UserInputError(f"{adapter}: weights of another adapter shape "
-                                 f"({result.unexpected_keys[0]}); give a new --out")
-        self.trainer.policy.value_head.load_state_dict(load_file(str(ck / VALUE_HEAD_FILE)))
-        _load_optimizer(self.trainer.optimizer, ck / OPTIMIZER_FILE)
-        self.trainer.kl_ctl.value = float(state["kl_coef"])
-        self.trainer.step_count = int(state["ppo_updates"])
+        try:
+            self.trainer.restore(ck)
+        except UserInputError as exc:
+            raise UserInputError(f"{exc}; or give a new --out") from None
         if adapter_hash(self.trainer.lm) != state["policy_hash"]:
             raise UserInputError(f"{ck}: the adapter does not match the state file; give a "
                                  "new --out")
@@ -348,7 +312,7 @@ class _Loop:
                                score_fn=self.teacher_fn,
                                rng=np.random.default_rng([cfg.seed, rnd]), among=ids)
         else:
-            annotator = cfg.annotator or _login_name()
+            annotator = cfg.annotator or default_annotator()
             before = len(self.store.answers(kind="text"))
             if cfg.teacher == "human" and self._open(ids):
                 from rlhf_hgt.feedback.terminal import LabelOptions, run_labelling
@@ -486,13 +450,12 @@ class _Loop:
         root = self.out / CHECKPOINTS
         ck, tmp = root / f"round{rnd:04d}", root / f".round{rnd:04d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        self.trainer.save(tmp)
-        _save_optimizer(self.trainer.optimizer, tmp / OPTIMIZER_FILE)
+        self.trainer.save(tmp)  # adapter, value head, optimiser, PPO updates, KL coefficient
         shutil.rmtree(ck, ignore_errors=True)
         os.replace(tmp, ck)
         metrics = self._metrics(history, initial)
-        _write_json(self.out / METRICS_FILE, metrics)
-        _write_json(self.out / STATE_FILE, {  # the commit point of the round: written last
+        write_json_atomic(self.out / METRICS_FILE, metrics)
+        write_json_atomic(self.out / STATE_FILE, {  # the commit point of the round: written last
             "format": FORMAT, "round": rnd, "checkpoint": str(ck.relative_to(self.out)),
             "policy_hash": adapter_hash(self.trainer.lm), "kl_coef": self.trainer.kl_ctl.value,
             "ppo_updates": self.trainer.step_count, "eval_score_initial": initial,
@@ -523,7 +486,7 @@ class _Loop:
         }
 
     def _write_outputs(self, metrics: dict[str, Any]) -> None:
-        _write_json(self.out / METRICS_FILE, metrics)
+        write_json_atomic(self.out / METRICS_FILE, metrics)
         self._write_manifest()
 
     def _write_manifest(self) -> None:
@@ -534,40 +497,7 @@ class _Loop:
                        {"preference_store": self.store.path})
 
 
-def _login_name() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no login name in some containers
-        return os.environ.get("USER", "annotator")
-
-
 def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
-    """The optimiser's per-parameter state (AdamW moments, step) as safetensors."""
-    from safetensors.torch import save_file
-
-    flat = {}
-    for idx, st in optimizer.state_dict()["state"].items():
-        for key, value in st.items():
-            t = value if torch.is_tensor(value) else torch.tensor(value)
-            flat[f"{idx}.{key}"] = t.detach().cpu().contiguous()
-    save_file(flat, str(path))
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
-    if not path.is_file():
-        return
-    from safetensors.torch import load_file
-
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, t in load_file(str(path)).items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = t
-    sd = optimizer.state_dict()
-    sd["state"] = state
-    optimizer.load_state_dict(sd)

@@ -11,12 +11,12 @@ from rlhf_hgt.feedback.errors import UserInputError
 from rlhf_hgt.lm.dpo import LMDPOConfig
 from rlhf_hgt.lm.ppo import LMPPOConfig
 from rlhf_hgt.lm.reward import LMRewardConfig
+from rlhf_hgt.lm.scores import BUILTIN_SCORES
 
-__all__ = ["PEOPLE", "SCORES", "TEACHERS", "OnlineConfig", "default_ppo_config"]
+__all__ = ["PEOPLE", "TEACHERS", "OnlineConfig", "default_ppo_config"]
 
-SCORES = ("vader", "length")
 PEOPLE = ("human", "external")
-TEACHERS = (*SCORES, *PEOPLE, "custom")
+TEACHERS = (*BUILTIN_SCORES, *PEOPLE, "custom")
 
 
 def default_ppo_config() -> LMPPOConfig:
@@ -42,8 +42,9 @@ class OnlineConfig:
         "help": "prompts sampled per round (two responses each: one query per prompt)"})
     teacher: str = field(default="vader", metadata={
         "help": "vader or length (a synthetic teacher scoring responses by sentiment or by "
-                "characters), human (asks in this terminal), external (waits for "
-                "`rlhf-hgt label STORE`); custom = the score_fn given to run_online"})
+                "their number of words, rlhf_hgt.lm.scores), human (asks in this terminal), "
+                "external (waits for `rlhf-hgt label STORE`); custom = the score_fn given to "
+                "run_online"})
     teacher_model: str = field(default="oracle", metadata={
         "help": "how a synthetic teacher turns scores into answers: oracle, "
                 "stochastic:beta=B, mistake:eps=E, ... (rlhf_hgt.feedback.teachers)"})
@@ -112,7 +113,7 @@ class OnlineConfig:
             (self.algo in ("ppo", "dpo"), f"algo must be ppo or dpo, got {self.algo!r}"),
             (self.ppo.lora_r >= 1, "the online loop trains a LoRA adapter: --lora-r must be at "
                                    "least 1 (full fine-tuning is `rlhf-hgt lm ppo --lora-r 0`)"),
-            (self.monitor is None or self.monitor in SCORES,
+            (self.monitor is None or self.monitor in BUILTIN_SCORES,
              f"monitor must be vader or length (or unset), got {self.monitor!r}"),
             (self.eval_prompts >= 0, f"eval_prompts must be >= 0, got {self.eval_prompts}"),
             (self.keep_checkpoints >= 1,

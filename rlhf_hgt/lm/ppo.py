@@ -29,7 +29,7 @@ Use::
     trainer = LMPPOTrainer(model, tok, RewardScorer.load("runs/reward"),
                            LMPPOConfig(lora_r=16, steps=200))
     history = trainer.train(prompts)                           # one stats dict per update
-    trainer.save("runs/ppo/checkpoints")
+    trainer.save("runs/ppo/checkpoints")                       # trainer.restore(...) resumes
 
 The model stays in eval mode throughout (no dropout), so the probability ratio of the first
 PPO epoch is exactly 1. Launched with ``accelerate launch`` on several processes, the model
@@ -41,41 +41,44 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rlhf_hgt.lm import ppo_core as core
+from rlhf_hgt.lm.models import enable_activation_checkpointing
+from rlhf_hgt.lm.ppo_checkpoint import (
+    CONFIG_FILE,
+    OPTIMIZER_FILE,
+    STATE_FILE,
+    VALUE_HEAD_FILE,
+    restore_trainer,
+    save_trainer,
+)
 from rlhf_hgt.lm.ppo_config import LMPPOConfig
 from rlhf_hgt.lm.ppo_model import (
     PolicyValueModel,
     Rollout,
-    accelerate_cpu,
-    accelerator_if_launched,
     as_batch_scorer,
     attach_lora,
     base_model,
     eos_ids,
-    launched_by_accelerate,
     load_value_head,
     pad_right,
     peak_memory_mb,
     prompt_list,
 )
+from rlhf_hgt.lm.processes import accelerate_cpu, accelerator_if_launched, launched_by_accelerate
 
-__all__ = ["LMPPOConfig", "LMPPOTrainer", "PolicyValueModel", "Rollout", "accelerate_cpu",
-           "as_batch_scorer", "attach_lora", "launched_by_accelerate", "load_value_head",
-           "peak_memory_mb", "prompt_list"]
+__all__ = ["CONFIG_FILE", "OPTIMIZER_FILE", "STATE_FILE", "VALUE_HEAD_FILE", "LMPPOConfig",
+           "LMPPOTrainer", "PolicyValueModel", "Rollout", "accelerate_cpu", "as_batch_scorer",
+           "attach_lora", "launched_by_accelerate", "load_value_head", "peak_memory_mb",
+           "prompt_list"]
 
-VALUE_HEAD_FILE = "value_head.safetensors"
-CONFIG_FILE = "ppo_config.json"
-STATE_FILE = "trainer_state.json"
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -111,15 +114,14 @@ class LMPPOTrainer:
             self.reference = PolicyValueModel(frozen).to(self.device).eval()
             if any(p.dtype != torch.float32 for p in lm.parameters()):
                 lm = lm.float()  # AdamW steps of ~1e-6 vanish in bf16 weights
-        if cfg.gradient_checkpointing:
-            base_model(lm).gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.activation_checkpointing:
+            enable_activation_checkpointing(base_model(lm))
         self.policy = PolicyValueModel(lm).to(self.device)
         self.policy.eval()  # no dropout: ratios and KL are exact
         groups = [
             {"params": [p for n, p in self.policy.named_parameters()
                         if p.requires_grad and not n.startswith("value_head.")],
-             "lr": cfg.lr},
+             "lr": cfg.learning_rate},
             {"params": list(self.policy.value_head.parameters()), "lr": cfg.value_head_lr},
         ]
         if not groups[0]["params"]:
@@ -130,7 +132,7 @@ class LMPPOTrainer:
         self.model = self.policy  # what forward/backward go through (DDP-wrapped if launched)
         if self.accelerator:
             self.model, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
-        self.kl_ctl = core.KLController(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon)
+        self.kl_ctl = core.KLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
         self.step_count = 0
         self.rng = torch.Generator().manual_seed(cfg.seed + 1 + self.rank)
         torch.manual_seed(cfg.seed + 1 + self.rank)  # sampling differs across processes
@@ -228,7 +230,7 @@ class LMPPOTrainer:
             with self._plain_generation_config(), self._autocast():
                 out = self.lm.generate(input_ids=ids, attention_mask=mask, use_cache=True,
                                        max_new_tokens=max_new_tokens or
-                                       self.config.max_new_tokens, **options)
+                                       self.config.response_length, **options)
             pieces.append(out[:, ids.shape[1]:])
         width = max(p.shape[1] for p in pieces)
         response = torch.cat([pad_right(p, width, pad) for p in pieces], 0)
@@ -268,7 +270,7 @@ class LMPPOTrainer:
         T = self.config.temperature
         zeros = [torch.zeros(B, R, device=self.device) for _ in range(4)]
         ro.logprobs, ro.ref_logprobs, ro.values, ro.entropy = zeros
-        step = self.config.forward_batch_size or self.config.mini_batch_size
+        step = self.config.local_rollout_forward_batch_size or self.config.mini_batch_size
         for s in range(0, B, step):
             rows = slice(s, s + step)
             ids, attn, pos, resp, _, n = ro.inputs(rows)
@@ -312,7 +314,7 @@ class LMPPOTrainer:
     def _set_checkpointing(self, active: bool) -> None:
         """Gradient checkpointing runs only in training mode; switch the flag on the
         checkpointed layers alone, so dropout elsewhere stays off."""
-        if not self.config.gradient_checkpointing:
+        if not self.config.activation_checkpointing:
             return
         for m in self.lm.modules():
             if getattr(m, "gradient_checkpointing", False) is True:
@@ -326,7 +328,7 @@ class LMPPOTrainer:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self._set_checkpointing(True)
         try:
-            for _ in range(cfg.ppo_epochs):
+            for _ in range(cfg.num_ppo_epochs):
                 order = torch.randperm(B, generator=self.rng).to(self.device)
                 for start in range(0, B, cfg.mini_batch_size):
                     idx = order[start:start + cfg.mini_batch_size]
@@ -458,27 +460,18 @@ class LMPPOTrainer:
 
     # ------------------------------------------------------------------ saving
 
-    def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write the adapter (``adapter_model.safetensors`` + ``adapter_config.json``; under
-        full fine-tuning the whole model, ``model.safetensors``), the value head
-        (``value_head.safetensors``), the config and the trainer state (JSON).
-        Only the main process writes; every process waits for it."""
-        from safetensors.torch import save_file
+    def save(self, out_dir: str | os.PathLike, optimizer: bool = True) -> Path:
+        """Write what resuming needs into ``out_dir``: the adapter (``adapter_model.safetensors``
+        + ``adapter_config.json``; under full fine-tuning the whole model,
+        ``model.safetensors``), the value head (``value_head.safetensors``), the optimiser
+        state (``optimizer.safetensors``; ``optimizer=False`` leaves it out), the config and
+        the trainer state (PPO updates, KL coefficient) as JSON. Only the main process
+        writes; every process waits for it. See :mod:`rlhf_hgt.lm.ppo_checkpoint`."""
+        return save_trainer(self, out_dir, optimizer=optimizer)
 
-        out = Path(out_dir)
-        if self.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
-            if self.config.full_finetune:
-                self.lm.save_pretrained(str(out), safe_serialization=True)
-            else:
-                self.lm.save_pretrained(str(out), safe_serialization=True,
-                                        save_embedding_layers=False)
-            head = {k: v.detach().cpu().contiguous()
-                    for k, v in self.policy.value_head.state_dict().items()}
-            save_file(head, str(out / VALUE_HEAD_FILE))
-            (out / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
-            (out / STATE_FILE).write_text(json.dumps(
-                {"step": self.step_count, "kl_coef": self.kl_ctl.value}, indent=2))
-        if self.accelerator:
-            self.accelerator.wait_for_everyone()
-        return out
+    def restore(self, folder: str | os.PathLike) -> None:
+        """Continue from a folder written by :meth:`save`: policy weights, value head,
+        optimiser state (when saved), PPO update count and KL coefficient. Build this
+        trainer like the one that saved (same base model and LoRA settings); the random
+        state is not restored, so seed before continuing."""
+        restore_trainer(self, folder)

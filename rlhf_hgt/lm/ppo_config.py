@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rlhf_hgt.configs import renamed
 
+
+@renamed(lr="learning_rate", ppo_epochs="num_ppo_epochs", init_kl_coef="kl_coef",
+         max_new_tokens="response_length", forward_batch_size="local_rollout_forward_batch_size",
+         gradient_checkpointing="activation_checkpointing")
 @dataclass
 class LMPPOConfig:
     """PPO for a causal language model, LoRA by default (``lora_r=0``: full fine-tuning with a
-    frozen reference copy). Sizes are per process."""
+    frozen reference copy). Sizes are per process. Names follow TRL's PPOConfig (TRL 1.12,
+    the last with PPO) where it has the same knob; the old names still work for one release."""
 
     # LoRA
     lora_r: int = field(default=16, metadata={
         "help": "LoRA rank; 0 trains every weight of the model (full fine-tuning: a frozen "
                 "copy is kept as the reference, so about twice the weights plus the full "
-                "optimiser state are in memory; use a much smaller lr, e.g. 1e-6)"})
+                "optimiser state are in memory; use a much smaller learning_rate, e.g. 1e-6)"})
     lora_alpha: float | None = field(default=None, metadata={
         "help": "LoRA alpha (scale alpha/r); default 2 * lora_r"})
     lora_target_modules: str | list[str] = field(default="all-linear", metadata={
@@ -29,14 +35,15 @@ class LMPPOConfig:
     gradient_accumulation_steps: int = field(default=1, metadata={
         "help": "micro-batches a minibatch is split into (forward size mini/accum); must "
                 "divide mini_batch_size"})
-    ppo_epochs: int = field(default=4, metadata={"help": "passes over each rollout batch"})
+    num_ppo_epochs: int = field(default=4, metadata={
+        "help": "passes over each rollout batch"})
     generation_batch_size: int | None = field(default=None, metadata={
         "help": "prompts generated at once (default: the whole batch)"})
-    forward_batch_size: int | None = field(default=None, metadata={
+    local_rollout_forward_batch_size: int | None = field(default=None, metadata={
         "help": "rollouts per no-grad forward for old/reference log-probs and values "
                 "(default: mini_batch_size)"})
     # optimiser
-    lr: float | None = field(default=None, metadata={
+    learning_rate: float | None = field(default=None, metadata={
         "help": "learning rate of the LoRA weights (of every weight when lora_r is 0). "
                 "Default 3e-5 with LoRA (alpha = 2r), measured on SmolLM2-135M, 4 PPO epochs: "
                 "1e-4 clipped 20-30% of tokens with approx KL 0.04-0.15 per update (steps too "
@@ -49,8 +56,9 @@ class LMPPOConfig:
     max_grad_norm: float | None = field(default=1.0, metadata={
         "help": "clip the gradient norm to this (None: no clipping)"})
     # PPO
-    init_kl_coef: float = field(default=0.05, metadata={
-        "help": "KL penalty coefficient beta at the start (fixed when target_kl is None)"})
+    kl_coef: float = field(default=0.05, metadata={
+        "help": "KL penalty coefficient beta (its value at the start when target_kl adapts "
+                "it; fixed when target_kl is None)"})
     target_kl: float | None = field(default=None, metadata={
         "help": "KL per sequence (nats) that an adaptive beta aims at (Ziegler et al. 2019, "
                 "e.g. 6); None keeps beta fixed"})
@@ -66,14 +74,16 @@ class LMPPOConfig:
     whiten_advantages: bool = field(default=True, metadata={
         "help": "normalise advantages to zero mean, unit variance over response tokens"})
     # generation
-    max_new_tokens: int = field(default=48, metadata={"help": "response token limit"})
+    response_length: int = field(default=48, metadata={
+        "help": "most tokens generated per response (a response ends earlier at its end "
+                "token)"})
     temperature: float = field(default=0.7, metadata={
         "help": "sampling temperature; policy and reference log-probs use the same "
                 "temperature, so PPO optimises the distribution it samples from"})
     max_prompt_length: int = field(default=256, metadata={
         "help": "prompt tokens kept (the end of longer prompts)"})
     missing_eos_penalty: float | None = field(default=None, metadata={
-        "help": "subtracted from the score of a response cut at max_new_tokens (no end "
+        "help": "subtracted from the score of a response cut at response_length (no end "
                 "token); None: no penalty"})
     use_chat_template: bool | None = field(default=None, metadata={
         "help": "wrap prompts as a user turn with the tokenizer's chat template; default: "
@@ -84,7 +94,7 @@ class LMPPOConfig:
         "help": "auto, cpu, cuda[:N], mps; default: the model's device if not CPU, else auto"})
     mixed_precision: str = field(default="auto", metadata={
         "help": "auto (bf16 autocast on a CUDA GPU with bf16), bf16 or no"})
-    gradient_checkpointing: bool = field(default=False, metadata={
+    activation_checkpointing: bool = field(default=False, metadata={
         "help": "recompute layer activations in the backward pass (less memory, slower)"})
 
     def __post_init__(self) -> None:
@@ -107,21 +117,24 @@ class LMPPOConfig:
              and self.mini_batch_size % self.gradient_accumulation_steps == 0,
              f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) must divide "
              f"mini_batch_size ({self.mini_batch_size})")
-        need(self.ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {self.ppo_epochs}")
+        need(self.num_ppo_epochs >= 1, f"num_ppo_epochs must be >= 1, got "
+             f"{self.num_ppo_epochs}")
         need(self.generation_batch_size is None or self.generation_batch_size >= 1,
              "generation_batch_size must be >= 1 or None")
-        need(self.forward_batch_size is None or self.forward_batch_size >= 1,
-             "forward_batch_size must be >= 1 or None")
-        if self.lr is None:
-            self.lr = 1e-6 if self.full_finetune else 3e-5
-        need(self.lr > 0, f"lr must be > 0 (e.g. 3e-5 with LoRA), got {self.lr}")
+        need(self.local_rollout_forward_batch_size is None
+             or self.local_rollout_forward_batch_size >= 1,
+             "local_rollout_forward_batch_size must be >= 1 or None")
+        if self.learning_rate is None:
+            self.learning_rate = 1e-6 if self.full_finetune else 3e-5
+        need(self.learning_rate > 0, f"learning_rate must be > 0 (e.g. 3e-5 with LoRA), got "
+             f"{self.learning_rate}")
         if self.value_head_lr is None:
             self.value_head_lr = 3e-4
         need(self.value_head_lr > 0, f"value_head_lr must be > 0, got {self.value_head_lr}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(self.max_grad_norm is None or self.max_grad_norm > 0,
              "max_grad_norm must be > 0 or None")
-        need(self.init_kl_coef >= 0, f"init_kl_coef must be >= 0, got {self.init_kl_coef}")
+        need(self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}")
         need(self.target_kl is None or self.target_kl > 0,
              f"target_kl must be > 0, or None for a fixed KL coefficient; got {self.target_kl}")
         need(self.kl_horizon >= 1, f"kl_horizon must be >= 1, got {self.kl_horizon}")
@@ -132,8 +145,8 @@ class LMPPOConfig:
         need(self.vf_coef >= 0, f"vf_coef must be >= 0, got {self.vf_coef}")
         need(0 <= self.gamma <= 1, f"gamma must lie in [0, 1], got {self.gamma}")
         need(0 <= self.lam <= 1, f"lam must lie in [0, 1], got {self.lam}")
-        need(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got "
-             f"{self.max_new_tokens}")
+        need(self.response_length >= 1, f"response_length must be >= 1, got "
+             f"{self.response_length}")
         need(self.temperature > 0, f"temperature must be > 0 (1 samples the model as it is), "
              f"got {self.temperature}")
         need(self.max_prompt_length >= 1, f"max_prompt_length must be >= 1, got "

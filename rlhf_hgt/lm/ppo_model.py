@@ -1,6 +1,6 @@
 """The pieces around our LM PPO trainer (:mod:`rlhf_hgt.lm.ppo`): the LoRA policy with its
 value head on one base model, the rollout batch, the reward adapter, and the runtime glue
-(devices under accelerate, peak memory, prompt lists).
+(peak memory, prompt lists). Which process this is: :mod:`rlhf_hgt.lm.processes`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ def attach_lora(model: Any, config: LMPPOConfig) -> Any:
     ``lora_r=0`` (full fine-tuning) the model itself, every weight trainable."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
+    from rlhf_hgt.lm.models import peft_quietly
+
     if isinstance(model, PeftModel):
         if config.full_finetune:
             raise ValueError("lora_r=0 (full fine-tuning) needs a plain model, not one with "
@@ -37,7 +39,8 @@ def attach_lora(model: Any, config: LMPPOConfig) -> Any:
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
                       target_modules=config.lora_target_modules, bias="none",
                       task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    with peft_quietly():
+        return get_peft_model(model, lora)
 
 
 def base_model(lm: Any) -> Any:
@@ -198,27 +201,3 @@ def eos_ids(model: Any, tokenizer: Any) -> list[int]:
     if not ids:
         raise ValueError("neither the tokenizer nor the model names an end token (eos)")
     return ids
-
-
-def launched_by_accelerate() -> bool:
-    """True under ``accelerate launch`` (any number of processes) or any multi-process launch
-    (``torchrun``)."""
-    return (int(os.environ.get("WORLD_SIZE", "1")) > 1
-            or os.environ.get("ACCELERATE_USE_CPU") is not None)
-
-
-def accelerator_if_launched() -> Any:
-    """An ``accelerate.Accelerator`` when launched by accelerate or on several processes
-    (then its device is the one to use, e.g. CPU under ``--cpu``), else None."""
-    if not launched_by_accelerate():
-        return None
-    from accelerate import Accelerator
-
-    return Accelerator(mixed_precision="no", cpu=accelerate_cpu())
-
-
-def accelerate_cpu() -> bool:
-    """Whether processes should run on CPU: ``accelerate launch --cpu``, or no CUDA GPU (then
-    several CPU processes train together over gloo, e.g. under ``torchrun``)."""
-    flag = os.environ.get("ACCELERATE_USE_CPU", "").strip().lower()
-    return flag in ("1", "true", "yes") or not torch.cuda.is_available()

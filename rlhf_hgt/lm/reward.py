@@ -31,8 +31,10 @@ from typing import Any
 
 import torch
 
+from rlhf_hgt.configs import renamed
 from rlhf_hgt.lm import trl_common as common
 from rlhf_hgt.lm.data import format_conversations
+from rlhf_hgt.lm.models import peft_quietly
 from rlhf_hgt.preference import preference_accuracy, preference_loss
 
 __all__ = ["LMRewardConfig", "RewardScorer", "build_reward_trainer", "encode_response",
@@ -42,6 +44,7 @@ FORMAT = "rlhf_hgt.lm_reward/1"
 META_FILE = "reward_model.json"
 
 
+@renamed(epochs="num_train_epochs", center_rewards="center_rewards_coefficient")
 @dataclass
 class LMRewardConfig(common.PairTrainingConfig):
     """How a language reward model is trained. The defaults serve a few hundred labels; the
@@ -56,8 +59,8 @@ class LMRewardConfig(common.PairTrainingConfig):
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     warmup_ratio: float = field(default=0.05, metadata={
         "help": "share of the optimiser steps spent warming the learning rate up"})
-    epochs: float | None = field(default=None, metadata={
-        "help": "passes over the training pairs; None = enough passes for min_updates "
+    num_train_epochs: float | None = field(default=None, metadata={
+        "help": "passes over the training pairs; unset = enough passes for min_updates "
                 "optimiser steps (at least 1, at most max_auto_epochs): 400 pairs → 4"})
     min_updates: int = field(default=200, metadata={
         "help": "optimiser steps the automatic epoch count aims at (few labels need several "
@@ -72,18 +75,20 @@ class LMRewardConfig(common.PairTrainingConfig):
                 "wrong label costs at most -log(noise/2); 0 = plain Bradley–Terry"})
     temperature: float = field(default=1.0, metadata={
         "help": "Bradley–Terry temperature: P(A > B) = sigmoid((r_A - r_B) / temperature)"})
-    center_rewards: float = field(default=0.01, metadata={
+    center_rewards_coefficient: float = field(default=0.01, metadata={
         "help": "weight of the mean-zero term mean((r_chosen + r_rejected)^2) (Eisenstein et "
                 "al. 2023); keeps rewards centred for PPO; 0 = off"})
-    eval_batch_size: int = field(default=16, metadata={"help": "pairs per scoring batch"})
+    per_device_eval_batch_size: int = field(default=16, metadata={
+        "help": "pairs per process and scoring batch"})
 
     def __post_init__(self) -> None:
         self.check_shared(lr_lora=2e-4, lr_full=1e-5)
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must lie in [0, 1) (0.05 is usual), "
                              f"got {self.lora_dropout}")
-        if self.epochs is not None and not self.epochs > 0:
-            raise ValueError(f"epochs must be > 0, or None for automatic, got {self.epochs}")
+        if self.num_train_epochs is not None and not self.num_train_epochs > 0:
+            raise ValueError(f"num_train_epochs must be > 0, or None for automatic, got "
+                             f"{self.num_train_epochs}")
         for name in ("min_updates", "max_auto_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -92,15 +97,16 @@ class LMRewardConfig(common.PairTrainingConfig):
                              f"0 <= label_noise < 1 (0.05 is usual), got {self.label_noise}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.center_rewards < 0:
-            raise ValueError(f"center_rewards must be >= 0 (0.01 is usual), "
-                             f"got {self.center_rewards}")
+        if self.center_rewards_coefficient < 0:
+            raise ValueError(f"center_rewards_coefficient must be >= 0 (0.01 is usual), "
+                             f"got {self.center_rewards_coefficient}")
 
     def resolved_epochs(self, n_pairs: int, processes: int = 1) -> float:
-        """The epoch count for ``n_pairs`` training pairs (see ``epochs``)."""
-        if self.epochs is not None:
-            return float(self.epochs)
-        per_epoch = max(1, math.ceil(n_pairs / (self.batch_size * self.grad_accum * processes)))
+        """The epoch count for ``n_pairs`` training pairs (see ``num_train_epochs``)."""
+        if self.num_train_epochs is not None:
+            return float(self.num_train_epochs)
+        per_epoch = max(1, math.ceil(n_pairs / (self.per_device_train_batch_size
+                                                * self.gradient_accumulation_steps * processes)))
         return float(min(self.max_auto_epochs, max(1, math.ceil(self.min_updates / per_epoch))))
 
 
@@ -180,8 +186,9 @@ def _trainer_classes():
             chosen, rejected = torch.chunk(scores, 2)
             loss = preference_loss(chosen, rejected, target.to(chosen.device),
                                    noise=cfg.label_noise, temperature=cfg.temperature)
-            if cfg.center_rewards > 0:
-                loss = loss + cfg.center_rewards * torch.mean((chosen + rejected) ** 2)
+            if cfg.center_rewards_coefficient > 0:
+                loss = loss + cfg.center_rewards_coefficient * torch.mean(
+                    (chosen + rejected) ** 2)
             with torch.no_grad():  # every process gathers, whatever its batch holds
                 t = target.to(chosen.device)
                 strict, diff = t != 0.5, chosen - rejected
@@ -222,8 +229,9 @@ def prepare_reward_model(source: Any, cfg: LMRewardConfig) -> tuple[Any, Any, st
         head = "score" if hasattr(model, "score") else "classifier"
         set_seed(cfg.seed)
         peft_cfg = common.lora_config("SEQ_CLS", cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
-                                      cfg.target_modules, modules_to_save=[head])
-        model = get_peft_model(model, peft_cfg)
+                                      cfg.lora_target_modules, modules_to_save=[head])
+        with peft_quietly():
+            model = get_peft_model(model, peft_cfg)
     return model, tok, base_name
 
 
@@ -235,12 +243,7 @@ def build_reward_trainer(model: Any, tok: Any, train_ds: Any, cfg: LMRewardConfi
     train_enc = _encode_pairs(train_ds, tok, cfg)
     epochs = cfg.resolved_epochs(len(train_enc), common.world_size())
     args = RewardConfig(
-        **common.training_kwargs(
-            out_dir, seed=cfg.seed, learning_rate=cfg.learning_rate, epochs=epochs,
-            batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, max_steps=cfg.max_steps,
-            weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
-            lr_scheduler=cfg.lr_scheduler, logging_steps=cfg.logging_steps,
-            gradient_checkpointing=cfg.gradient_checkpointing, progress=cfg.progress),
+        **cfg.training_kwargs(out_dir, epochs),
         max_length=None,  # encode_response already keeps every text within max_length
         disable_dropout=False,  # done in prepare_reward_model, keeping the LoRA dropout
         center_rewards_coefficient=None,  # our loss adds the centring term itself
@@ -323,8 +326,8 @@ def evaluate_reward_model(model: Any, tok: Any, ds: Any,
     Bradley–Terry loss as training, without the centring term), counts."""
     cfg = cfg or LMRewardConfig()
     common.check_pairs(ds, "evaluation pairs")
-    scorer = RewardScorer(model, tok, max_length=cfg.max_length,
-                          chat_template=cfg.chat_template, batch_size=cfg.eval_batch_size)
+    scorer = RewardScorer(model, tok, max_length=cfg.max_length, chat_template=cfg.chat_template,
+                          batch_size=cfg.per_device_eval_batch_size)
     n = len(ds)
     texts = (list(zip(ds["prompt"], ds["chosen"], strict=True))
              + list(zip(ds["prompt"], ds["rejected"], strict=True)))
@@ -393,7 +396,8 @@ class RewardScorer:
                                  f"memory; pass base=(model, tokenizer) or base=NAME")
             base_model, _, _ = common.load_lm("reward", base_src, device=device, dtype=dtype)
             base_model.config.pad_token_id = tok.pad_token_id
-            model = PeftModel.from_pretrained(base_model, str(folder))
+            with peft_quietly():
+                model = PeftModel.from_pretrained(base_model, str(folder))
         else:
             from transformers import AutoModelForSequenceClassification
 

@@ -1,12 +1,19 @@
 """Tiny causal language models built in memory, for tests and smoke runs (no hub, no files).
 
 The tokenizer has one token per byte (any text works) plus <eos> and <pad>, and a small
-chat template; the model is a Llama with a few thousand parameters.
+chat template; the model is a Llama with a few thousand parameters. Everywhere a model is
+named (``--model``, :func:`rlhf_hgt.lm.models.load_causal_lm`), ``"tiny"`` builds it with the
+fixed seed :data:`TINY_SEED`, never a run's seed: a saved adapter then finds its base again.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+#: Model name of the tiny in-memory Llama used by tests and smoke runs (no files, no hub).
+TINY = "tiny"
+#: Seed of the tiny base model's random weights, so that a saved adapter finds its base again.
+TINY_SEED = 0
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<eos>\n{% endfor %}"

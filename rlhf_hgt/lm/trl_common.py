@@ -8,28 +8,33 @@
   save the adapter once, as safetensors), seeds for the model and the data order.
 - Processes: works as one process or under ``accelerate launch --num_processes N`` (also
   ``--cpu``, gloo): the Trainer handles DDP; :func:`gather_map` shards an evaluation over
-  the processes and gathers the results on every process; only the main process writes.
-- Models: ``"tiny"`` names the tiny in-memory test model (:mod:`rlhf_hgt.lm.tiny`); any other
-  name or path goes to :mod:`rlhf_hgt.lm.models`.
+  the processes and gathers the results on every process; only the main process writes
+  (:mod:`rlhf_hgt.lm.processes` tells which one that is).
+- Models: a name or path goes to :mod:`rlhf_hgt.lm.models` (``"tiny"``: the tiny in-memory
+  test model), or a (model, tokenizer) pair built in memory is used as it is.
+- Settings: names follow TRL's where TRL has the same knob; the old names still work for
+  one release (:func:`rlhf_hgt.configs.renamed`).
 - Data: :func:`check_pairs` checks preference pairs where they enter.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhf_hgt.configs import renamed
 from rlhf_hgt.feedback.errors import UserInputError
+from rlhf_hgt.feedback.files import write_json_atomic
+from rlhf_hgt.lm.processes import gather_map, is_main_process, wait_for_everyone, world_size
+from rlhf_hgt.lm.tiny import TINY, TINY_SEED
 
-#: Model name of the tiny in-memory Llama used by tests and smoke runs (no files, no hub).
-TINY = "tiny"
-#: Seed of the tiny base model's random weights, so that a saved adapter finds its base again.
-TINY_SEED = 0
+__all__ = ["ALL_LINEAR", "TINY", "TINY_SEED", "PairTrainingConfig", "check_pairs",
+           "gather_map", "is_main_process", "load_lm", "wait_for_everyone",
+           "world_size", "write_json"]
 
 #: PEFT's shorthand for every linear layer of attention and MLP blocks (not the output head).
 ALL_LINEAR = "all-linear"
@@ -38,33 +43,39 @@ ALL_LINEAR = "all-linear"
 # --------------------------------------------------------------------------- settings
 
 
+@renamed(target_modules="lora_target_modules", lr_scheduler="lr_scheduler_type",
+         batch_size="per_device_train_batch_size", grad_accum="gradient_accumulation_steps",
+         eval_batch_size="per_device_eval_batch_size",
+         gradient_checkpointing="activation_checkpointing")
 @dataclass
 class PairTrainingConfig:
     """What the reward-model and DPO settings share (LoRA, optimiser, batches, formatting,
     evaluation, logging); each subclass adds its own loss settings and defaults, and calls
-    :meth:`check_shared` from its ``__post_init__``."""
+    :meth:`check_shared` from its ``__post_init__``. Names follow TRL's (TrainingArguments,
+    ModelConfig); the old names still work for one release."""
 
     lora_r: int = field(default=16, metadata={
         "help": "LoRA rank; 0 = full fine-tuning of every weight (needs a lower "
                 "learning_rate)"})
     lora_alpha: float | None = field(default=None, metadata={
         "help": "LoRA scaling numerator (adapter output × alpha / r); default 2 × lora_r"})
-    target_modules: str | tuple[str, ...] = field(default=ALL_LINEAR, metadata={
+    lora_target_modules: str | tuple[str, ...] = field(default=ALL_LINEAR, metadata={
         "help": "layers that get adapters: 'all-linear' (every linear layer of attention and "
-                "MLP, never the output head) or names such as ('q_proj', 'v_proj')"})
+                "MLP, never the output head) or names such as q_proj,v_proj"})
     learning_rate: float | None = field(default=None, metadata={
         "help": "peak AdamW learning rate; default set by the trainer (LoRA or full)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_ratio: float = field(default=0.1, metadata={
         "help": "share of the optimiser steps spent warming the learning rate up"})
-    lr_scheduler: str = field(default="linear", metadata={
+    lr_scheduler_type: str = field(default="linear", metadata={
         "help": "transformers scheduler name: linear, cosine, constant_with_warmup, ..."})
     max_steps: int = field(default=-1, metadata={
         "help": "stop after this many optimiser steps (smoke tests); -1 = no limit"})
-    batch_size: int = field(default=8, metadata={"help": "pairs per device and step"})
-    grad_accum: int = field(default=1, metadata={
-        "help": "gradient accumulation steps (effective batch = batch_size × grad_accum × "
-                "processes)"})
+    per_device_train_batch_size: int = field(default=8, metadata={
+        "help": "pairs per process and step"})
+    gradient_accumulation_steps: int = field(default=1, metadata={
+        "help": "micro-batches per optimiser step (effective batch = "
+                "per_device_train_batch_size × gradient_accumulation_steps × processes)"})
     max_length: int = field(default=512, metadata={
         "help": "most tokens of prompt + response"})
     chat_template: bool = field(default=False, metadata={
@@ -72,17 +83,19 @@ class PairTrainingConfig:
                 "response) instead of prompt + response + end token"})
     eval_fraction: float = field(default=0.1, metadata={
         "help": "share of the pairs held out when no evaluation set is given"})
-    eval_batch_size: int = field(default=8, metadata={"help": "pairs per evaluation batch"})
+    per_device_eval_batch_size: int = field(default=8, metadata={
+        "help": "pairs per process and evaluation batch"})
     seed: int = field(default=0, metadata={"help": "seed of adapters, data order and split"})
     logging_steps: int = field(default=10, metadata={"help": "optimiser steps between logs"})
-    gradient_checkpointing: bool = field(default=False, metadata={
-        "help": "trade compute for memory on a GPU (always off on a CPU)"})
+    activation_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute activations in the backward pass, trading compute for memory, on "
+                "a GPU (always off on a CPU)"})
     progress: bool = field(default=True, metadata={"help": "show the progress bar"})
 
     def check_shared(self, lr_lora: float, lr_full: float) -> None:
         """Check the shared fields, fill the defaults that depend on others."""
-        if isinstance(self.target_modules, list):
-            self.target_modules = tuple(self.target_modules)
+        if isinstance(self.lora_target_modules, list):
+            self.lora_target_modules = tuple(self.lora_target_modules)
         if self.lora_r < 0:
             raise ValueError(f"lora_r must be >= 0 (16 is usual; 0 = full fine-tuning), "
                              f"got {self.lora_r}")
@@ -90,8 +103,8 @@ class PairTrainingConfig:
             self.lora_alpha = float(2 * max(self.lora_r, 1))
         if not self.lora_alpha > 0:
             raise ValueError(f"lora_alpha must be > 0 (2 × lora_r is usual), got {self.lora_alpha}")
-        if not self.target_modules:
-            raise ValueError("target_modules must name layers, e.g. 'all-linear' or "
+        if not self.lora_target_modules:
+            raise ValueError("lora_target_modules must name layers, e.g. 'all-linear' or "
                              "('q_proj', 'v_proj')")
         if self.learning_rate is None:
             self.learning_rate = lr_lora if self.lora_r > 0 else lr_full
@@ -104,7 +117,8 @@ class PairTrainingConfig:
             raise ValueError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps must be >= 1, or -1 for no limit, got {self.max_steps}")
-        for name in ("batch_size", "grad_accum", "eval_batch_size", "logging_steps"):
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps",
+                     "per_device_eval_batch_size", "logging_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_length < 8:
@@ -113,6 +127,37 @@ class PairTrainingConfig:
         if not 0 <= self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must lie in [0, 1) (0.1 is usual), "
                              f"got {self.eval_fraction}")
+
+    def training_kwargs(self, out_dir: str | Path, num_train_epochs: float) -> dict[str, Any]:
+        """Keyword arguments for TRL's RewardConfig and DPOConfig (both TrainingArguments):
+        these settings, no reporting, no checkpoints during training, no data workers, and
+        the precision of this machine (:func:`precision_kwargs`)."""
+        return {
+            "output_dir": str(out_dir),
+            "seed": self.seed,
+            "data_seed": self.seed,
+            "learning_rate": self.learning_rate,
+            "num_train_epochs": float(num_train_epochs),
+            "max_steps": self.max_steps if self.max_steps > 0 else -1,
+            "per_device_train_batch_size": self.per_device_train_batch_size,
+            "per_device_eval_batch_size": self.per_device_eval_batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "weight_decay": self.weight_decay,
+            "warmup_steps": self.warmup_ratio,  # a float < 1 is a share of the steps
+            "lr_scheduler_type": self.lr_scheduler_type,
+            "max_grad_norm": 1.0,
+            "logging_steps": self.logging_steps,
+            "logging_strategy": "steps",
+            "report_to": [],
+            "save_strategy": "no",
+            "eval_strategy": "no",
+            "dataloader_num_workers": 0,
+            "dataloader_pin_memory": cuda_available(),
+            "ddp_find_unused_parameters": False,
+            "disable_tqdm": not self.progress,
+            "log_level": "warning",
+            **precision_kwargs(self.activation_checkpointing),
+        }
 
 
 def _sci(x: float) -> str:
@@ -136,7 +181,7 @@ def bf16_supported() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def precision_kwargs(gradient_checkpointing: bool = False) -> dict[str, Any]:
+def precision_kwargs(activation_checkpointing: bool = False) -> dict[str, Any]:
     """TrainingArguments fields for this machine: CPU → fp32, no checkpointing, ``use_cpu``;
     CUDA → bf16 mixed precision when supported (else fp32), checkpointing as asked."""
     gpu = cuda_available()
@@ -144,113 +189,33 @@ def precision_kwargs(gradient_checkpointing: bool = False) -> dict[str, Any]:
         "use_cpu": not gpu,
         "bf16": bf16_supported(),  # explicit: TRL's default (None → True) breaks CPUs without bf16
         "fp16": False,
-        # the new name of gradient_checkpointing (TRL 1.16 turns the old one on by default)
-        "activation_checkpointing": bool(gradient_checkpointing and gpu),
+        # always given: TRL 1.16 turns checkpointing on by default
+        checkpointing_argument(): bool(activation_checkpointing and gpu),
     }
 
 
-def training_kwargs(out_dir: str | Path, *, seed: int, learning_rate: float, epochs: float,
-                    batch_size: int, grad_accum: int, max_steps: int, weight_decay: float,
-                    warmup_ratio: float, lr_scheduler: str, logging_steps: int,
-                    gradient_checkpointing: bool = False, progress: bool = True,
-                    max_grad_norm: float = 1.0) -> dict[str, Any]:
-    """Keyword arguments shared by RewardConfig and DPOConfig (both TrainingArguments)."""
-    return {
-        "output_dir": str(out_dir),
-        "seed": seed,
-        "data_seed": seed,
-        "learning_rate": learning_rate,
-        "num_train_epochs": float(epochs),
-        "max_steps": max_steps if max_steps and max_steps > 0 else -1,
-        "per_device_train_batch_size": batch_size,
-        "per_device_eval_batch_size": batch_size,
-        "gradient_accumulation_steps": grad_accum,
-        "weight_decay": weight_decay,
-        "warmup_steps": warmup_ratio,  # a float < 1 is a share of the steps (transformers 5)
-        "lr_scheduler_type": lr_scheduler,
-        "max_grad_norm": max_grad_norm,
-        "logging_steps": logging_steps,
-        "logging_strategy": "steps",
-        "report_to": [],
-        "save_strategy": "no",
-        "eval_strategy": "no",
-        "dataloader_num_workers": 0,
-        "dataloader_pin_memory": cuda_available(),
-        "ddp_find_unused_parameters": False,
-        "disable_tqdm": not progress,
-        "log_level": "warning",
-        **precision_kwargs(gradient_checkpointing),
-    }
+def checkpointing_argument() -> str:
+    """TrainingArguments' name for activation (gradient) checkpointing: the current
+    ``activation_checkpointing`` where transformers has it, else ``gradient_checkpointing``."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else \
+        "gradient_checkpointing"
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def _state():
-    from accelerate import PartialState
-
-    return PartialState()
-
-
-def _dist():
-    try:
-        import torch.distributed as dist
-    except ImportError:  # pragma: no cover - torch without distributed support
-        return None
-    return dist if dist.is_available() and dist.is_initialized() else None
-
-
-def _env_int(names: Sequence[str], default: int) -> int:
-    for name in names:
-        if os.environ.get(name, "").strip():
-            return int(os.environ[name])
-    return default
-
-
-def world_size() -> int:
-    """Processes taking part (1 without a launcher; N under accelerate, torchrun or MPI)."""
-    dist = _dist()
-    if dist is not None:
-        return dist.get_world_size()
-    return max(1, _env_int(("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"), 1))
-
-
-def is_main_process() -> bool:
-    """True in a lone process and in rank 0 of a launched group (before and after set-up)."""
-    dist = _dist()
-    if dist is not None:
-        return dist.get_rank() == 0
-    return _env_int(("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"), 0) == 0
-
-
-def wait_for_everyone() -> None:
-    if world_size() > 1:
-        _state().wait_for_everyone()
-
-
-def gather_map(fn: Callable[[list[Any]], list[Any]], items: Sequence[Any]) -> list[Any]:
-    """``fn`` over ``items`` sharded between the processes; every process gets all the results,
-    in the order of ``items``. In a lone process it is just ``fn(list(items))``."""
-    items = list(items)
-    if world_size() == 1:
-        return list(fn(items))
-    from accelerate.utils import gather_object
-
-    state = _state()
-    with state.split_between_processes(items) as shard:
-        local = list(fn(list(shard))) if len(shard) else []
-    return list(gather_object(local))
+# (one reading of the launchers' environment: rlhf_hgt.lm.processes)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically, from the main process only."""
+    """Write JSON atomically (objects JSON does not know as their text), from the main
+    process only."""
     if not is_main_process():
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)
+    write_json_atomic(path, obj)
 
 
 def save_trained(model: Any, tok: Any, out: Path, cfg: PairTrainingConfig,
@@ -273,14 +238,6 @@ def save_trained(model: Any, tok: Any, out: Path, cfg: PairTrainingConfig,
     write_json(out / meta_file, meta)
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, float) and math.isnan(o):
-        return None
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
 def clean_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """Numbers as plain floats/ints, NaN as None, so metrics.json stays valid JSON."""
     out: dict[str, Any] = {}
@@ -300,8 +257,8 @@ def load_lm(kind: str, source: Any, device: str | None = None,
             dtype: Any = None) -> tuple[Any, Any, str | None]:
     """(model, tokenizer, base name) for ``kind`` ``"causal"`` or ``"reward"``.
 
-    ``source`` is ``"tiny"``, a hub id or local path (loaded by :mod:`rlhf_hgt.lm.models`),
-    or a ``(model, tokenizer)`` pair built in memory (base name None)."""
+    ``source`` is a name or path loaded by :mod:`rlhf_hgt.lm.models` (``"tiny"``, a hub id,
+    a local folder), or a ``(model, tokenizer)`` pair built in memory (base name None)."""
     if kind not in ("causal", "reward"):
         raise ValueError(f"kind must be 'causal' or 'reward', got {kind!r}")
     if isinstance(source, tuple | list):
@@ -312,13 +269,7 @@ def load_lm(kind: str, source: Any, device: str | None = None,
     if not isinstance(source, str | os.PathLike):
         raise ValueError(f"pass a model as a name, a path, or a (model, tokenizer) pair; "
                          f"got {type(source).__name__}")
-    name = str(source)
-    if name == TINY:
-        from rlhf_hgt.lm import tiny
-
-        build = tiny.tiny_causal_lm if kind == "causal" else tiny.tiny_reward_lm
-        model, tok = build(seed=TINY_SEED)
-        return model, tok, TINY
+    name = os.fspath(source)
     from rlhf_hgt.lm import models
 
     loader = models.load_causal_lm if kind == "causal" else models.load_reward_lm
