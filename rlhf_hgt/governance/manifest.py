@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
 import os
 import platform
 import subprocess
@@ -17,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from rlhf_hgt.feedback.files import write_json_atomic
 
 PACKAGES = ("rlhf-hgt", "torch", "numpy", "gymnasium", "stable-baselines3", "transformers",
             "trl", "peft", "accelerate", "datasets")
@@ -75,8 +76,4 @@ def write_manifest(out: Path, config: dict[str, Any], data_files: dict[str, Path
         "checkpoints": {str(p.relative_to(out)): file_sha256(p) for p in ckpts if p.is_file()},
         **(extra or {}),
     }
-    path = out / "manifest.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(out / "manifest.json", manifest)
