@@ -16,9 +16,9 @@ import pexpect
 import pytest
 import torch
 
+from rlhf_hgt.cli import main as lm_main
 from rlhf_hgt.feedback.errors import UserInputError
 from rlhf_hgt.feedback.store import PreferenceStore
-from rlhf_hgt.lm.cli import main as lm_main
 from rlhf_hgt.lm.dpo import LMDPOConfig
 from rlhf_hgt.lm.online import OnlineConfig, round_prompts, run_online
 from rlhf_hgt.lm.ppo import LMPPOConfig
@@ -257,7 +257,7 @@ def test_custom_score_function_and_annotator_name(tmp_path):
      "teacher must be one of"),
     (["--out", "{out}", "--model", "tiny", "--prompts", "{tmp}/missing.jsonl"], "no such file"),
     (["--out", "{out}", "--model", "tiny", "--prompt", "hi", "--batch-size", "4",
-      "--mini-batch-size", "3"], "--mini-batch-size"),
+      "--mini-batch-size", "3"], "--ppo-mini-batch-size"),
 ])
 def test_cli_bad_input_exits_2_without_traceback(tmp_path, args, hint):
     args = [a.format(out=tmp_path / "run", tmp=tmp_path) for a in args]

@@ -10,11 +10,13 @@ import math
 import pytest
 import torch
 
+from rlhf_hgt.cli import build_parser
+from rlhf_hgt.cli import main as cli_main
+from rlhf_hgt.cli.lm_policy import run_ppo as run_ppo_command
 from rlhf_hgt.feedback.errors import UserInputError
 from rlhf_hgt.lm import ppo_core as core
 from rlhf_hgt.lm.models import peft_quietly
 from rlhf_hgt.lm.ppo import LMPPOConfig, LMPPOTrainer, as_batch_scorer, prompt_list
-from rlhf_hgt.lm.ppo_cli import add_ppo_arguments, main, run_ppo_command
 from rlhf_hgt.lm.tiny import tiny_causal_lm
 
 torch.set_num_threads(1)
@@ -383,7 +385,12 @@ def test_old_setting_names_still_build_the_same_config():
 
 
 def _args(*argv: str) -> argparse.Namespace:
-    return add_ppo_arguments(argparse.ArgumentParser()).parse_args(list(argv))
+    words = ["lm", "ppo", *argv]
+    return build_parser(words).parse_args(words)
+
+
+def main(argv: list[str]) -> int:
+    return cli_main(["lm", "ppo", *argv])
 
 
 @pytest.mark.parametrize("rank", [2, 0])  # LoRA, and full fine-tuning

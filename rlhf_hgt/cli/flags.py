@@ -235,13 +235,15 @@ def _construct(section: Section, values: dict[str, Any]) -> Any:
 
 
 def name_the_flag(message: str, section: Section) -> str:
-    """Put the flag in front of a config's message that starts with a field name."""
+    """Put the flag in front of a config's message that names a field in its first words
+    ("lr must be > 0", "unknown loss_type 'x'")."""
     if message.startswith("--"):
         return message
-    first = message.split()[0].rstrip(":,") if message.split() else ""
     names = {f.name for f in dataclasses.fields(section.cls)}
-    if first in names:
-        return f"{section.flag(first)}: {message}"
-    if first.startswith("--") or not section.prefix:
+    for word in message.split()[:3]:
+        word = word.strip(":,;'\"()")
+        if word in names:
+            return f"{section.flag(word)}: {message}"
+    if not section.prefix:
         return message
     return f"bad {section.prefix.rstrip('-')} setting: {message}"

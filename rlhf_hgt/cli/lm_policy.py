@@ -187,7 +187,7 @@ def make_reward(args: argparse.Namespace, device: Any) -> tuple[Any, str]:
 
 
 def _device(name: str | None) -> Any:
-    from rlhf_hgt.lm.ppo import accelerate_cpu, launched_by_accelerate
+    from rlhf_hgt.lm.processes import accelerate_cpu, launched_by_accelerate
 
     if launched_by_accelerate():
         from accelerate import PartialState
