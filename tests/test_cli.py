@@ -235,6 +235,7 @@ def test_no_library_module_imports_the_cli():
     assert not offenders, offenders
 
 
+@pytest.mark.slow
 def test_importing_every_library_module_loads_no_cli_module():
     import pkgutil
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each test starts two training processes
 
 
 def free_port() -> int:
@@ -71,7 +72,7 @@ def test_ppo_under_accelerate_launch_with_two_cpu_processes(tmp_path):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                 "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                 "--dynamo_backend", "no", "--main_process_port", str(free_port())]
-    proc = subprocess.run([*launcher, "-m", "rlhf_hgt.lm.cli", "lm", "ppo", "--model", "tiny",
+    proc = subprocess.run([*launcher, "-m", "rlhf_hgt.cli", "lm", "ppo", "--model", "tiny",
                            "--data", str(data), "--out", str(out), "--reward", "length",
                            "--steps", "2", "--batch-size", "2", "--mini-batch-size", "2",
                            "--max-new-tokens", "4", "--quiet"],

@@ -474,6 +474,7 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_update():
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, ckpt, strict=True))
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_model_under_torchrun(tmp_path):
     import os
     import signal

@@ -550,6 +550,7 @@ def test_old_lm_entry_module_still_runs_a_command(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_top_level_cli_runs_lm_reward(tmp_path):
     data = write_jsonl(tmp_path / "pairs.jsonl")
     out = tmp_path / "run"

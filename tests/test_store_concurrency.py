@@ -61,6 +61,7 @@ def test_four_processes_lose_nothing_and_answer_once(tmp_path, per_query):
     assert len({a.annotator for a in answers}) >= 2
 
 
+@pytest.mark.slow
 def test_sigkill_labelling_loses_no_acknowledged_answer(tmp_path):
     path = tmp_path / "s.db"
     _make_store(path, 400)
@@ -96,6 +97,7 @@ def _count_file(store: PreferenceStore, k: int) -> int:
         "WHERE q.prompt LIKE ?", (f"f{k}-%",)).fetchone()[0]
 
 
+@pytest.mark.slow
 def test_sigkill_import_is_all_or_nothing(tmp_path):
     path = tmp_path / "s.db"
     n, files = 10_000, []

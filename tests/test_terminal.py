@@ -460,6 +460,7 @@ def test_segment_view_with_frames_on_one_side_only() -> None:
     assert view.gif_paths[0].endswith("query7-abcdef12-left.gif")
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_label_prompt_loses_no_acknowledged_answer(tmp_path):
     """Kill -9 the real prompt at random moments, many times: every answer the screen
     acknowledged ("answered this session: N") is in the store, nothing is duplicated."""
