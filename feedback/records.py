@@ -84,6 +84,37 @@ class Answer:
 
 
 @dataclass
+class Mark:
+    """A person's (or a synthetic marker's) mark on one image of a data set, read back from
+    the store: the marked cells of a ``grid`` (rows, cols), or a skip."""
+
+    id: int
+    dataset: str
+    image: int
+    grid: tuple[int, int]
+    cells: tuple[tuple[int, int], ...]  # (row, col), 0-based, sorted; () for a skip
+    skipped: bool
+    annotator: str
+    synthetic: bool
+    shown_at: float | None
+    answered_at: float
+    interface: str
+    image_hash: str | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        """Time taken: from when the image was shown to when the mark was given."""
+        return None if self.shown_at is None else self.answered_at - self.shown_at
+
+    def as_grid(self) -> np.ndarray:
+        """The marked cells as a (rows, cols) bool array."""
+        grid = np.zeros(self.grid, dtype=bool)
+        for r, c in self.cells:
+            grid[r, c] = True
+        return grid
+
+
+@dataclass
 class TextPair:
     """A pending text comparison to add (prompt with responses a and b)."""
 

@@ -24,6 +24,8 @@ Definitions
   gold (exact match: a tie is right only when gold is tie, and wrong against a
   left/right gold; skips are left out and counted under ``skipped``). Per annotator, and
   overall pooled over every annotator's answers.
+- marks (attention marks on image grids, :mod:`.marks`): active marks and skips per
+  annotator, undone ones, and the median seconds per mark of people.
 
 No torch here; kappa and alpha are computed with numpy.
 """
@@ -39,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from .marks import mark_stats
 from .store import ANSWERS, KINDS, Answer, PreferenceStore
 
 CATEGORIES = ("left", "right", "tie")
@@ -226,6 +229,7 @@ def _compute(store: PreferenceStore, min_overlap: int) -> dict[str, Any]:
             "overall": _gold_block(active, gold),
             "rule": "exact match with gold; skips left out",
         },
+        "marks": mark_stats(store),
     }
 
 
@@ -336,6 +340,18 @@ def print_stats(stats: dict[str, Any], console: Any = None) -> None:
             pairs.add_row(p["a"], p["b"], str(p["overlap"]), _f(p["agreement"]),
                           _f(p["kappa"]))
         con.print(pairs)
+
+    marks = stats.get("marks")
+    if marks and (marks["total"] or marks["skipped"] or marks["undone"]):
+        table = Table(title=f"Attention marks ({', '.join(marks['datasets']) or '–'}; "
+                            f"{marks['undone']} undone)")
+        table.add_column("annotator", overflow="fold", min_width=10)
+        for col in ("kind", "marks", "skips", "s/mark"):
+            table.add_column(col, justify="right")
+        for name, m in marks["by_annotator"].items():
+            table.add_row(name, "synthetic" if m["synthetic"] else "person", str(m["marks"]),
+                          str(m["skips"]), _f(m["median_seconds_per_mark"], 1))
+        con.print(table)
 
     gold = stats["gold"]
     if gold["queries"]:

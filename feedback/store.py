@@ -12,6 +12,10 @@ What it holds
   other fields an imported line carried with its answer (``fields``, tied to the answer).
 - ``claims``: short leases so that two people labelling at once are not shown the same
   pair. A claim is coordination, not a record: it may expire or be released.
+- ``marks`` (schema 2): where a person says the evidence is in one image of a data set, as
+  the marked cells of a coarse grid, or a skip, with the provenance of an answer; an undo is
+  a row of kind ``undo`` that names the row it supersedes (:mod:`.marks` reads and writes
+  them). A store of schema 1 gains the table when it is opened.
 
 Concurrency: every write is one ``BEGIN IMMEDIATE`` transaction; SQLite serialises writers
 across processes and WAL lets readers go on. Each answer carries a unique token, so a retry
@@ -46,7 +50,7 @@ from .records import (
     query_uid,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the marks table (a store of schema 1 is migrated on open)
 APP_ID = "rlhf_hgt.feedback"
 DEFAULT_STORE = Path("feedback") / "preferences.db"
 ANSWERS = ("left", "right", "tie", "skip")
@@ -105,6 +109,34 @@ CREATE TABLE IF NOT EXISTS claims (
 CREATE VIEW IF NOT EXISTS active_answers AS
     SELECT a.* FROM answers a
     WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.kind = 'undo' AND e.answer_id = a.id);
+"""
+
+# schema 2. cells: a JSON list of [row, col] pairs (0-based); '[]' for a skip or an undo.
+_MARKS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS marks (
+    id INTEGER PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    image INTEGER NOT NULL,
+    grid_rows INTEGER NOT NULL CHECK (grid_rows > 0),
+    grid_cols INTEGER NOT NULL CHECK (grid_cols > 0),
+    kind TEXT NOT NULL CHECK (kind IN ('mark', 'skip', 'undo')),
+    cells TEXT NOT NULL DEFAULT '[]',
+    undoes INTEGER REFERENCES marks(id),
+    annotator TEXT NOT NULL,
+    synthetic INTEGER NOT NULL DEFAULT 0,
+    shown_at REAL,
+    answered_at REAL NOT NULL,
+    interface TEXT NOT NULL,
+    image_hash TEXT,
+    token TEXT NOT NULL UNIQUE,
+    CHECK ((kind = 'undo') = (undoes IS NOT NULL))
+);
+CREATE INDEX IF NOT EXISTS marks_image ON marks(dataset, image);
+CREATE INDEX IF NOT EXISTS marks_undoes ON marks(undoes);
+CREATE VIEW IF NOT EXISTS active_marks AS
+    SELECT m.* FROM marks m
+    WHERE m.kind IN ('mark', 'skip')
+      AND NOT EXISTS (SELECT 1 FROM marks u WHERE u.kind = 'undo' AND u.undoes = m.id);
 """
 
 
@@ -167,9 +199,11 @@ class PreferenceStore:
                 raise StoreError(
                     f"{self.path}: store schema version {version} is newer than this "
                     f"rlhf_hgt understands ({SCHEMA_VERSION}); upgrade rlhf_hgt")
+            if version < SCHEMA_VERSION:
+                self._migrate()
             return
         with self.transaction() as cur:
-            for statement in _SCHEMA.split(";"):
+            for statement in (_SCHEMA + _MARKS_SCHEMA).split(";"):
                 if statement.strip():
                     cur.execute(statement)
             cur.execute("INSERT OR IGNORE INTO meta VALUES ('app', ?)", (APP_ID,))
@@ -177,6 +211,22 @@ class PreferenceStore:
                         (str(SCHEMA_VERSION),))
             cur.execute("INSERT OR IGNORE INTO meta VALUES ('created_at', ?)", (str(time.time()),))
             cur.execute("INSERT OR IGNORE INTO meta VALUES ('annotators_per_query', '1')")
+
+    def _migrate(self) -> None:
+        """Bring a store of an older schema up to this one, in one transaction (two processes
+        opening the same old store at once migrate it once). Only adds: nothing is changed
+        or removed, so every answer stays as it was."""
+        with self.transaction() as cur:
+            row = cur.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version < 2:
+                for statement in _MARKS_SCHEMA.split(";"):
+                    if statement.strip():
+                        cur.execute(statement)
+            cur.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                        (str(SCHEMA_VERSION),))
+            cur.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                        (f"migrated_to_{SCHEMA_VERSION}_at", str(time.time())))
 
     def close(self) -> None:
         self.conn.close()
