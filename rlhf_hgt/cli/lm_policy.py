@@ -134,7 +134,7 @@ def run_ppo(args: argparse.Namespace) -> int:
     console.print(f"PPO on {args.model} ({trainer.device}, {trainer.world} process(es)): "
                   f"{len(prompts)} prompts, reward {reward_name}, {config.steps} updates")
     history = _train_with_progress(trainer, prompts, config.steps, console)
-    trainer.save(out / CHECKPOINT_DIR)
+    trainer.save(out / CHECKPOINT_DIR, optimizer=False)  # a final export: never resumed
     if main:
         from rlhf_hgt.feedback.files import write_json_atomic
         from rlhf_hgt.governance.manifest import write_manifest

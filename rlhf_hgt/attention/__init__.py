@@ -1,0 +1,1 @@
+"""Human attention in training: data, architecture and loss integration of where people look."""

@@ -1,0 +1,235 @@
+"""``rlhf-hgt attention train``: an image classifier trained with (or without) human
+attention guidance, and measured for both accuracy and alignment with where people look.
+
+The driver reads top to bottom: load the data → apply the guidance settings (share of
+masked images, marks from a store, degraded or random or gaze-like maps) → build the model
+→ train, recording test accuracy per epoch → measure accuracy and saliency alignment on
+the test images → write metrics.json, weights (safetensors), saliency.png and a manifest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlhf_hgt.attention import data as D
+from rlhf_hgt.attention.guidance import GUIDED, METHODS, make_guidance
+from rlhf_hgt.attention.models import ARCHS, build_model
+from rlhf_hgt.feedback.errors import UserInputError
+
+
+@dataclass
+class AttentionConfig:
+    """One run of ``rlhf-hgt attention train``."""
+
+    data: str = field(metadata={
+        "help": "decoy-mnist, mnist (clean) or an .npz with x_train, y_train, mask_train, "
+                "x_test, y_test (and mask_test for the alignment metrics)",
+        "metavar": "DATA"})
+    out: str = field(metadata={"help": "run directory", "metavar": "RUN_DIR"})
+    method: str = field(default="none", metadata={
+        "help": f"how attention guides training: {', '.join(METHODS)}"})
+    seed: int = field(default=0, metadata={"help": "seed of weights, batches and masks"})
+    arch: str = field(default="mlp", metadata={
+        "help": "mlp (Ross et al.'s 50-30) or cnn (three convolutions; needed by gradcam)"})
+    epochs: int = field(default=20, metadata={
+        "help": "passes over the training images (Decoy MNIST: every method had levelled "
+                "off by 20; BENCHMARKS.md)"})
+    batch_size: int = field(default=64, metadata={"help": "images per optimiser step"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Adam step size"})
+    mask_fraction: float = field(default=1.0, metadata={
+        "help": "share of the training images whose map is used (the cost-benefit curve); "
+                "the others train on the task loss alone"})
+    guidance_weight: float | None = field(default=None, metadata={
+        "help": "weight of the guidance term; default per method (rrr, random-mask 10; "
+                "gradcam 100; augment, gate, gaze-kl 1): each penalty is a share in [0, 1] or "
+                "a KL, so one weight serves every image size"})
+    mask_noise: str | None = field(default=None, metadata={
+        "help": "degrade the maps on purpose, the break condition: dilate:PIXELS, "
+                "shift:PIXELS, drop:SHARE (of mask pixels) or decoy:SHARE (maps pointing at "
+                "the decoy patch; decoy-mnist)", "metavar": "KIND:AMOUNT"})
+    marks: str | None = field(default=None, metadata={
+        "help": "use the marks people gave at the terminal (`rlhf-hgt attention mark STORE "
+                "--data DATA`) instead of the data's own masks; images nobody marked train "
+                "on the task loss alone", "metavar": "STORE"})
+    synthetic_gaze: int = field(default=0, metadata={
+        "help": "replace each map by a synthetic gaze density: this many fixations drawn "
+                "inside the mask, blurred (0: use the maps as given)"})
+    eval_images: int = field(default=1000, metadata={
+        "help": "test images used for the saliency metrics (all for accuracy)"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N or auto"})
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.method in METHODS, f"method must be one of {', '.join(METHODS)}, "
+                                     f"got {self.method!r}"),
+            (self.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}"),
+            (self.method != "gradcam" or self.arch == "cnn",
+             "method gradcam needs arch cnn (an MLP has no feature map): add --arch cnn"),
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 2, f"batch_size must be at least 2, got {self.batch_size}"),
+            (0 < self.learning_rate < 1, f"learning_rate must lie in (0, 1), "
+                                         f"got {self.learning_rate}"),
+            (0 < self.mask_fraction <= 1, f"mask_fraction must lie in (0, 1], "
+                                          f"got {self.mask_fraction}"),
+            (self.guidance_weight is None or self.guidance_weight >= 0,
+             f"guidance_weight must be >= 0, got {self.guidance_weight}"),
+            (self.synthetic_gaze >= 0, f"synthetic_gaze must be >= 0, "
+                                       f"got {self.synthetic_gaze}"),
+            (self.eval_images >= 1, f"eval_images must be at least 1, got {self.eval_images}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        D.parse_noise(self.mask_noise)  # raises ValueError naming the accepted forms
+
+
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+def _quiet(event: str, info: dict[str, Any]) -> None:
+    pass
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def prepare_data(cfg: AttentionConfig) -> D.ImageData:
+    """The data with the run's guidance settings applied (checked before any training)."""
+    data = D.load_data(cfg.data)
+    if cfg.marks is not None:
+        data = _with_marks(data, cfg.marks)
+    if cfg.method in GUIDED and not data.has_mask.any():
+        raise UserInputError(f"--method {cfg.method} needs attention maps: {cfg.data} has no "
+                             "mask_train (or no image was marked); add masks, give --marks "
+                             "STORE, or use --method none")
+    data = D.keep_fraction(data, cfg.mask_fraction, cfg.seed)
+    data = D.degrade(data, cfg.mask_noise, cfg.seed)
+    if cfg.synthetic_gaze:
+        gaze = D.synthetic_gaze(data.mask_train, cfg.synthetic_gaze, cfg.seed)
+        data = replace(data, mask_train=gaze * data.has_mask[:, None, None])
+    if cfg.method == "random-mask":
+        data = replace(data, mask_train=D.random_masks(data.mask_train, cfg.seed))
+    return data
+
+
+def _with_marks(data: D.ImageData, store: str) -> D.ImageData:
+    from rlhf_hgt.feedback.marks import load_marks, marks_to_masks
+
+    marks = load_marks(store, data.dataset_id)
+    masks, has = marks_to_masks(marks, data.x_train.shape[2:], len(data.x_train))
+    if not has.any():
+        raise UserInputError(f"--marks {store}: no marks for these images ({data.dataset_id});"
+                             f" give some with `rlhf-hgt attention mark {store} --data ...`")
+    return replace(data, mask_train=masks.astype(np.float32), has_mask=has)
+
+
+def run_attention(cfg: AttentionConfig, progress: Progress = _quiet) -> dict[str, Any]:
+    """Train and measure as ``cfg`` says; returns the metrics written to metrics.json."""
+    started = time.time()
+    data = prepare_data(cfg)
+    device = _device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.arch, data.image_shape, data.classes,
+                        gated=cfg.method == "gate").to(device)
+    guidance = make_guidance(cfg.method, cfg.guidance_weight)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    x_tr, y_tr, m_tr, has_tr = (torch.as_tensor(a).to(device) for a in
+                                (data.x_train, data.y_train, data.mask_train, data.has_mask))
+    x_te, y_te = torch.as_tensor(data.x_test).to(device), torch.as_tensor(data.y_test).to(device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    curve = []
+    for epoch in range(cfg.epochs):
+        model.train()
+        losses = []
+        for idx in torch.randperm(len(x_tr), generator=gen).split(cfg.batch_size):
+            idx = idx.to(device)
+            loss, _ = guidance.loss(model, x_tr[idx], y_tr[idx], m_tr[idx], has_tr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        acc = accuracy(model, x_te, y_te)
+        curve.append({"epoch": epoch + 1, "test_accuracy": acc,
+                      "train_loss": float(np.mean(losses))})
+        progress("epoch", {**curve[-1], "epochs": cfg.epochs})
+    metrics = {
+        "method": cfg.method, "arch": cfg.arch, "data": data.name, "seed": cfg.seed,
+        "mask_fraction": cfg.mask_fraction, "epochs": cfg.epochs,
+        "guidance_weight": cfg.guidance_weight, "mask_noise": cfg.mask_noise,
+        "masked_train_images": int(data.has_mask.sum()),
+        "test_accuracy": curve[-1]["test_accuracy"],
+        "train_accuracy": accuracy(model, x_tr, y_tr),
+        **alignment(model, data, cfg.eval_images, device),
+        "accuracy_per_epoch": [c["test_accuracy"] for c in curve], "curve": curve,
+    }
+    metrics["wall_s"] = time.time() - started
+    save_run(cfg, model, data, metrics)
+    return metrics
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise UserInputError(f"--device {name}: {exc}") from None
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float:
+    model.eval()
+    right = sum(int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
+                for i in range(0, len(x), batch))
+    return right / len(x)
+
+
+def alignment(model: nn.Module, data: D.ImageData, n: int, device: torch.device
+              ) -> dict[str, Any]:
+    """Saliency (input gradients of the predicted class) against the test maps and, for
+    decoy data, the decoy patch's share of it."""
+    from rlhf_hgt.attention.metrics import alignment_report, input_gradients, share_in_region
+
+    model.eval()
+    x = torch.as_tensor(data.x_test[:n]).to(device)
+    sal = input_gradients(model, x).cpu().numpy()
+    out: dict[str, Any] = {}
+    if data.mask_test is not None:
+        out.update(alignment_report(sal, data.mask_test[:n]))
+    else:
+        out.update({k: None for k in ("saliency_mass_in_mask", "topk_iou", "pointing_game",
+                                      "rank_correlation")})
+    if data.decoy_test is not None:
+        out["decoy_saliency_share"] = float(np.nanmean(
+            share_in_region(sal, data.decoy_test[:n])))
+    return out
+
+
+def save_run(cfg: AttentionConfig, model: nn.Module, data: D.ImageData,
+             metrics: dict[str, Any]) -> None:
+    from safetensors.torch import save
+
+    from rlhf_hgt.attention.pictures import saliency_grid
+    from rlhf_hgt.feedback.files import write_bytes_atomic, write_json_atomic
+    from rlhf_hgt.governance.manifest import write_manifest
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_bytes_atomic(out / "model.safetensors",
+                       save(state, metadata={"arch": cfg.arch, "method": cfg.method}))
+    saliency_grid(model, data, out / "saliency.png", title=f"{data.name}: {cfg.method}")
+    write_json_atomic(out / "metrics.json", metrics)
+    data_files = {"data": Path(cfg.data)} if Path(cfg.data).is_file() else {}
+    if cfg.marks:
+        data_files["marks"] = Path(cfg.marks)
+    write_manifest(out, {"command": "attention train", **asdict(cfg),
+                         "data_source": data.source}, data_files)
