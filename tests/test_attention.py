@@ -277,3 +277,37 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, npz, capsys, args, w
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_cli_mark_at_the_terminal_then_train_on_the_marks(tmp_path, npz):
+    """`attention mark` in a pseudo-terminal: two images marked, then `train --marks`."""
+    import io
+    import os
+    import sys
+
+    import pexpect
+
+    from rlhf_hgt.feedback.marks import load_marks
+
+    store = tmp_path / "marks.db"
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env.update(OMP_NUM_THREADS="1", TERM="xterm-256color")
+    child = pexpect.spawn(sys.executable, ["-m", "rlhf_hgt.cli", "attention", "mark",
+                                           str(store), "--data", str(npz), "--annotator",
+                                           "ann", "--limit", "2"],
+                          env=env, dimensions=(40, 120), encoding="utf-8", timeout=60)
+    child.logfile_read = io.StringIO()
+    for left in (96, 95):
+        child.expect_exact(f"left: {left}")
+        child.send(" ")
+        child.expect_exact("marked (1)")
+        child.send("\r")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.logfile_read.getvalue()[-2000:]
+    marks = load_marks(store, D.load_npz(npz).dataset_id, annotator="ann")
+    assert sorted(marks) == [0, 1] and all(g.sum() == 1 for g in marks.values())
+    out = tmp_path / "run"
+    assert cli_main(["attention", "train", "--data", str(npz), "--method", "rrr", "--marks",
+                     str(store), "--out", str(out), "--epochs", "1", "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["masked_train_images"] == 2

@@ -21,9 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _command_sections() -> dict[str, list[Section]]:
-    from rlhf_hgt.cli import control, label, lm, lm_policy
+    from rlhf_hgt.cli import attention, control, label, lm, lm_policy
 
     return {"label": [label.SECTION], "control": control.command_sections(),
+            "attention train": attention.train_sections(),
+            "attention mark": attention.mark_sections(),
             "lm reward": lm.pair_sections("reward"), "lm dpo": lm.pair_sections("dpo"),
             "lm ppo": lm_policy.ppo_sections(), "lm online": lm_policy.online_sections()}
 
@@ -44,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 @pytest.mark.parametrize("command", ["label", "control", "lm reward", "lm dpo", "lm ppo",
-                                     "lm online"])
+                                     "lm online", "attention train", "attention mark"])
 def test_every_config_field_has_a_flag_and_every_flag_a_field(parser, command):
     secs = _command_sections()[command]
     p = _subparser(parser, command.split())
@@ -68,7 +70,7 @@ def test_every_config_field_has_a_flag_and_every_flag_a_field(parser, command):
 
 
 @pytest.mark.parametrize("command", ["label", "control", "lm reward", "lm dpo", "lm ppo",
-                                     "lm online"])
+                                     "lm online", "attention train", "attention mark"])
 def test_help_shows_the_dataclass_defaults(parser, command):
     p = _subparser(parser, command.split())
     by_dest = {a.dest: a for a in p._actions if not isinstance(a, argparse._StoreConstAction)}
@@ -84,7 +86,7 @@ def test_help_shows_the_dataclass_defaults(parser, command):
                 ",".join(map(str, default)) if isinstance(default, tuple) else str(default))
             assert f"(default: {shown})" in text.replace("%%", "%"), (f.name, text)
             checked += 1
-    assert checked >= (1 if command == "label" else 5)
+    assert checked >= {"label": 1, "attention mark": 0}.get(command, 5)  # mark: all unset
 
 
 def test_help_of_a_command_prints_real_defaults():
@@ -261,6 +263,9 @@ def test_importing_every_library_module_loads_no_cli_module():
     "try:\n    main()\nexcept SystemExit:\n    pass",
     "from rlhf_hgt.cli import main\n"
     "try:\n    main(['feedback', 'stats', '--help'])\nexcept SystemExit:\n    pass",
+    "from rlhf_hgt.cli import main\n"
+    "try:\n    main(['attention', 'mark', '--help'])\nexcept SystemExit:\n    pass\n"
+    "import rlhf_hgt.attention.data, rlhf_hgt.feedback.mark_terminal",
 ])
 def test_light_start_up_imports_no_heavy_stack(code):
     check = ("\nimport sys\nheavy = [m for m in ('torch', 'transformers', 'trl', 'peft', "
