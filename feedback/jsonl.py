@@ -26,12 +26,17 @@ Import (``rlhf-hgt feedback import STORE FILE.jsonl``; the reading and checking 
   ``completed_by`` (``label-studio:<user id>``, or the user's email), a cancelled (skipped)
   one a skip; a task without annotations is a pending query.
 
-A field that looks like a judgement but is none of these (``"label": "banana"``, a
-``"human_preference"`` column, Argilla's responses, a judgement on a labelled pair) is refused,
-never dropped or kept as mere metadata. Every other field is kept: with the answer for a line
-that records one (stored as a ``fields`` event on that answer), with the query for a pending
-line (its ``meta["fields"]``); a Label Studio task keeps the rest of the task and of the
-annotation under ``"label_studio"``. Export writes them back.
+A judgement that is none of these is refused, never dropped or kept as mere metadata:
+``"label": "banana"``, a ``label``/``choice``/... field on a labelled pair (``chosen`` says
+which is preferred already), and, on a pending query, a field that carries the pair's verdict
+(a name ending in a verdict word, e.g. ``"human_preference"``, ``"user_choice"``,
+``"chosen_side"``; verdict values under a plural or ranking name, e.g. ``"votes": ["a", "b"]``;
+a Label Studio ``{"selected": "left"}`` or Argilla's responses). Every other field is kept:
+with the answer for a line that records one (stored as a ``fields`` event on that answer), with
+the query for a pending line (its ``meta["fields"]``); on a labelled pair every other field is
+kept, whatever its name (HelpSteer2's ``preference_strength``, a ``labels`` list...). A Label
+Studio task keeps the rest of the task and of the annotation under ``"label_studio"``, which
+an export writes as a column and a re-import keeps as it is. Export writes them back.
 
 Both forms may also be written in TRL's conversational form: ``prompt`` and the two responses
 are lists of ``{"role", "content"}`` messages. The store keeps text, so a conversation is

@@ -31,14 +31,26 @@ JUDGEMENT_VALUES = {"a": "a", "b": "b", "tie": "tie", "skip": "skip", "left": "a
 KNOWN_FIELDS = frozenset((*LABELLED_FIELDS, *PENDING_FIELDS, *LABELLED_ONLY, *PENDING_ONLY,
                           *ANSWER_FIELDS, *JUDGEMENT_FIELDS))
 
-# Words that make a field name look like a judgement: such a field is never kept as mere
-# metadata (it would silently drop an answer); it is read as one or refused.
-_JUDGEMENT_WORDS = frozenset((
-    "label", "labels", "choice", "choices", "choose", "chose", "preference", "preferences",
-    "prefer", "prefers", "preferred", "winner", "winners", "selected", "selection", "verdict",
-    "vote", "votes", "voted", "judgement", "judgements", "judgment", "judgments", "rank",
-    "ranks", "ranked", "ranking", "rankings", "better", "annotations"))
-_JUDGEMENT_NAMES = frozenset(("chosen_side", "preferred_side", "winning_side"))
+#: The importer's own metadata keys (a Label Studio task's rest, under "label_studio"): kept as
+#: they are when an export is imported again.
+OWN_METADATA = frozenset(("label_studio",))
+
+# A pending query's unknown field whose name ends in one of these words carries the pair's
+# verdict (human_preference, user_choice, gold_label, a_is_better...): it is read as an answer
+# or refused, never kept as metadata. So is a name that joins a verdict word to a side
+# (chosen_side, preferred_response, winning_side). Other names (preference_strength,
+# label_source, num_votes, ranking_model, labels) are kept as metadata, unless their value
+# holds answers (see _holds_judgement).
+_VERDICT_HEADS = frozenset((
+    "label", "choice", "preference", "preferred", "winner", "verdict", "judgement", "judgment",
+    "vote", "selected", "selection", "chosen", "better"))
+_VERDICT_WORDS = _VERDICT_HEADS | {"winning", "choose", "chose", "picked"}
+_SIDE_WORDS = frozenset(("side", "response", "answer", "option", "completion"))
+# Words of a name whose value is read: it is refused when it holds verdict values ("a", "b",
+# "left"...), as in "votes": ["a", "b", "a"] or "rankings": ["b", "a"].
+_VERDICT_LIST_WORDS = frozenset((
+    "labels", "choices", "preferences", "winners", "votes", "judgements", "judgments", "rank",
+    "ranks", "ranking", "rankings", "annotations", "selections", "verdicts"))
 
 _LABELLED_EXAMPLE = '{"prompt": "...", "chosen": "...", "rejected": "..."}'
 _PENDING_EXAMPLE = '{"prompt": "...", "a": "...", "b": "..."}'
@@ -248,26 +260,40 @@ def _optional_str(obj: dict, name: str, allowed: Iterable[str] | None = None) ->
 
 
 def _judgement_like(key: str, value: Any) -> str | None:
-    """Why a field that is not ours looks like a judgement, or None: by its name (label,
-    choice, winner, chosen_side...) or by its value (a Label Studio pairwise choice
-    ``{"selected": ...}``, Argilla responses ``[{"user_id", "value", ...}]``)."""
+    """Why an unknown field of a pending query carries the pair's verdict, or None: by its name
+    (human_preference, chosen_side...), by a verdict value under a plural or ranking name
+    ("votes": ["a", "b"]), or by a Label Studio pairwise choice ``{"selected": "left"}`` or
+    Argilla responses ``[{"user_id", "value", ...}]`` in its value."""
     name = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower()
     words = [w for w in re.split(r"[^0-9a-z]+", name) if w]
-    if "_".join(words) in _JUDGEMENT_NAMES or any(w in _JUDGEMENT_WORDS for w in words):
-        return "its name says it is a judgement"
+    if words and (words[-1] in _VERDICT_HEADS or (
+            words[-1] in _SIDE_WORDS and any(w in _VERDICT_WORDS for w in words[:-1]))):
+        return "its name says it is the pair's verdict"
+    if any(w in _VERDICT_LIST_WORDS for w in words) and _verdict_values(value):
+        return f"it holds the verdict {value!r}"
     if _holds_judgement(value, depth=0):
-        return ("it holds a judgement (a Label Studio pairwise choice {\"selected\": ...} or "
-                "Argilla responses)")
+        return ("it holds a judgement (a Label Studio pairwise choice {\"selected\": \"left\"} "
+                "or Argilla responses)")
     return None
 
 
+def _verdict_values(value: Any) -> bool:
+    """A verdict ("a", "b", "tie", "left"...) or a non-empty list of verdicts."""
+    def one(v: Any) -> bool:
+        return isinstance(v, str) and v.strip().lower() in JUDGEMENT_VALUES
+    return one(value) or (isinstance(value, list) and bool(value) and all(map(one, value)))
+
+
 def _holds_judgement(value: Any, depth: int) -> bool:
-    """A pairwise choice or Argilla response in the value, its items or their values (not
-    deeper: a kept Label Studio task may hold model predictions, which are no answers)."""
+    """A pairwise choice (``{"selected": "left"|"right"}``) or Argilla responses (objects with
+    ``user_id`` and ``value``) in the value, its items or their values (not deeper: a kept
+    Label Studio task may hold model predictions, which are no answers)."""
     if depth > 2:
         return False
     if isinstance(value, dict):
-        if "selected" in value or {"user_id", "value"} <= value.keys():
+        selected = value.get("selected")
+        if (isinstance(selected, str) and selected.strip().lower() in ("left", "right")
+                or {"user_id", "value"} <= value.keys()):
             return True
         return any(_holds_judgement(v, depth + 1) for v in value.values())
     if isinstance(value, list):
@@ -275,15 +301,16 @@ def _holds_judgement(value: Any, depth: int) -> bool:
     return False
 
 
-def _kept_fields(obj: dict) -> dict:
-    """The fields of a line that are not ours, kept as metadata; one that looks like a
-    judgement is refused, never kept (that would drop an answer without a word)."""
+def _kept_fields(obj: dict, labelled: bool) -> dict:
+    """The fields of a line that are not ours, kept as metadata. On a labelled pair every one is
+    kept ('chosen' is its verdict already); on a pending query one that carries the pair's
+    verdict is refused, never kept (that would drop an answer without a word)."""
     kept = {}
     for key, value in obj.items():
         if key in KNOWN_FIELDS:
             continue
         _check_unicode(key, "a field name")
-        why = _judgement_like(key, value)
+        why = None if labelled or key in OWN_METADATA else _judgement_like(key, value)
         if why is not None:
             raise _LineError(
                 f"field {key!r}: is not read as an answer, and {why}, so it is not kept as mere "
@@ -386,7 +413,7 @@ def _parse_object(obj: Any, line: int) -> Record:
     if first == second:
         raise _LineError(f"field {names[2]!r}: is the same as {names[1]!r}; a pair needs two "
                          "different responses; fix or remove the line")
-    fields = _kept_fields(obj)
+    fields = _kept_fields(obj, labelled)
     if labelled:
         tie = obj.get("tie")
         if tie is not None and not isinstance(tie, bool):

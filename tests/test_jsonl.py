@@ -216,6 +216,63 @@ def test_unknown_fields_are_kept_and_exported_again(tmp_path):
     assert all(set(r) == {"prompt", "chosen", "rejected"} for r in read_rows(out))
 
 
+HELPSTEER2_LIKE = {"prompt": "p", "chosen": "good answer", "rejected": "bad answer",
+                   "preference_strength": 2, "preference_statement": "@Response 1 is better"}
+
+
+def test_labelled_lines_keep_every_other_field(tmp_path):
+    """On a labelled pair 'chosen' is the verdict: no other field is read as one (NVIDIA
+    HelpSteer2's preference_strength, a labels list, a nested "selected")."""
+    extra = {"ranking_model": "rm-1", "num_votes": 3, "label_source": "human",
+             "labels": ["helpful"], "meta": {"selected": True}}
+    f = write_jsonl(tmp_path / "in.jsonl", [HELPSTEER2_LIKE,
+                                            {"prompt": "q", "chosen": "x", "rejected": "y",
+                                             **extra}])
+    assert run_cli("feedback", "import", tmp_path / "s.db", f).returncode == 0
+    out = tmp_path / "out.jsonl"
+    export_jsonl(tmp_path / "s.db", out)
+    rows = {r["prompt"]: r for r in read_rows(out)}
+    assert {k: rows["p"][k] for k in HELPSTEER2_LIKE} == HELPSTEER2_LIKE
+    assert {k: rows["q"][k] for k in extra} == extra
+    import_jsonl(tmp_path / "s2.db", out)  # the export imports again, with the same lines
+    export_jsonl(tmp_path / "s2.db", tmp_path / "out2.jsonl")
+    assert read_rows(tmp_path / "out2.jsonl") == read_rows(out)
+    from rlhf_hgt.lm.data import load_pairs  # lm reward/dpo --data read the same lines
+
+    ds = load_pairs(data=f)
+    assert (ds["prompt"], ds["chosen"]) == (["p", "q"], ["good answer", "x"])
+
+
+def test_pending_lines_keep_fields_that_carry_no_verdict(tmp_path):
+    fields = {"preference_strength": 1, "ranking_model": "rm-1", "num_votes": 3,
+              "label_source": "human", "labels": ["toxic"], "meta": {"selected": True},
+              "preference_statement": "unclear"}
+    f = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "p", "a": "x", "b": "y", **fields}])
+    assert import_jsonl(tmp_path / "s.db", f).pending_added == 1
+    with PreferenceStore(tmp_path / "s.db") as s:
+        assert next(s.queries()).meta["fields"] == fields
+
+
+def test_a_label_studio_store_exports_and_imports_again(tmp_path):
+    """A store with a Label Studio task and a plain pair: its export (with the importer's own
+    label_studio column) imports again, and lm's load_pairs reads it."""
+    f = write_jsonl(tmp_path / "in.jsonl", [_ls_task(1, [_ls_choice("left", 1)]),
+                                            {"prompt": "plain", "chosen": "c", "rejected": "r"}])
+    import_jsonl(tmp_path / "s.db", f)
+    out = tmp_path / "out.jsonl"
+    assert export_jsonl(tmp_path / "s.db", out) == 2
+    rows = {r["prompt"]: r for r in read_rows(out)}
+    assert rows["plain"]["label_studio"] is None
+    assert rows["prompt 1"]["label_studio"]["annotation"]["completed_by"] == 1
+    result = run_cli("feedback", "import", tmp_path / "s2.db", out)
+    assert result.returncode == 0, result.stderr
+    export_jsonl(tmp_path / "s2.db", tmp_path / "out2.jsonl")
+    assert read_rows(tmp_path / "out2.jsonl") == read_rows(out)
+    from rlhf_hgt.lm.data import load_pairs
+
+    assert sorted(load_pairs(data=out)["chosen"]) == ["c", "first text"]
+
+
 def _ls_task(task_id: int, annotations: list | None, **data) -> dict:
     task = {"id": task_id, "project": 3,
             "data": {"prompt": f"prompt {task_id}", "answer1": "first text",
@@ -574,6 +631,9 @@ BAD_FILES = {  # name: (content, line, words the message must hold)
     "unknown_judgement_field": (pending_with(b'"human_preference": "a"'), 2,
                                 ["'human_preference'", "judgement", '"label"']),
     "chosen_side_field": (pending_with(b'"chosenSide": "a"'), 2, ["'chosenSide'", "judgement"]),
+    "overall_preference": (pending_with(b'"overall_preference": -2'), 2,
+                           ["'overall_preference'", "verdict"]),
+    "votes_of_the_pair": (pending_with(b'"votes": ["a", "b", "a"]'), 2, ["'votes'", "verdict"]),
     "label_studio_min_choice": (pending_with(b'"pw": [{"selected": "left"}]'), 2,
                                 ["'pw'", "Label Studio pairwise choice"]),
     "argilla_responses": (pending_with(b'"q": [{"user_id": "u", "value": ["b", "a"]}]'), 2,
