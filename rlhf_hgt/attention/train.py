@@ -35,10 +35,11 @@ class AttentionConfig:
         "metavar": "DATA"})
     out: str = field(metadata={"help": "run directory", "metavar": "RUN_DIR"})
     method: str = field(default="none", metadata={
-        "help": f"how attention guides training: {', '.join(METHODS)}"})
+        "help": "how attention guides training", "choices": METHODS})
     seed: int = field(default=0, metadata={"help": "seed of weights, batches and masks"})
     arch: str = field(default="mlp", metadata={
-        "help": "mlp (Ross et al.'s 50-30) or cnn (three convolutions; needed by gradcam)"})
+        "help": "mlp (Ross et al.'s 50-30) or cnn (three convolutions; needed by gradcam)",
+        "choices": ARCHS})
     epochs: int = field(default=20, metadata={
         "help": "passes over the training images (Decoy MNIST: every method had levelled "
                 "off by 20; BENCHMARKS.md)"})
@@ -64,7 +65,8 @@ class AttentionConfig:
                 "inside the mask, blurred (0: use the maps as given)"})
     eval_images: int = field(default=1000, metadata={
         "help": "test images used for the saliency metrics (all for accuracy)"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N or auto"})
+    device: str = field(default="auto", metadata={
+        "help": "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N"})
 
     def __post_init__(self) -> None:
         checks = [
@@ -179,9 +181,12 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as exc:
-        raise UserInputError(f"--device {name}: {exc}") from None
+        raise UserInputError(f"--device {name}: {exc}; use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(f"--device {name}: this torch sees no CUDA GPU; use auto or cpu")
+    return device
 
 
 @torch.no_grad()
