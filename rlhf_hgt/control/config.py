@@ -90,6 +90,33 @@ class AgentConfig:
             raise ValueError(f"batch_size must be greater than 1, got {self.batch_size}")
         if not 0 < self.gamma <= 1:
             raise ValueError(f"gamma must lie in (0, 1], got {self.gamma}")
+        for name in ("n_steps", "n_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.algo == "ppo":
+            self._check_ppo_batch()
+        if not 0 < self.learning_rate < math.inf:
+            raise ValueError(f"learning_rate must be > 0 (3e-4 is usual), got "
+                             f"{self.learning_rate}")
+        self.net_arch = tuple(self.net_arch)
+        if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.net_arch):
+            raise ValueError(f"net_arch must be positive layer widths, e.g. 64,64; got "
+                             f"{','.join(map(str, self.net_arch)) or 'none'}")
+        if not 0 <= self.gae_lambda <= 1:
+            raise ValueError(f"gae_lambda must lie in [0, 1] (0.95 is usual), got "
+                             f"{self.gae_lambda}")
+        if not 0 <= self.ent_coef < math.inf:
+            raise ValueError(f"ent_coef must be >= 0 (0 turns the bonus off), got "
+                             f"{self.ent_coef}")
+        if self.learning_starts < 0:
+            raise ValueError(f"learning_starts must be >= 0, got {self.learning_starts}")
+
+    def _check_ppo_batch(self) -> None:
+        """PPO normalises advantages over a rollout of n_steps × n_envs steps: two at least."""
+        if self.n_steps * self.n_envs < 2:
+            raise ValueError(f"n_steps * n_envs must be > 1 for PPO (its rollout batch), got "
+                             f"{self.n_steps} * {self.n_envs}; raise --agent-n-steps or "
+                             "--agent-n-envs")
 
     def envs_for(self, action_space: gym.Space) -> int:
         """Parallel envs: n_envs for PPO; one for SAC (one gradient step per env step)."""
@@ -102,7 +129,10 @@ class AgentConfig:
             if self.algo == "sac" and not isinstance(action_space, Box):
                 raise ValueError("SAC needs continuous (Box) actions; use --agent-algo ppo")
             return self.algo
-        return "sac" if isinstance(action_space, Box) else "ppo"
+        if isinstance(action_space, Box):
+            return "sac"
+        self._check_ppo_batch()
+        return "ppo"
 
 
 @dataclass

@@ -4,6 +4,7 @@ the reason for its default."""
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,9 +86,31 @@ class RewardModelConfig:
         dev = str(self.device)
         if not (dev in ("cpu", "cuda", "mps", "auto") or dev.startswith("cuda:")):
             raise ValueError(f"device must be cpu, cuda, cuda:N, mps or auto, got {dev!r}")
+        if "torch" in sys.modules:  # else checked where the ensemble places itself
+            missing = device_missing(dev)
+            if missing:
+                raise ValueError(f"device {dev!r}: {missing}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "reward config") -> RewardModelConfig:
         from rlhf_hgt.control.config import config_from_dict
 
         return config_from_dict(cls, data, where)
+
+
+def device_missing(device: str) -> str | None:
+    """Why this machine has no ``device`` ("cuda", "cuda:N", "mps"), with the fix, or None
+    when it has it (or it is "cpu" or "auto"). Imports torch."""
+    import torch
+
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            return "this machine has no CUDA GPU (or torch is a CPU build); use cpu or auto"
+        index = device.partition(":")[2]
+        count = torch.cuda.device_count()
+        if index and (not index.isdigit() or int(index) >= count):
+            return (f"this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
+                    "use one of them, cpu or auto")
+    if device == "mps" and not torch.backends.mps.is_available():
+        return "this machine has no Apple MPS device; use cpu or auto"
+    return None

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlhf_hgt.control.reward_config import RewardModelConfig
+from rlhf_hgt.control.reward_config import RewardModelConfig, device_missing
 from rlhf_hgt.control.reward_net import (
     RewardNet,
     image_layout,
@@ -103,6 +103,9 @@ def _targets(targets: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
 def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    missing = device_missing(name)
+    if missing:
+        raise UserInputError(f"--reward-device {name} (RewardModelConfig.device): {missing}")
     return torch.device(name)
 
 

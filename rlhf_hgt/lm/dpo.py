@@ -325,6 +325,7 @@ def train_dpo(model: Any, train_ds: Any, eval_ds: Any = None, config: LMDPOConfi
         peft_config, ref_model = None, None
     elif cfg.lora_r > 0:
         ref_model = None
+        common.check_lora_targets(model, cfg.lora_target_modules)
         peft_config = common.lora_config("CAUSAL_LM", cfg.lora_r, cfg.lora_alpha, 0.0,
                                          cfg.lora_target_modules)
     else:
@@ -381,11 +382,12 @@ def _fit(model: Any, ref_model: Any, args: Any, tok: Any, train_rows: list[dict[
     """Train with TRL's DPOTrainer and evaluate: (metrics, the trained policy)."""
     from trl import DPOTrainer
 
-    trainer = DPOTrainer(
-        model=model, ref_model=ref_model, args=args,
-        train_dataset=_trl_dataset(train_rows, cfg.chat_template),
-        eval_dataset=_trl_dataset(eval_rows, cfg.chat_template) if eval_rows else None,
-        processing_class=tok, peft_config=peft_config, callbacks=callbacks)
+    with common.lora_target_errors():  # TRL attaches the adapter here
+        trainer = DPOTrainer(
+            model=model, ref_model=ref_model, args=args,
+            train_dataset=_trl_dataset(train_rows, cfg.chat_template),
+            eval_dataset=_trl_dataset(eval_rows, cfg.chat_template) if eval_rows else None,
+            processing_class=tok, peft_config=peft_config, callbacks=callbacks)
     common.quiet_trainer(trainer, cfg.progress)
     trainable, total = common.count_params(trainer.model)
     start = time.perf_counter()

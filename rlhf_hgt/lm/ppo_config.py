@@ -107,6 +107,13 @@ class LMPPOConfig:
         if self.lora_alpha is None:
             self.lora_alpha = 2.0 * max(self.lora_r, 1)
         need(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if isinstance(self.lora_target_modules, str):  # one name is a name, not a regex
+            from rlhf_hgt.lm.trl_common import lora_targets
+
+            targets = lora_targets(self.lora_target_modules)
+            self.lora_target_modules = targets if isinstance(targets, str) else list(targets)
+        need(bool(self.lora_target_modules), "lora_target_modules must name layers, e.g. "
+             "'all-linear' or q_proj,v_proj")
         need(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(1 <= self.mini_batch_size <= self.batch_size
@@ -165,3 +172,4 @@ class LMPPOConfig:
 
 def _divisor(n: int, near: int) -> int:
     return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - near), d))
+

@@ -28,6 +28,7 @@ def attach_lora(model: Any, config: LMPPOConfig) -> Any:
     from peft import LoraConfig, PeftModel, get_peft_model
 
     from rlhf_hgt.lm.models import peft_quietly
+    from rlhf_hgt.lm.trl_common import check_lora_targets, lora_target_errors
 
     if isinstance(model, PeftModel):
         if config.full_finetune:
@@ -36,10 +37,11 @@ def attach_lora(model: Any, config: LMPPOConfig) -> Any:
         return model
     if config.full_finetune:
         return model.requires_grad_(True)
+    check_lora_targets(model, config.lora_target_modules)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
                       target_modules=config.lora_target_modules, bias="none",
                       task_type="CAUSAL_LM")
-    with peft_quietly():
+    with peft_quietly(), lora_target_errors():
         return get_peft_model(model, lora)
 
 

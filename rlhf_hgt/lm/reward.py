@@ -228,9 +228,10 @@ def prepare_reward_model(source: Any, cfg: LMRewardConfig) -> tuple[Any, Any, st
 
         head = "score" if hasattr(model, "score") else "classifier"
         set_seed(cfg.seed)
+        common.check_lora_targets(model, cfg.lora_target_modules)
         peft_cfg = common.lora_config("SEQ_CLS", cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
                                       cfg.lora_target_modules, modules_to_save=[head])
-        with peft_quietly():
+        with peft_quietly(), common.lora_target_errors():
             model = get_peft_model(model, peft_cfg)
     return model, tok, base_name
 

@@ -19,9 +19,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,32 @@ __all__ = ["ALL_LINEAR", "TINY", "TINY_SEED", "PairTrainingConfig", "check_pairs
 
 #: PEFT's shorthand for every linear layer of attention and MLP blocks (not the output head).
 ALL_LINEAR = "all-linear"
+
+#: transformers' SchedulerType values (5.x); a name not listed is looked up in the installed
+#: transformers before it is refused, so a newer scheduler works too.
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                 "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau",
+                 "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay")
+
+
+def lora_targets(value: Any) -> str | tuple[str, ...]:
+    """``lora_target_modules`` as PEFT should get it: "all-linear" as it is, module names as a
+    tuple ("q_proj" or "q_proj,v_proj" from a script become names, not a regular expression,
+    which is what PEFT makes of a lone string)."""
+    if isinstance(value, str):
+        if value.strip() == ALL_LINEAR:
+            return ALL_LINEAR
+        return tuple(t.strip() for t in value.split(",") if t.strip())
+    return tuple(value)
+
+
+def scheduler_names() -> tuple[str, ...]:
+    """The learning-rate schedulers of the installed transformers."""
+    try:
+        from transformers.trainer_utils import SchedulerType
+    except ImportError:  # pragma: no cover - transformers is a dependency of the LM stack
+        return LR_SCHEDULERS
+    return tuple(s.value for s in SchedulerType)
 
 
 # --------------------------------------------------------------------------- settings
@@ -94,8 +121,7 @@ class PairTrainingConfig:
 
     def check_shared(self, lr_lora: float, lr_full: float) -> None:
         """Check the shared fields, fill the defaults that depend on others."""
-        if isinstance(self.lora_target_modules, list):
-            self.lora_target_modules = tuple(self.lora_target_modules)
+        self.lora_target_modules = lora_targets(self.lora_target_modules)
         if self.lora_r < 0:
             raise ValueError(f"lora_r must be >= 0 (16 is usual; 0 = full fine-tuning), "
                              f"got {self.lora_r}")
@@ -113,6 +139,10 @@ class PairTrainingConfig:
                              f"{_sci(lr_full)} full), got {self.learning_rate}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if (self.lr_scheduler_type not in LR_SCHEDULERS
+                and self.lr_scheduler_type not in scheduler_names()):
+            raise ValueError(f"lr_scheduler_type must be a transformers scheduler "
+                             f"({', '.join(scheduler_names())}); got {self.lr_scheduler_type!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
         if self.max_steps == 0 or self.max_steps < -1:
@@ -286,6 +316,39 @@ def lora_config(task_type: str, r: int, alpha: float, dropout: float,
     targets = target_modules if isinstance(target_modules, str) else list(target_modules)
     return LoraConfig(task_type=task_type, r=r, lora_alpha=alpha, lora_dropout=dropout,
                       target_modules=targets, modules_to_save=modules_to_save, bias="none")
+
+
+def check_lora_targets(model: Any, targets: str | Sequence[str]) -> None:
+    """Refuse module names of ``lora_target_modules`` that no layer of ``model`` has (PEFT
+    matches a name to the end of a module's dotted name) before PEFT raises deep inside."""
+    if isinstance(targets, str):
+        return
+    import torch
+
+    names = [n for n, _ in model.named_modules() if n]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                         if isinstance(m, torch.nn.Linear)})
+        raise UserInputError(
+            f"lora_target_modules: no layer of the model is named {', '.join(missing)}; give "
+            f"names of its linear layers ({', '.join(linear) or 'none found'}), comma-separated, "
+            f"or {ALL_LINEAR}")
+
+
+@contextlib.contextmanager
+def lora_target_errors() -> Iterator[None]:
+    """PEFT's ValueError about target modules (a layer type it cannot adapt, say) as a
+    UserInputError that names lora_target_modules."""
+    try:
+        yield
+    except UserInputError:
+        raise
+    except ValueError as exc:
+        if "target module" not in str(exc).lower():
+            raise
+        raise UserInputError(f"lora_target_modules: {exc}; give names of linear layers, or "
+                             f"{ALL_LINEAR}") from None
 
 
 def count_params(model: Any) -> tuple[int, int]:
