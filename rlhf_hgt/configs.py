@@ -32,16 +32,21 @@ def renamed(**old_to_new: str) -> Callable[[type[T]], type[T]]:
                 raise TypeError(f"{cls.__name__}: renamed field {old!r} -> {new!r}, but "
                                 f"{new!r} is not a field")
         init = cls.__init__
+        init_names = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
 
         @functools.wraps(init)
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            # dataclasses.replace(config, old=...) passes every init field as well: then the
+            # old name is the change asked for, and wins over the copied value
+            replacing = init_names <= kwargs.keys()
             for old, new in old_to_new_all.items():
                 if old in kwargs:
-                    if new in kwargs:
+                    if new in kwargs and not replacing:
                         raise TypeError(f"{cls.__name__}: give {new}= only ({old}= is its "
                                         "old name)")
                     warnings.warn(f"{cls.__name__}({old}=...) is now {new}=...; the old name "
-                                  "goes in the next release", DeprecationWarning, stacklevel=2)
+                                  "goes in the next release", DeprecationWarning,
+                                  stacklevel=3 if replacing else 2)  # the caller of replace
                     kwargs[new] = kwargs.pop(old)
             init(self, *args, **kwargs)
 

@@ -134,3 +134,24 @@ def test_lora_target_modules_that_match_nothing_exit_2(tmp_path, capsys, words):
                          "--lora-target-modules", "no_such_proj"], "lora_target_modules",
                         capsys)
     assert "no_such_proj" in err and "q_proj" in err  # what is missing, and what there is
+
+
+def test_replace_with_an_old_setting_name():
+    """dataclasses.replace passes every field as well as the change: the old name wins, with
+    its DeprecationWarning; the new name works as before; both given directly is refused."""
+    import dataclasses
+
+    from rlhf_hgt.lm.ppo import LMPPOConfig
+    from rlhf_hgt.lm.reward import LMRewardConfig
+
+    base = LMPPOConfig(steps=3)
+    with pytest.warns(DeprecationWarning, match=r"lr=\.\.\.\) is now learning_rate") as seen:
+        old = dataclasses.replace(base, lr=1e-4)
+    assert seen[0].filename == __file__  # the warning points at the caller of replace
+    assert (old.learning_rate, old.steps) == (1e-4, 3)
+    assert dataclasses.replace(base, learning_rate=2e-4).learning_rate == 2e-4
+    with pytest.warns(DeprecationWarning):
+        assert dataclasses.replace(LMRewardConfig(), batch_size=4).per_device_train_batch_size \
+            == 4
+    with pytest.raises(TypeError, match="give learning_rate= only"):
+        LMPPOConfig(lr=1e-4, learning_rate=2e-4)
