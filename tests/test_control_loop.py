@@ -90,6 +90,16 @@ def test_dpo_for_policies_runs_from_the_cli(tmp_path, capsys):
     assert (out / "checkpoints" / "policy.safetensors").stat().st_size > 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["dpo"]["epochs"] == 3  # the --dpo-* flags reach the learner
+    # a run checkpointed before DPO counted its steps (num_timesteps 0 in state.json) resumes
+    # with the finished rounds' steps counted
+    state = json.loads((out / "state.json").read_text())
+    assert state["num_timesteps"] == 1500
+    (out / "state.json").write_text(json.dumps({**state, "num_timesteps": 0}))
+    code, err = _control_here(capsys, "CartPole-v1", "--algo", "dpo", "--labels", "20",
+                              "--timesteps", "1500", "--rounds", "2", "--out", str(out),
+                              "--dpo-epochs", "3", *TINY)
+    assert code == 0, err
+    assert json.loads((out / "metrics.json").read_text())["timesteps"] == 1500
 
 
 @pytest.mark.slow

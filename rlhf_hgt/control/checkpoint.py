@@ -40,8 +40,18 @@ def restore(out: Path, learner) -> dict[str, Any]:
     """Load the last round's weights into ``learner``; returns the state (empty: none)."""
     state = load_state(out)
     if state:
-        learner.restore(out / CHECKPOINTS, int(state.get("num_timesteps", 0)))
+        learner.restore(out / CHECKPOINTS, restored_timesteps(state))
     return state
+
+
+def restored_timesteps(state: dict[str, Any]) -> int:
+    """The learner's step count at the checkpoint. A policy-DPO run checkpointed before its
+    learner counted steps has 0 there: its last history row holds the count."""
+    steps = int(state.get("num_timesteps", 0))
+    history = state.get("history") or []
+    if steps == 0 and history and isinstance(history[-1], dict):
+        steps = int(history[-1].get("timesteps", 0))
+    return steps
 
 
 def write_manifest(out: Path, config: dict[str, Any], store) -> None:
