@@ -155,3 +155,35 @@ def test_replace_with_an_old_setting_name():
             == 4
     with pytest.raises(TypeError, match="give learning_rate= only"):
         LMPPOConfig(lr=1e-4, learning_rate=2e-4)
+
+
+def test_an_empty_online_prompt_names_the_prompt_flag(tmp_path, capsys):
+    out = tmp_path / "run"
+    err = _fails_naming(["lm", "online", "--prompt", "hi", "--prompt", " ", "--out", str(out)],
+                        "--prompt TEXT", capsys)
+    assert "prompt number 2 is empty" in err and "--prompts" not in err
+    assert not out.exists()
+
+
+def test_none_words_unset_numbers_and_lists_but_not_text():
+    """'none'/'off' unset an optional number or list; an optional text keeps the word, so a
+    path named "none" can be given."""
+    import argparse
+    from dataclasses import dataclass
+
+    from rlhf_hgt.cli import flags
+
+    @dataclass
+    class Settings:
+        path: str | None = None
+        limit: int | None = 3
+        norm: float | None = 1.0
+        sizes: tuple[int, ...] | None = (1,)
+
+    section = flags.Section(Settings)
+    parser = argparse.ArgumentParser()
+    flags.add_section(parser, section)
+    args = parser.parse_args(["--path", "none", "--limit", "none", "--norm", "off",
+                              "--sizes", "none"])
+    assert flags.build(args, [section]) == Settings(path="none", limit=None, norm=None,
+                                                    sizes=None)

@@ -61,7 +61,7 @@ def env() -> dict[str, str]:
     ({"prompts": None}, "exactly one source of prompts"),
     ({"prompt_store": "x.db"}, "not both"),
     ({"prompts": []}, "the list is empty"),
-    ({"prompts": ["ok", "  "]}, "item 2"),
+    ({"prompts": ["ok", "  "]}, "prompt number 2 is empty"),
     ({"teacher": "sentiment"}, "teacher must be one of vader, length, human, external"),
     ({"teacher_model": "wise"}, "unknown teacher 'wise'"),
     ({"algo": "grpo"}, "algo must be ppo or dpo"),

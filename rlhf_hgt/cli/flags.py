@@ -125,9 +125,11 @@ def _parser_for(tp: Any, name: str) -> tuple[Callable[[str], Any] | None, str, t
     choices = tuple(a for m in literal for a in typing.get_args(m)) or None
     seq = [m for m in members if typing.get_origin(m) in (tuple, list)]
     scalar = next((m for m in members if m in (int, float, str)), str)
+    # "none"/"off" unset a number or a list; a text may be any word (a path named "none")
+    none_words = optional and str not in members
 
     def convert(text: str) -> Any:
-        if optional and text.strip().lower() in NONE_WORDS:
+        if none_words and text.strip().lower() in NONE_WORDS:
             return None
         if seq and ("," in text or str not in members):
             items = tuple(t.strip() for t in text.split(",") if t.strip())

@@ -98,10 +98,13 @@ class OnlineConfig:
         if isinstance(self.prompts, list):
             if not self.prompts:
                 raise UserInputError("prompts: the list is empty; give at least one prompt")
-            for i, p in enumerate(self.prompts):
-                if not isinstance(p, str) or not p.strip():
-                    raise UserInputError(f"prompts: item {i + 1} is {p!r}; every prompt must "
-                                         "be a non-empty string")
+            for i, p in enumerate(self.prompts, start=1):
+                if not isinstance(p, str):
+                    raise UserInputError(f"prompt number {i} is {p!r}, not text (--prompt "
+                                         "TEXT); every prompt must be a non-empty string")
+                if not p.strip():
+                    raise UserInputError(f"prompt number {i} is empty (--prompt TEXT); give "
+                                         "the text to generate from")
         checks = [
             (self.max_prompts is None or self.max_prompts >= 1,
              f"max_prompts must be at least 1 (or unset for all), got {self.max_prompts}"),
