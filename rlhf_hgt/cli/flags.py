@@ -149,8 +149,6 @@ def _parser_for(tp: Any, name: str) -> tuple[Callable[[str], Any] | None, str, t
 
 def _help(f: dataclasses.Field, default: Any, choices: tuple | None) -> str:
     text = f.metadata.get("help", "").rstrip()
-    if choices and not any(str(c) in text for c in choices):
-        text += f" ({' | '.join(map(str, choices))})"
     if "default_text" in f.metadata:  # a default that depends on the machine or the run
         shown = f"default: {f.metadata['default_text']}"
     elif default is dataclasses.MISSING:
@@ -187,6 +185,8 @@ def add_section(parser: argparse.ArgumentParser, section: Section) -> None:
         flags = list(dict.fromkeys(flags))
         default = section.base.get(f.name, _default(f))
         convert, metavar, choices = _parser_for(hints[f.name], f.name)
+        choices = tuple(f.metadata.get("choices", ())) or choices
+        metavar = None if choices else metavar
         kw: dict[str, Any] = {"dest": section.dest(f.name), "help": _help(f, default, choices),
                               "default": argparse.SUPPRESS}
         if convert is None:
