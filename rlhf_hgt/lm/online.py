@@ -170,13 +170,13 @@ class _Loop:
 
         resolve_model_path(cfg.model)  # an unknown model fails here, before any work
         self.state = self._read_state()
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.store = PreferenceStore(cfg.store_path)
+        self.store: Any = None  # opened once the policy is built: a bad setting writes nothing
         self.trainer: Any = None
         self.scorer: Any = None
 
     def close(self) -> None:
-        self.store.close()
+        if self.store is not None:
+            self.store.close()
 
     # -- set-up and resume
 
@@ -240,6 +240,8 @@ class _Loop:
         cfg, state = self.cfg, self.state
         quiet_libraries()
         self._build_trainer()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.store = PreferenceStore(cfg.store_path)
         history: list[dict[str, Any]] = list(state.get("history", []))
         start = int(state["round"]) + 1 if state else 0
         if state:
