@@ -4,7 +4,10 @@
   and evaluation.
 - `LearnedRewardVecEnv`: an SB3 VecEnv whose reward comes from a learned reward function,
   called once per vector step on the whole batch.
-- `DistractorWrapper`: appends irrelevant features to a Box observation.
+- `DistractorWrapper`: appends irrelevant features to a Box observation: pure noise, or
+  features that can correlate with the true reward early in training and not later.
+- `add_distractors`: wraps an env in one DistractorWrapper per part of a spec such as
+  ``"noise:2,time:2"`` (the `--distractors` flag of `rlhf-hgt control`).
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ __all__ = [
     "HiddenRewardWrapper",
     "LearnedRewardVecEnv",
     "RewardFn",
+    "add_distractors",
 ]
 
 RewardFn = Callable[[Any, np.ndarray], Any]
 """`reward_fn(obs (n_envs, *obs_shape), actions (n_envs, *act_shape)) -> rewards (n_envs,)`."""
 
-DISTRACTOR_KINDS = ("noise", "random_walk")
+DISTRACTOR_KINDS = ("noise", "random_walk", "time", "drift")
 
 
 class HiddenRewardWrapper(gym.Wrapper):
@@ -167,17 +171,26 @@ class DistractorWrapper(gym.ObservationWrapper):
 
     `kind="noise"`: fresh N(0, scale^2) values every step. `kind="random_walk"`: each feature
     starts at N(0, scale^2) and moves by N(0, scale^2) per step (unbounded; it restarts at reset).
+    `kind="time"`: the time in the episode, `scale * t / horizon` (t = steps since reset,
+    horizon = the env's step limit, else 1000) plus N(0, (0.1 scale)^2) per feature; where
+    later steps of an episode are better (a pendulum swung up, a pole still standing) it
+    predicts the reward while the policy is poor, and not once it is good from the start.
+    `kind="drift"`: a slow drift over all steps of this env, never reset,
+    `scale * steps / drift_steps` plus the same small noise; it rises while the policy
+    improves early in training, so it correlates with the reward early and not later.
     The distractors draw from their own generator, seeded by `seed` and by the seed passed to
-    `reset`, so a seeded reset gives the same observations.
+    `reset`, so a seeded reset gives the same observations (a drift also depends on the steps
+    taken before).
     """
 
     def __init__(
         self,
         env: gym.Env,
         k: int = 4,
-        kind: Literal["noise", "random_walk"] = "noise",
+        kind: Literal["noise", "random_walk", "time", "drift"] = "noise",
         scale: float = 1.0,
         seed: int | None = None,
+        drift_steps: int = 10_000,
     ) -> None:
         super().__init__(env)
         space = env.observation_space
@@ -199,8 +212,16 @@ class DistractorWrapper(gym.ObservationWrapper):
             raise ValueError(f"scale must be a positive number, got {scale}")
         if seed is not None and (not isinstance(seed, int | np.integer) or seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+        if isinstance(drift_steps, bool) or not isinstance(drift_steps, int | np.integer) or \
+                drift_steps < 1:
+            raise ValueError(f"drift_steps must be an integer >= 1, got {drift_steps!r}")
         self.k = int(k)
         self.kind = kind
+        self.drift_steps = int(drift_steps)
+        spec_steps = getattr(env.spec, "max_episode_steps", None) if env.spec else None
+        self.horizon = int(spec_steps) if spec_steps else 1000
+        self._t = 0  # steps since reset
+        self._steps = 0  # steps since this wrapper was made
         self.scale = float(scale)
         self.seed = None if seed is None else int(seed)
         extra = np.full(self.k, np.inf)
@@ -218,14 +239,47 @@ class DistractorWrapper(gym.ObservationWrapper):
         if seed is not None:
             entropy = [int(seed)] if self.seed is None else [int(seed), self.seed]
             self._rng = np.random.default_rng(entropy)
-        self._values = self._rng.normal(0.0, self.scale, size=self.k)
+        self._t = 0
+        self._values = self._draw()
         return super().reset(seed=seed, options=options)
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
-        draw = self._rng.normal(0.0, self.scale, size=self.k)
-        self._values = draw if self.kind == "noise" else self._values + draw
+        self._t += 1
+        self._steps += 1
+        if self.kind == "random_walk":
+            self._values = self._values + self._rng.normal(0.0, self.scale, size=self.k)
+        else:
+            self._values = self._draw()
         return super().step(action)
+
+    def _draw(self) -> np.ndarray:
+        """The distractors' values for the current step (random_walk: its start)."""
+        if self.kind in ("noise", "random_walk"):
+            return self._rng.normal(0.0, self.scale, size=self.k)
+        base = self._t / self.horizon if self.kind == "time" else self._steps / self.drift_steps
+        return self.scale * (base + self._rng.normal(0.0, 0.1, size=self.k))
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
         dtype = self.observation_space.dtype
         return np.concatenate([np.asarray(observation, dtype=dtype), self._values.astype(dtype)])
+
+
+def add_distractors(env: gym.Env, spec: str | None, scale: float = 1.0) -> gym.Env:
+    """`env` with one `DistractorWrapper` per part of `spec`, ``"KIND:K[,KIND:K...]"`` (e.g.
+    ``"noise:2,time:2"``), appended in that order; `env` itself when `spec` is None or empty.
+    A malformed spec or an unknown kind is a ValueError naming `--distractors`."""
+    if not spec:
+        return env
+    for part in str(spec).split(","):
+        kind, _, count = part.strip().partition(":")
+        count = count.strip() or "1"
+        if kind.strip() not in DISTRACTOR_KINDS or not count.isdecimal() or int(count) < 1:
+            raise ValueError(
+                f"--distractors {spec}: {part.strip()!r} is not KIND:K with KIND one of "
+                f"{', '.join(DISTRACTOR_KINDS)} and K >= 1, e.g. noise:2,time:2"
+            )
+        try:
+            env = DistractorWrapper(env, k=int(count), kind=kind.strip(), scale=scale)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ValueError(f"--distractors {spec}: {exc}") from None
+    return env

@@ -36,9 +36,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from rlhf_hgt.attention.models import Gated, downsample
+from rlhf_hgt.attention.penalties import outside_share  # (N, H, W) maps; shared with control
 
 METHODS = ("none", "augment", "gate", "rrr", "gradcam", "gaze-kl", "random-mask")
 GUIDED = tuple(m for m in METHODS if m != "none")
+#: the loss integrations (their weight warms up at the start of training)
+LOSS_METHODS = ("rrr", "gradcam", "gaze-kl", "random-mask")
 EPS = 1e-8
 POOL = 4  # gaze-kl compares maps on a grid of 4x4-pixel cells
 
@@ -89,13 +92,6 @@ class Gate:
             return task, logits
         pred = model.last_map[has].clamp(1e-6, 1 - 1e-6)
         return task + self.weight * F.binary_cross_entropy(pred, m[has]), logits
-
-
-def outside_share(energy: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Per image: the share of ``energy`` (N, H, W, non-negative) lying where people did not
-    look, weighted by (1 - m)."""
-    total = energy.flatten(1).sum(1) + EPS
-    return ((1 - m) * energy).flatten(1).sum(1) / total
 
 
 class RightReasons:

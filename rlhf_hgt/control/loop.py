@@ -32,12 +32,14 @@ from rlhf_hgt.control.config import (  # noqa: F401 - their old home: ``from ..l
     ControlConfig,
     PolicyDPOConfig,
     RewardModelConfig,
+    parse_feature_marks,
 )
 from rlhf_hgt.control.fragments import cut_segments
 from rlhf_hgt.control.learner import PreferenceLearner, learner_class
 from rlhf_hgt.control.queries import query_schedule, select_pairs
 from rlhf_hgt.control.rollouts import RolloutRecorder
 from rlhf_hgt.envs import HiddenRewardWrapper, make_env
+from rlhf_hgt.envs.wrappers import add_distractors
 from rlhf_hgt.feedback.files import write_json_atomic
 from rlhf_hgt.feedback.store import PreferenceStore
 from rlhf_hgt.feedback.teachers import answer_pending, make_teacher
@@ -51,7 +53,7 @@ def _quiet(event: str, info: dict[str, Any]) -> None:
 
 
 IDENTITY_FIELDS = ("env_id", "algo", "teacher", "labels", "timesteps", "rounds", "seed",
-                   "segment_length", "init_policy", "lora_r")
+                   "segment_length", "init_policy", "lora_r", "distractors")
 
 
 def run_identity(cfg: ControlConfig) -> dict[str, Any]:
@@ -72,13 +74,23 @@ def validate(cfg: ControlConfig) -> None:
             what = ", ".join(f"{k}={old!r} (now {new!r})" for k, (new, old) in diff.items())
             raise ValueError(f"{cfg.out}: holds a run with {what}; it resumes only with the "
                              f"same settings: give a new --out, or the same settings")
-    env = make_env(cfg.env_id)
+    env = task_env(cfg)
     try:
         learner_class(cfg.algo).check(cfg, env)
     finally:
         env.close()
     if not cfg.human:
         make_teacher(cfg.teacher)
+
+
+def task_env(cfg: ControlConfig, **kwargs: Any) -> gym.Env:
+    """A fresh env of the run's task: ENV_ID with the run's distractors, if any."""
+    env = make_env(cfg.env_id, **kwargs)
+    try:
+        return add_distractors(env, cfg.distractors)
+    except ValueError:
+        env.close()
+        raise
 
 
 def run_control(cfg: ControlConfig, progress: Progress = _quiet,
@@ -91,7 +103,7 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
 
     # -- set-up: envs (true reward hidden), store, teacher, the learner and its policy
     def env_fn() -> gym.Env:
-        return HiddenRewardWrapper(make_env(cfg.env_id))
+        return HiddenRewardWrapper(task_env(cfg))
 
     probe = env_fn()
     act_space = probe.action_space
@@ -129,7 +141,7 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
             model = learner.query_model() if cfg.query_method == "disagreement" else None
             pairs = select_pairs(candidates, labels_per_round[rnd],
                                  "random" if model is None else "disagreement", model, rng=rng)
-            store.add_segment_queries(pairs, env_id=cfg.env_id, left_source=source,
+            store.add_segment_queries(pairs, env_id=cfg.task_id, left_source=source,
                                       right_source=source, round=rnd)
             progress("queries", {"round": rnd, "added": len(pairs)})
 
@@ -147,7 +159,7 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
             background.join()
 
         # 3. fit the learner on every stored answer
-        left, right, targets = _stored_preferences(store, cfg.env_id)
+        left, right, targets = _stored_preferences(store, cfg.task_id)
         fit_metrics = learner.fit(left, right, targets, episodes, rng) if len(targets) else {}
         progress("fit", {"round": rnd, **_scalars(fit_metrics)})
 
@@ -166,7 +178,7 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
     # -- evaluate on the env's own reward, write metrics and the learning curve
     mean_ret, std_ret = evaluate_true_return(learner.agent, env_fn, cfg.eval_episodes,
                                              seed=123_456)
-    left, right, targets = _stored_preferences(store, cfg.env_id)
+    left, right, targets = _stored_preferences(store, cfg.task_id)
     last_fit = next((h for h in reversed(history) if "reward_holdout_accuracy" in h), {})
     metrics = {
         "env_id": cfg.env_id, "algo": cfg.algo, "teacher": cfg.teacher, "seed": cfg.seed,
@@ -179,6 +191,13 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
         "start_return_mean": start_return,
         "history": history,
     }
+    if cfg.feature_marks is not None:  # the marks and the reward's attribution outside them
+        metrics |= {"feature_marks": list(parse_feature_marks(cfg.feature_marks)),
+                    "mark_weight": cfg.marks_weight,
+                    "mark_share": next((h["reward_mark_share"] for h in reversed(history)
+                                        if "reward_mark_share" in h), None)}
+    if cfg.distractors:
+        metrics["distractors"] = cfg.distractors
     if cfg.lora_r:
         from rlhf_hgt.control.lora import save_adapter
 
@@ -206,7 +225,7 @@ def _policy_episodes(agent, recorder: RolloutRecorder, env_fn, cfg: ControlConfi
     if not record_frames and steps >= 4 * cfg.segment_length:
         recorder.clear()
         return recent
-    env = HiddenRewardWrapper(make_env(cfg.env_id, render_mode="rgb_array")) \
+    env = HiddenRewardWrapper(task_env(cfg, render_mode="rgb_array")) \
         if record_frames else env_fn()
     n = max(8 * cfg.segment_length, 1000)
     episodes = collect_rollouts(env, agent, n, rng, record_frames=record_frames)

@@ -19,7 +19,7 @@ import numpy as np
 from stable_baselines3.common.vec_env import VecEnv
 
 from rlhf_hgt.control.agents import agent_steps_per_round, relabel_replay_buffer
-from rlhf_hgt.control.config import ControlConfig
+from rlhf_hgt.control.config import ControlConfig, parse_feature_marks
 from rlhf_hgt.control.learner import PreferenceLearner, build_agent
 from rlhf_hgt.control.reward_model import RewardEnsemble
 from rlhf_hgt.control.rollouts import BatchedRewardCallback
@@ -42,10 +42,12 @@ class RewardModelLearner(PreferenceLearner):
         self.callback = BatchedRewardCallback(self.reward, envs.action_space, cfg.agent.gamma,
                                               cfg.agent.normalize_reward) if on_policy else None
         self.agent = build_agent(cfg, self.train_env)
+        self.marks = feature_keep(cfg, envs.observation_space)
 
     @classmethod
     def check(cls, cfg: ControlConfig, env: gym.Env) -> None:
         RewardEnsemble(env.observation_space, env.action_space, config=cfg.reward, seed=0)
+        feature_keep(cfg, env.observation_space)
         super().check(cfg, env)
 
     def reward(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
@@ -61,7 +63,8 @@ class RewardModelLearner(PreferenceLearner):
     def fit(self, left: Sequence[dict[str, np.ndarray]], right: Sequence[dict[str, np.ndarray]],
             targets: np.ndarray, episodes: list[dict[str, np.ndarray]],
             rng: np.random.Generator) -> dict[str, Any]:
-        metrics = self.ensemble.fit(left, right, targets, rng=rng)
+        metrics = self.ensemble.fit(left, right, targets, rng=rng, marks=self.marks,
+                                    mark_weight=self.cfg.marks_weight)
         # Unit spread of the learned reward on recent policy steps. Where clips ran past an
         # episode's end, "episode over" is already worth exactly 0 to the reward model, so
         # the reward is not centred: living on is worth what the person's answers say, and
@@ -84,3 +87,23 @@ class RewardModelLearner(PreferenceLearner):
         super().restore(folder, timesteps)
         if (folder / REWARD_MODEL_DIR).exists():
             self.ensemble.load(folder / REWARD_MODEL_DIR)
+
+
+def feature_keep(cfg: ControlConfig, space: gym.Space) -> np.ndarray | None:
+    """The keep mask (F,) of ``--feature-marks`` for this observation space, or None
+    without marks; a UserInputError (a ValueError) when the space has no vector features
+    or an index is out of range."""
+    from rlhf_hgt.feedback.errors import UserInputError
+
+    if cfg.feature_marks is None:
+        return None
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1 or \
+            space.dtype == np.uint8:
+        raise UserInputError(f"--feature-marks {cfg.feature_marks}: feature marks name the "
+                             f"features of a vector observation (a 1-D Box); {cfg.task_id} "
+                             f"observes {space} (images have no numbered features: leave "
+                             "--feature-marks out)")
+    n = int(space.shape[0])
+    keep = np.zeros(n, dtype=np.float32)
+    keep[list(parse_feature_marks(cfg.feature_marks, n, f" of {cfg.task_id}"))] = 1.0
+    return keep

@@ -11,6 +11,15 @@ next queries (PEBBLE / B-Pref).
 Each member is a :class:`rlhf_hgt.control.reward_net.RewardNet`, chosen from the gymnasium
 spaces (an MLP for vectors, a small CNN for uint8 images).
 
+Feature marks (``fit(..., marks=keep, mark_weight=w)``): the features of a vector
+observation that a person says decide what is better. Each member's loss then adds ``w``
+times the share of its input-gradient energy (of the summed predicted reward) on the other
+features (:func:`rlhf_hgt.attention.penalties.feature_gradient_share`: Right for the Right
+Reasons applied to the Bradley–Terry reward). The gradient is taken with respect to the raw
+observation tensor and scaled by each member's input std, i.e. measured on the normalised
+features, so the share does not depend on the features' units. Without marks (or with
+weight 0) nothing is computed and the losses are bitwise those of a fit without them.
+
 Saved as a folder: ``reward_model.safetensors`` (weights and buffers) and ``config.json``
 (config, spaces, state); nothing is pickled.
 """
@@ -31,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlhf_hgt.attention.penalties import feature_gradient_share
 from rlhf_hgt.control.reward_config import RewardModelConfig, device_missing
 from rlhf_hgt.control.reward_net import (
     RewardNet,
@@ -257,7 +267,8 @@ class RewardEnsemble(nn.Module):
     def fit(self, segments_left: Sequence[dict[str, np.ndarray]],
             segments_right: Sequence[dict[str, np.ndarray]], targets: Any,
             holdout_fraction: float = 0.2, rng: np.random.Generator | int | None = None,
-            weights: Sequence[float] | None = None) -> dict[str, Any]:
+            weights: Sequence[float] | None = None, marks: Any = None,
+            mark_weight: float = 0.0) -> dict[str, Any]:
         """Fit every member on the pairs and return metrics.
 
         ``targets``: one per pair, an answer ('left', 'right', 'tie', 'skip') or P(left
@@ -265,7 +276,11 @@ class RewardEnsemble(nn.Module):
         per-pair weights (e.g. annotator trust). A pair is held out when a hash of its
         content falls below ``holdout_fraction``, so the split is the same in every fit
         (members keep their weights between fits). Each member trains on a bootstrap
-        resample of the rest, with early stopping on its held-out loss. Metrics (None where
+        resample of the rest, with early stopping on its held-out loss. ``marks``: the
+        observation features that decide, a keep mask (F,) over the flat vector observation
+        (bool, or graded in [0, 1]) or one per pair (n_pairs, F); with ``mark_weight`` > 0
+        each step adds ``mark_weight`` times the input-gradient share outside them, and the
+        metrics gain ``mark_share`` (that share on the training pairs). Metrics (None where
         there is nothing to measure): train_loss, train_accuracy, holdout_loss,
         holdout_accuracy (pairwise, ties excluded), n_pairs, n_used, n_skipped, n_ties,
         n_train, n_holdout, updates."""
@@ -311,12 +326,15 @@ class RewardEnsemble(nn.Module):
         bpe = math.ceil(len(train_idx) / cfg.batch_size)
         total = max(cfg.epochs * bpe, cfg.min_updates)
         check_every = max(1, math.ceil(total / cfg.epochs))
+        fkeep = self._keep(marks, n_pairs)
+        fkeep = None if fkeep is None else fkeep[torch.as_tensor(used, device=self.device)]
+        marked = (fkeep, float(mark_weight)) if fkeep is not None and mark_weight > 0 else None
         updates = []
         for member in self.members:
             sample = rng.choice(train_idx, size=len(train_idx), replace=True) \
                 if cfg.bootstrap and len(train_idx) > 1 else train_idx
             updates.append(self._fit_member(member, sample, pairs, held, total, check_every,
-                                            rng))
+                                            rng, marked))
         self.fitted = True
 
         def evaluate(idx: np.ndarray) -> tuple[float | None, float | None]:
@@ -331,14 +349,19 @@ class RewardEnsemble(nn.Module):
 
         train_loss, train_acc = evaluate(train_idx)
         hold_loss, hold_acc = evaluate(hold_idx)
-        return {"train_loss": train_loss, "train_accuracy": train_acc,
+        extra = {}
+        if fkeep is not None:
+            o, a, m, _, _ = pairs(train_idx)
+            k_tr = fkeep[torch.as_tensor(train_idx, device=self.device)]
+            extra["mark_share"] = self._share(o, a, m, torch.cat([k_tr, k_tr]))
+        return extra | {"train_loss": train_loss, "train_accuracy": train_acc,
                 "holdout_loss": hold_loss, "holdout_accuracy": hold_acc,
                 "n_pairs": n_pairs, "n_used": n, "n_skipped": int((~keep).sum()),
                 "n_ties": int((target[used] == 0.5).sum()), "n_train": len(train_idx),
                 "n_holdout": len(hold_idx), "updates": float(np.mean(updates))}
 
     def _fit_member(self, member: RewardNet, sample: np.ndarray, pairs, held, total: int,
-                    check_every: int, rng: np.random.Generator) -> int:
+                    check_every: int, rng: np.random.Generator, marked=None) -> int:
         cfg = self.config
         opt = torch.optim.AdamW(member.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         best, best_state, bad = math.inf, None, 0
@@ -350,11 +373,17 @@ class RewardEnsemble(nn.Module):
             batch, order = order[: cfg.batch_size], order[cfg.batch_size:]
             member.train()
             o, a, m, t, wt = pairs(batch)
+            if marked is not None:
+                o = o.detach().requires_grad_(True)
             s, r = self._score(member, o, a, m)
             b = len(batch)
             loss = preference_loss(s[:b], s[b:], t, noise=cfg.label_noise, weight=wt)
             if cfg.output_l2:
                 loss = loss + cfg.output_l2 * (r.square() * m).sum() / m.sum().clamp_min(1)
+            if marked is not None:
+                kb = marked[0][torch.as_tensor(batch, device=self.device)]
+                loss = loss + marked[1] * feature_gradient_share(
+                    r * m, o, torch.cat([kb, kb]), member.obs_std)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -376,6 +405,48 @@ class RewardEnsemble(nn.Module):
             member.load_state_dict(best_state)
         member.eval()
         return step
+
+    # -- feature marks
+
+    def _keep(self, marks: Any, n_pairs: int) -> torch.Tensor | None:
+        """Feature marks as a keep mask (n_pairs, F) float on the device, or None."""
+        if marks is None:
+            return None
+        first = self.members[0]
+        if first.obs_flat is None or first.obs_flat.kind != "Box" or \
+                len(self.obs_space.shape or ()) != 1:
+            raise UserInputError(f"feature marks apply to vector observations (a 1-D Box); "
+                                 f"this reward model's observation space is {self.obs_space}")
+        f = first.obs_flat.dim
+        keep = np.asarray(marks, dtype=np.float32)
+        if keep.shape == (f,):
+            keep = np.broadcast_to(keep, (n_pairs, f))
+        if keep.shape != (n_pairs, f) or not ((keep >= 0) & (keep <= 1)).all():
+            raise UserInputError(f"feature marks must be a mask of {f} values in [0, 1] (one "
+                                 f"per observation feature), or one such row per pair; got "
+                                 f"shape {np.asarray(marks).shape}")
+        return torch.as_tensor(np.ascontiguousarray(keep), device=self.device)
+
+    def _share(self, obs, acts, mask, keep: torch.Tensor, batch: int = 256) -> float:
+        """Mean over members and segments of the input-gradient share outside ``keep``."""
+        shares = []
+        for member in self.members:
+            member.eval()
+            for s in range(0, len(mask), batch):
+                o = obs[s:s + batch].detach().requires_grad_(True)
+                _, r = self._score(member, o, None if acts is None else acts[s:s + batch],
+                                   mask[s:s + batch])
+                share = feature_gradient_share(r * mask[s:s + batch], o, keep[s:s + batch],
+                                               member.obs_std)
+                shares.append(float(share.detach()) * len(o))
+        return sum(shares) / (self.k * len(mask))
+
+    def feature_share(self, segments: Sequence[dict[str, np.ndarray]], marks: Any) -> float:
+        """The members' mean share of input-gradient energy (on the normalised features)
+        outside the marked features, over these segments: 0 when the learned reward looks
+        at the marked features only. ``marks`` as in :meth:`fit` ((F,) or one per segment)."""
+        obs, acts, mask, _ = self._stack(segments, "")
+        return self._share(obs, acts, mask, self._keep(marks, len(segments)))  # type: ignore[arg-type]
 
     # -- prediction
 
