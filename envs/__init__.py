@@ -19,6 +19,7 @@ _LAZY_WRAPPERS = (
     "DistractorWrapper",
     "HiddenRewardWrapper",
     "LearnedRewardVecEnv",
+    "add_distractors",
     "RewardFn",
 )
 
