@@ -20,3 +20,9 @@ def exit_code(run: Callable[..., int], *args: object, interrupted: str = "interr
     except KeyboardInterrupt:
         print(f"rlhf-hgt: {interrupted}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as cat does
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush is silent
+        return 141

@@ -9,6 +9,7 @@ package may import it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -59,6 +60,20 @@ def write_bytes_atomic(path: str | Path, data: bytes | Iterable[bytes]) -> Path:
 
 def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 2,
                       default: Callable[[Any], Any] | None = str) -> Path:
-    """Write ``obj`` as JSON (UTF-8, a final newline) atomically."""
-    text = json.dumps(obj, indent=indent, default=default) + "\n"
-    return write_bytes_atomic(path, text.encode("utf-8"))
+    """Write ``obj`` as strict JSON (UTF-8, a final newline) atomically: NaN and infinities,
+    which strict parsers refuse, are written as null."""
+    text = json.dumps(strict_json(obj), indent=indent, default=default, allow_nan=False)
+    return write_bytes_atomic(path, (text + "\n").encode("utf-8"))
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (also numpy's) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(v) for v in obj]
+    if type(obj).__module__ == "numpy" and hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
+        return strict_json(obj.item())
+    return obj

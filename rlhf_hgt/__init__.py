@@ -58,6 +58,10 @@ _API: dict[str, str] = {
     "LMPPOTrainer": "rlhf_hgt.lm.ppo",
     "OnlineConfig": "rlhf_hgt.lm.online",
     "run_online": "rlhf_hgt.lm.online",
+    # attention
+    "AttentionConfig": "rlhf_hgt.attention.train",
+    "run_attention": "rlhf_hgt.attention.train",
+    "load_data": "rlhf_hgt.attention.data",
     # governance
     "write_manifest": "rlhf_hgt.governance.manifest",
 }

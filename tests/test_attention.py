@@ -315,3 +315,42 @@ def test_cli_mark_at_the_terminal_then_train_on_the_marks(tmp_path, npz):
     assert cli_main(["attention", "train", "--data", str(npz), "--method", "rrr", "--marks",
                      str(store), "--out", str(out), "--epochs", "1", "--quiet"]) == 0
     assert json.loads((out / "metrics.json").read_text())["masked_train_images"] == 2
+
+
+def test_a_guided_model_that_learns_nothing_is_reported(tmp_path, npz):
+    """Guidance that fights the labels (maps away from the evidence, a huge weight) leaves a
+    model that predicts one class: the run says so in metrics.json and on the console."""
+    seen = []
+    cfg = AttentionConfig(data=str(npz), out=str(tmp_path / "run"), method="rrr", epochs=2,
+                          guidance_weight=1e6, guidance_warmup=0.0, mask_noise="shift:5")
+    m = run_attention(cfg, lambda event, info: seen.append((event, info)))
+    assert m["train_accuracy"] <= 0.6  # the setting is built to fail: a fixed seed
+    assert m["warnings"] and "learned nothing" in m["warnings"][0]
+    assert [e for e, _ in seen].count("warning") == 1
+    text = (tmp_path / "run" / "metrics.json").read_text()
+    assert "NaN" not in text and json.loads(text)["guidance_weight"] == 1e6
+
+
+def test_images_with_four_channels_and_outputs_that_refuse(tmp_path, npz, capsys):
+    z = dict(np.load(npz))
+    for key in ("x_train", "x_test"):
+        z[key] = np.repeat(z[key][:, None], 4, axis=1)  # (N, 4, H, W), e.g. RGBA
+    np.savez(tmp_path / "rgba.npz", **z)
+    out = tmp_path / "rgba"
+    assert cli_main(["attention", "train", "--data", str(tmp_path / "rgba.npz"), "--out",
+                     str(out), "--epochs", "1", "--quiet"]) == 0
+    assert (out / "saliency.png").stat().st_size > 1000
+    assert cli_main(["attention", "compare", str(out), "--out",
+                     str(out / "metrics.json")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    other = tmp_path / "control-run"
+    other.mkdir()
+    (other / "manifest.json").write_text(json.dumps({"config": {"command": "control"}}))
+    assert cli_main(["attention", "train", "--data", str(npz), "--out", str(other),
+                     "--epochs", "1", "--quiet"]) == 2
+    assert "another kind of run" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["manifest.json"]
+    assert cli_main(["attention", "train", "--data", str(npz), "--method", "rrr",
+                     "--mask-fraction", "0.001", "--out", str(tmp_path / "f"),
+                     "--epochs", "1"]) == 2
+    assert "keeps none of the 96 maps" in capsys.readouterr().err

@@ -283,3 +283,28 @@ def test_public_api_names_resolve_lazily():
         rlhf_hgt.NoSuchThing  # noqa: B018
     for name in rlhf_hgt._API:
         assert getattr(rlhf_hgt, name) is not None, name
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`rlhf-hgt feedback stats STORE --json | head -1` and the like: a command whose reader
+    closed the pipe stops with 141 (as cat does), no BrokenPipeError traceback."""
+    code = ("import sys\nfrom rlhf_hgt.feedback.errors import exit_code\n"
+            "def run():\n    print('x' * 100, flush=True)\n    raise BrokenPipeError\n"
+            "sys.exit(exit_code(run))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert res.returncode == 141
+    assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr
+
+
+def test_strict_json_writes_null_for_nan(tmp_path):
+    import json
+
+    import numpy as np
+
+    from rlhf_hgt.feedback.files import write_json_atomic
+
+    write_json_atomic(tmp_path / "m.json", {"a": float("nan"), "b": [np.float32(1.5),
+                                                                     float("inf")], "c": 2})
+    text = (tmp_path / "m.json").read_text()
+    assert json.loads(text) == {"a": None, "b": [1.5, None], "c": 2} and "NaN" not in text

@@ -9,11 +9,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rlhf_hgt.feedback.errors import UserInputError
 
-COLUMNS = ("method", "arch", "data", "seed", "mask_fraction", "mask_noise", "test_accuracy",
-           "train_accuracy", "saliency_mass_in_mask", "topk_iou", "pointing_game",
-           "rank_correlation", "decoy_saliency_share", "wall_s")
+COLUMNS = ("method", "arch", "data", "seed", "epochs", "guidance_weight", "mask_fraction",
+           "mask_noise", "test_accuracy", "train_accuracy", "saliency_mass_in_mask", "topk_iou",
+           "pointing_game", "rank_correlation", "decoy_saliency_share", "nss", "cc",
+           "kl_divergence", "similarity", "wall_s")
 
 
 def read_run(folder: Path) -> dict[str, Any]:
@@ -44,7 +47,12 @@ def compare(runs: list[Path], out: Path) -> list[dict[str, Any]]:
     from rlhf_hgt.attention.pictures import EXAMPLES_FILE, compare_grid
     from rlhf_hgt.feedback.files import write_bytes_atomic, write_json_atomic
 
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out}: exists and is not a folder; give a folder for "
+                             "compare.md, compare.json and saliency_grid.png")
     rows = [{"run": str(r), **{k: read_run(r).get(k) for k in COLUMNS}} for r in runs]
+    shapes = {tuple(np.load(Path(r) / EXAMPLES_FILE)["x"].shape[1:]) for r in runs
+              if (Path(r) / EXAMPLES_FILE).is_file()}
     out.mkdir(parents=True, exist_ok=True)
     head = ["run", *COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -53,6 +61,6 @@ def compare(runs: list[Path], out: Path) -> list[dict[str, Any]]:
     write_json_atomic(out / "compare.json", rows)
     with_pictures = [(f"{Path(r).name}", Path(r)) for r in runs
                      if (Path(r) / EXAMPLES_FILE).is_file()]
-    if with_pictures:
+    if with_pictures and len(shapes) == 1:  # one grid only for runs on images of one size
         compare_grid(with_pictures, out / "saliency_grid.png")
     return rows

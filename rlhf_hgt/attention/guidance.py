@@ -93,7 +93,13 @@ class Gate:
         if not bool(has.any()):
             return task, logits
         pred = model.last_map[has].clamp(1e-6, 1 - 1e-6)
-        return task + self.weight * F.binary_cross_entropy(pred, m[has]), logits
+        target = m[has]
+        # balanced: evidence often covers a few per cent of the pixels, and a plain BCE would
+        # learn to close the gate everywhere (the classifier then sees nothing)
+        pos = target.sum().clamp(min=1.0)
+        weight = torch.where(target > 0.5, (target.numel() - pos) / pos, 1.0).clamp(max=100.0)
+        bce = F.binary_cross_entropy(pred, target, weight=weight) / weight.mean()
+        return task + self.weight * bce, logits
 
 
 class RightReasons:

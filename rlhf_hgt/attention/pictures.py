@@ -24,8 +24,9 @@ def _plt() -> Any:
 
 
 def _gray(x: np.ndarray) -> np.ndarray:
-    """(C, H, W) in [0, 1] -> (H, W) or (H, W, 3) for imshow."""
-    return x[0] if x.shape[0] == 1 else np.moveaxis(x, 0, -1)
+    """(C, H, W) in [0, 1] -> (H, W, 3) for 3 channels, else (H, W): the one channel, or
+    the mean of 2, 4 or more (RGBA, stacked frames)."""
+    return np.moveaxis(x, 0, -1) if x.shape[0] == 3 else x.mean(axis=0)
 
 
 def examples(model: Any, data: Any, n: int = EXAMPLES) -> dict[str, np.ndarray]:
@@ -63,7 +64,7 @@ def draw(rows: list[tuple[str, np.ndarray, str]], path: Path, title: str = "") -
             ax.set_yticks([])
             if c < len(images):
                 img = images[c]
-                img = _gray(img) if img.ndim == 3 and img.shape[0] in (1, 3) else img
+                img = _gray(img) if img.ndim == 3 else img
                 ax.imshow(img, cmap=cmap, vmin=0, vmax=None if r else 1)
             if c == 0:
                 ax.set_ylabel(label, fontsize=8)

@@ -119,7 +119,11 @@ def prepare_data(cfg: AttentionConfig) -> D.ImageData:
         raise UserInputError(f"--method {cfg.method} needs attention maps: {cfg.data} has no "
                              "mask_train (or no image was marked); add masks, give --marks "
                              "STORE, or use --method none")
+    with_maps = int(data.has_mask.sum())
     data = D.keep_fraction(data, cfg.mask_fraction, cfg.seed)
+    if cfg.method in GUIDED and not data.has_mask.any():
+        raise UserInputError(f"--mask-fraction {cfg.mask_fraction} keeps none of the "
+                             f"{with_maps} maps; give a larger share")
     data = D.degrade(data, cfg.mask_noise, cfg.seed)
     if cfg.synthetic_gaze:
         gaze = D.synthetic_gaze(data.mask_train, cfg.synthetic_gaze, cfg.seed)
@@ -140,9 +144,28 @@ def _with_marks(data: D.ImageData, store: str) -> D.ImageData:
     return replace(data, mask_train=masks.astype(np.float32), has_mask=has)
 
 
+def check_out(out: str) -> None:
+    """RUN_DIR is a folder that holds nothing or an attention run (which is replaced)."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UserInputError(f"--out {out}: exists and is not a folder")
+    manifest = path / "manifest.json"
+    if manifest.is_file():
+        import json
+
+        try:
+            command = json.loads(manifest.read_text()).get("config", {}).get("command")
+        except (ValueError, AttributeError):
+            command = None
+        if command != "attention train":
+            raise UserInputError(f"--out {out}: holds another kind of run ({command or 'unknown'}"
+                                 "); give a new folder")
+
+
 def run_attention(cfg: AttentionConfig, progress: Progress = _quiet) -> dict[str, Any]:
     """Train and measure as ``cfg`` says; returns the metrics written to metrics.json."""
     started = time.time()
+    check_out(cfg.out)
     data = prepare_data(cfg)
     device = _device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -176,7 +199,8 @@ def run_attention(cfg: AttentionConfig, progress: Progress = _quiet) -> dict[str
     metrics = {
         "method": cfg.method, "arch": cfg.arch, "data": data.name, "seed": cfg.seed,
         "mask_fraction": cfg.mask_fraction, "epochs": cfg.epochs,
-        "guidance_weight": cfg.guidance_weight, "guidance_warmup": cfg.guidance_warmup,
+        "guidance_weight": getattr(guidance, "weight", None) if cfg.method != "none" else None,
+        "guidance_warmup": cfg.guidance_warmup,
         "mask_noise": cfg.mask_noise,
         "masked_train_images": int(data.has_mask.sum()),
         "test_accuracy": curve[-1]["test_accuracy"],
@@ -184,9 +208,28 @@ def run_attention(cfg: AttentionConfig, progress: Progress = _quiet) -> dict[str
         **alignment(model, data, cfg.eval_images, device),
         "accuracy_per_epoch": [c["test_accuracy"] for c in curve], "curve": curve,
     }
+    metrics["warnings"] = warnings_for(cfg, data, metrics)
+    for message in metrics["warnings"]:
+        progress("warning", {"message": message})
     metrics["wall_s"] = time.time() - started
     save_run(cfg, model, data, metrics)
     return metrics
+
+
+def warnings_for(cfg: AttentionConfig, data: D.ImageData, metrics: dict[str, Any]) -> list[str]:
+    """What a person should hear about a run: a guided model that predicts one class (the
+    guidance fought the labels: the maps may miss the evidence, or the weight is too
+    strong for maps this small)."""
+    majority = float(np.bincount(data.y_train).max() / len(data.y_train))
+    out = []
+    if cfg.method in GUIDED and metrics["train_accuracy"] <= majority + 0.02:
+        area = float(data.mask_train[data.has_mask].mean())
+        out.append(f"the {cfg.method}-guided model learned nothing (train accuracy "
+                   f"{metrics['train_accuracy']:.2f}, the majority class alone gets "
+                   f"{majority:.2f}); the maps cover {area:.0%} of each image on average: "
+                   "check that they mark the evidence, try a smaller --guidance-weight, or "
+                   "--method gate or augment")
+    return out
 
 
 def _warmup(cfg: AttentionConfig, n: int, guidance: Any) -> Callable[[int], None]:

@@ -92,10 +92,6 @@ def run_train(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True, quiet=args.quiet)
     cfg = build(args, train_sections())
-    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
-        from rlhf_hgt.feedback.errors import UserInputError
-
-        raise UserInputError(f"--out {cfg.out}: exists and is not a folder")
     with console.status("loading the data and the attention stack…"):
         from rlhf_hgt.attention.train import run_attention
 
@@ -103,6 +99,8 @@ def run_train(args: argparse.Namespace) -> int:
         if event == "epoch":
             console.print(f"epoch {info['epoch']}/{info['epochs']}  test accuracy "
                           f"{info['test_accuracy']:.3f}  loss {info['train_loss']:.3f}")
+        elif event == "warning":
+            Console(stderr=True).print(f"[yellow]warning[/]: {info['message']}")
 
     m = run_attention(cfg, progress)
     console.print(f"[bold]{cfg.method}[/] ({cfg.arch}) on {m['data']}: test accuracy "
