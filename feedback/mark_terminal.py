@@ -21,12 +21,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import signal
 import statistics
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +43,7 @@ from .marks import (
 )
 from .render import MAX_UPSCALE, halfblock_lines, rgb_uint8, sanitize
 from .store import PreferenceStore
-from .term_io import Stop, Terminal
+from .term_io import GuardedSession, Stop, Terminal
 
 INTERFACE = "terminal-marks/1"
 MAX_GRID = 26  # one letter per column
@@ -233,7 +231,7 @@ class _Saved:
     seconds: float
 
 
-class _Marker:
+class _Marker(GuardedSession):
     def __init__(self, store: PreferenceStore, path: Path, pics: np.ndarray, dataset: str,
                  opts: MarkOptions, grid: int, term: Terminal):
         self.store, self.path, self.pics, self.dataset = store, path, pics, dataset
@@ -252,54 +250,20 @@ class _Marker:
         self.notice = ""
         self.resized = False
         self._cache: tuple[tuple, np.ndarray] | None = None
-        self._critical = self._closing = False
-        self._pending_stop: Stop | None = None
-
-    # -- signals: stop between store writes, never inside one (as in terminal.py)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        names = {signal.SIGINT: "interrupt", signal.SIGTERM: "terminated",
-                 signal.SIGHUP: "hangup"}
-        stop = Stop(names.get(signum, f"signal {signum}"), 128 + signum)
-        if self._pending_stop is None:
-            self._pending_stop = stop
-        if not (self._critical or self._closing):
-            raise stop
-
-    @contextlib.contextmanager
-    def _protect(self) -> Iterator[None]:
-        self._critical = True
-        try:
-            yield
-        finally:
-            self._critical = False
-        if self._pending_stop is not None and not self._closing:
-            raise self._pending_stop
-
-    def _on_winch(self, signum: int, frame: Any) -> None:
-        self.resized = True
-
-    def _on_tstp(self, signum: int, frame: Any) -> None:  # Ctrl-Z: hand the terminal back
-        if self._critical or self._closing:
-            return
-        self.term.stop()
-        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTSTP)
-        signal.signal(signal.SIGTSTP, self._on_tstp)  # resumed (SIGCONT)
-        self.term.start()
-        self.resized = True
+        self.init_guard()
 
     def run(self) -> int:
         if not self.queue:
             print(f"Nothing to mark: {self.who} has marked or skipped all {len(self.pics)} "
                   f"images of {self.dataset} in {self.path}.")
             return 0
-        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH, signal.SIGTSTP)
-        old = {s: signal.getsignal(s) for s in handled}
-        for s in handled[:3]:
-            signal.signal(s, self._on_signal)
-        signal.signal(signal.SIGWINCH, self._on_winch)
-        signal.signal(signal.SIGTSTP, self._on_tstp)
+        with self.signals():
+            reason, code = self._session()
+        with contextlib.suppress(OSError, ValueError):  # the terminal may be gone
+            print(self._summary(reason))
+        return code
+
+    def _session(self) -> tuple[str, int]:
         reason, code, started = "quit", 0, False
         try:
             with self._protect():
@@ -317,11 +281,7 @@ class _Marker:
             self.term.stop()
             if started:
                 self._log_stop(reason)
-            for s, h in old.items():
-                signal.signal(s, h)
-        with contextlib.suppress(OSError, ValueError):  # the terminal may be gone
-            print(self._summary(reason))
-        return code
+        return reason, code
 
     def _loop(self) -> str:
         if not self._next():

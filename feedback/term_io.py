@@ -12,6 +12,7 @@ import select
 import signal
 import termios
 import tty
+from collections.abc import Iterator
 from typing import TextIO
 
 ESCAPES = {"\x1b[A": "up", "\x1bOA": "up", "\x1b[B": "down", "\x1bOB": "down",
@@ -115,3 +116,69 @@ class Terminal:
                 tty.setcbreak(self.fd, termios.TCSANOW)
                 self.write("\x1b[?25l")
             self.buf = ""
+
+
+class GuardedSession:
+    """What the terminal prompts share: signals stop a session between store writes, never
+    inside one (:meth:`protect`), a resize is noted, Ctrl-Z hands the terminal back.
+
+    A subclass sets ``self.term`` (a :class:`Terminal`) and ``self.resized``, calls
+    :meth:`init_guard` in its ``__init__`` and runs its session inside
+    ``with self.signals():``, setting ``self._closing`` once it starts to shut down."""
+
+    term: Terminal
+    resized: bool
+
+    def init_guard(self) -> None:
+        self._critical = False
+        self._closing = False
+        self._pending_stop: Stop | None = None
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        names = {signal.SIGINT: "interrupt", signal.SIGTERM: "terminated",
+                 signal.SIGHUP: "hangup"}
+        stop = Stop(names.get(signum, f"signal {signum}"), 128 + signum)
+        if self._pending_stop is None:
+            self._pending_stop = stop
+        if not (self._critical or self._closing):
+            raise stop
+
+    @contextlib.contextmanager
+    def _protect(self) -> Iterator[None]:
+        """A store call that a signal must not cut in half."""
+        self._critical = True
+        try:
+            yield
+        finally:
+            self._critical = False
+        if self._pending_stop is not None and not self._closing:
+            raise self._pending_stop
+
+    def _on_winch(self, signum: int, frame: object) -> None:
+        self.resized = True
+
+    def _on_tstp(self, signum: int, frame: object) -> None:  # Ctrl-Z: hand the terminal back
+        if self._critical or self._closing:
+            return
+        self.term.stop()
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)
+        signal.signal(signal.SIGTSTP, self._on_tstp)  # resumed (SIGCONT)
+        self.term.start()
+        self.resized = True
+
+    @contextlib.contextmanager
+    def signals(self) -> Iterator[None]:
+        """Install the handlers for the session; the old ones come back afterwards."""
+        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH,
+                   signal.SIGTSTP)
+        old = {s: signal.getsignal(s) for s in handled}
+        for s in handled[:3]:
+            signal.signal(s, self._on_signal)
+        signal.signal(signal.SIGWINCH, self._on_winch)
+        signal.signal(signal.SIGTSTP, self._on_tstp)
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)

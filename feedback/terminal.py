@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +43,7 @@ from .render import (
     sanitize,
 )
 from .store import CLAIM_SECONDS, PreferenceStore
-from .term_io import Stop, Terminal
+from .term_io import GuardedSession, Stop, Terminal
 
 INTERFACE = "terminal/1"
 ANSWER_KEYS = {"1": "left", "2": "right", "t": "tie", "s": "skip"}
@@ -94,7 +92,7 @@ class _Given:
     view: View | None
 
 
-class _Session:
+class _Session(GuardedSession):
     def __init__(self, store: PreferenceStore, path: Path, opts: LabelOptions, gif_dir: Path,
                  term: Terminal, console: Console):
         self.store, self.path, self.opts, self.gif_dir = store, path, opts, gif_dir
@@ -122,54 +120,18 @@ class _Session:
         self.drawn: dict[int, str] = {}
         self.resized = False
         self.latencies: list[float] = []  # seconds from a key to the next pair on screen
-        self._critical = False
-        self._closing = False
-        self._pending_stop: Stop | None = None
-
-    # -- signals: stop between store writes, never inside one
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        names = {signal.SIGINT: "interrupt", signal.SIGTERM: "terminated",
-                 signal.SIGHUP: "hangup"}
-        stop = Stop(names.get(signum, f"signal {signum}"), 128 + signum)
-        if self._pending_stop is None:
-            self._pending_stop = stop
-        if not (self._critical or self._closing):
-            raise stop
-
-    @contextlib.contextmanager
-    def _protect(self) -> Iterator[None]:
-        """A store call that a signal must not cut in half."""
-        self._critical = True
-        try:
-            yield
-        finally:
-            self._critical = False
-        if self._pending_stop is not None and not self._closing:
-            raise self._pending_stop
-
-    def _on_winch(self, signum: int, frame: Any) -> None:
-        self.resized = True
-
-    def _on_tstp(self, signum: int, frame: Any) -> None:  # Ctrl-Z: hand the terminal back
-        if self._critical or self._closing:
-            return
-        self.term.stop()
-        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTSTP)
-        signal.signal(signal.SIGTSTP, self._on_tstp)  # resumed (SIGCONT)
-        self.term.start()
-        self.resized = True
+        self.init_guard()
 
     # -- the session
 
     def run(self) -> int:
-        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH, signal.SIGTSTP)
-        old = {s: signal.getsignal(s) for s in handled}
-        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(s, self._on_signal)
-        signal.signal(signal.SIGWINCH, self._on_winch)
-        signal.signal(signal.SIGTSTP, self._on_tstp)
+        with self.signals():
+            reason, code = self._session()
+        if reason != "nothing":
+            self._print(self._summary(reason))
+        return code
+
+    def _session(self) -> tuple[str, int]:
         reason, code, started = "quit", 0, False
         try:
             with self._protect():
@@ -179,7 +141,7 @@ class _Session:
             if first is None:
                 self._print(f"Nothing to label: no pending queries for {self.who} "
                             f"in {self.path}.")
-                return 0
+                return "nothing", 0
             with self._protect():
                 self.store.log_event("session_start", self.who, {
                     "interface": INTERFACE, "pid": os.getpid(), "per_query": self.opts.per_query,
@@ -194,10 +156,7 @@ class _Session:
             self._closing = True
             self.term.stop()
             self._shutdown(reason if started else None)
-            for s, h in old.items():
-                signal.signal(s, h)
-        self._print(self._summary(reason))
-        return code
+        return reason, code
 
     def _print(self, message: str) -> None:
         with contextlib.suppress(OSError, ValueError):  # the terminal may be gone (SIGHUP)
@@ -352,6 +311,9 @@ class _Session:
         qid = self._bg_store.claim_next(self.who, self.opts.per_query, exclude=exclude)
         if qid is None:
             return None
+        # known at once, so that a session stopped before this job's result is read (a
+        # closed terminal, a slow build under load) still releases the claim at exit
+        self.claimed.add(qid)
         return qid, self._build(qid, size, store=self._bg_store)
 
     def _ensure_prefetch(self) -> None:
