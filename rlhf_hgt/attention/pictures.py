@@ -71,11 +71,12 @@ def draw(rows: list[tuple[str, np.ndarray, str]], path: Path, title: str = "") -
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(path)
+    from rlhf_hgt.feedback.files import write_atomic
+
+    try:
+        write_atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=80))
+    finally:
+        plt.close(fig)
 
 
 def compare_grid(runs: list[tuple[str, Path]], path: Path) -> None:
