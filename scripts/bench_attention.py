@@ -162,7 +162,7 @@ def unseen(seeds: list[int]) -> None:
             run(f"unseen/{arch}/clean/{seed}", data=str(UNSEEN_CLEAN), method="none",
                 arch=arch, seed=seed)
         for arch, methods in (("mlp", ["none", "augment", "gate", "rrr", "random-mask"]),
-                              ("cnn", ["none", "rrr", "gradcam"])):
+                              ("cnn", ["none", "augment", "gate", "rrr", "gradcam"])):
             for method in methods:
                 run(f"unseen/{arch}/{method}/{seed}", data=str(UNSEEN), method=method,
                     arch=arch, seed=seed)
