@@ -102,6 +102,23 @@ class Gate:
         return task + self.weight * bce, logits
 
 
+def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, has: torch.Tensor,
+                   of_true_class: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(cross-entropy, logits, d/dx of the log-probabilities kept in the graph for double
+    backpropagation: of every class summed, as Ross et al., or of the true class); the
+    gradient is None when no image of the batch has a map."""
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    task = F.cross_entropy(logits, y)
+    if not bool(has.any()):
+        return task, logits, None
+    logp = F.log_softmax(logits, dim=1)
+    if of_true_class:
+        logp = logp.gather(1, y[:, None])
+    (grad,) = torch.autograd.grad(logp.sum(), x, create_graph=True)
+    return task, logits, grad
+
+
 class RightReasons:
     """Ross et al.'s input-gradient penalty, as a share of the gradient energy."""
 
@@ -109,13 +126,9 @@ class RightReasons:
         self.weight = weight
 
     def loss(self, model, x, y, m, has):
-        x = x.detach().requires_grad_(True)
-        logits = model(x)
-        task = F.cross_entropy(logits, y)
-        if not bool(has.any()):
+        task, logits, grad = input_gradient(model, x, y, has, of_true_class=False)
+        if grad is None:
             return task, logits
-        logp = F.log_softmax(logits, dim=1)
-        (grad,) = torch.autograd.grad(logp.sum(), x, create_graph=True)
         energy = grad.pow(2).sum(1)[has]
         return task + self.weight * outside_share(energy, m[has]).mean(), logits
 
@@ -150,13 +163,9 @@ class GazeKL:
         self.weight = weight
 
     def loss(self, model, x, y, m, has):
-        x = x.detach().requires_grad_(True)
-        logits = model(x)
-        task = F.cross_entropy(logits, y)
-        if not bool(has.any()):
+        task, logits, grad = input_gradient(model, x, y, has, of_true_class=True)
+        if grad is None:
             return task, logits
-        logp = F.log_softmax(logits, dim=1).gather(1, y[:, None]).sum()
-        (grad,) = torch.autograd.grad(logp, x, create_graph=True)
         sal = grad.abs().sum(1)[has]
         grid = (max(1, sal.shape[1] // POOL), max(1, sal.shape[2] // POOL))
         sal = downsample(sal, grid).flatten(1)  # gaze is coarse: compare on a coarser grid

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 #: command -> (module, one line of help)
 GROUPS: dict[str, tuple[str, str]] = {
@@ -43,6 +43,20 @@ def version() -> str:
 def command_word(argv: Sequence[str]) -> str | None:
     """The first word that is not an option: the command asked for."""
     return next((a for a in argv if not a.startswith("-")), None)
+
+
+def add_subcommands(parser: argparse.ArgumentParser, dest: str,
+                    commands: dict[str, tuple[str, str]], argv: Sequence[str], everything: bool,
+                    fill: Callable[[argparse.ArgumentParser, str], None]) -> None:
+    """Sub-commands of a group (``lm reward``, ``attention train``...): each is listed with
+    its help, and ``fill(parser, name)`` adds the flags of the one ``argv`` names (of all,
+    when ``everything``), so only that command's configs are imported."""
+    sub = parser.add_subparsers(dest=dest, required=True, metavar="COMMAND")
+    chosen = command_word(argv)
+    for name, (text, description) in commands.items():
+        p = sub.add_parser(name, help=text, description=description)
+        if everything or name == chosen:
+            fill(p, name)
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

@@ -45,27 +45,25 @@ def mark_sections() -> list[Section]:
 
 def add(parser: argparse.ArgumentParser, argv: Sequence[str] = (),
         everything: bool = False) -> None:
-    from rlhf_hgt.cli import command_word
+    from rlhf_hgt.cli import add_subcommands
 
-    sub = parser.add_subparsers(dest="attention_cmd", required=True, metavar="COMMAND")
-    chosen = command_word(argv)
-    for name, (text, description) in COMMANDS.items():
-        p = sub.add_parser(name, help=text, description=description)
-        if not (everything or name == chosen):
-            continue
-        if name == "train":
-            add_sections(p, train_sections())
-            p.add_argument("--quiet", action="store_true", help="no progress output")
-        elif name == "mark":
-            p.add_argument("store", metavar="STORE", help="the preference store for the marks")
-            p.add_argument("--data", required=True, metavar="DATA",
-                           help="decoy-mnist, mnist or an .npz with x_train (the images to "
-                                "mark: the training images)")
-            add_sections(p, mark_sections())
-        else:
-            p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="attention train runs")
-            p.add_argument("--out", required=True, metavar="DIR",
-                           help="where compare.md, compare.json and saliency_grid.png go")
+    add_subcommands(parser, "attention_cmd", COMMANDS, argv, everything, fill)
+
+
+def fill(p: argparse.ArgumentParser, name: str) -> None:
+    if name == "train":
+        add_sections(p, train_sections())
+        p.add_argument("--quiet", action="store_true", help="no progress output")
+    elif name == "mark":
+        p.add_argument("store", metavar="STORE", help="the preference store for the marks")
+        p.add_argument("--data", required=True, metavar="DATA",
+                       help="decoy-mnist, mnist or an .npz with x_train (the images to "
+                            "mark: the training images)")
+        add_sections(p, mark_sections())
+    else:
+        p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="attention train runs")
+        p.add_argument("--out", required=True, metavar="DIR",
+                       help="where compare.md, compare.json and saliency_grid.png go")
 
 
 def run(args: argparse.Namespace) -> int:

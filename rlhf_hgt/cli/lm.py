@@ -57,20 +57,18 @@ def pair_sections(command: str) -> list[Section]:
 
 def add(parser: argparse.ArgumentParser, argv: Sequence[str] = (),
         everything: bool = False) -> None:
-    from rlhf_hgt.cli import command_word
+    from rlhf_hgt.cli import add_subcommands
 
-    lsub = parser.add_subparsers(dest="lm_cmd", required=True, metavar="COMMAND")
-    chosen = command_word(argv)
-    for name, (text, description) in COMMANDS.items():
-        p = lsub.add_parser(name, help=text, description=description)
-        if not (everything or name == chosen):
-            continue
-        if name in ("reward", "dpo"):
-            add_pair_command(p, name)
-        else:
-            from rlhf_hgt.cli import lm_policy
+    add_subcommands(parser, "lm_cmd", COMMANDS, argv, everything, fill)
 
-            lm_policy.add(p, name)
+
+def fill(p: argparse.ArgumentParser, name: str) -> None:
+    if name in ("reward", "dpo"):
+        add_pair_command(p, name)
+    else:
+        from rlhf_hgt.cli import lm_policy
+
+        lm_policy.add(p, name)
 
 
 def add_pair_command(p: argparse.ArgumentParser, command: str) -> None:
