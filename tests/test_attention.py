@@ -128,6 +128,10 @@ def test_mask_fraction_noise_gaze_and_random_masks(npz):
     assert not np.array_equal(moved, data.mask_train)
     with pytest.raises(ValueError, match="KIND:AMOUNT"):
         D.parse_noise("blur:2")
+    with pytest.raises(ValueError, match="whole number of pixels"):
+        D.parse_noise("shift:2.5")
+    with pytest.raises(D.UserInputError, match="not less than the images' side"):
+        D.degrade(data, "shift:10", 0)
     with pytest.raises(D.UserInputError, match="decoy"):
         D.degrade(data, "decoy:1", 0)
 

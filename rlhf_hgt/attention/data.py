@@ -284,6 +284,8 @@ def parse_noise(spec: str | None) -> tuple[str, float] | None:
                          f"drop:0.5 share of pixels, decoy:1 share of masks), got {spec!r}")
     if kind in ("drop", "decoy") and value > 1:
         raise ValueError(f"mask_noise {kind}:{amount}: the amount is a share in [0, 1]")
+    if kind in ("dilate", "shift") and value != int(value):
+        raise ValueError(f"mask_noise {kind}:{amount}: the amount is a whole number of pixels")
     return kind, value
 
 
@@ -293,6 +295,10 @@ def degrade(data: ImageData, spec: str | None, seed: int) -> ImageData:
     if noise is None:
         return data
     kind, amount = noise
+    size = min(data.mask_train.shape[1:])
+    if kind in ("dilate", "shift") and amount >= size:
+        raise UserInputError(f"--mask-noise {spec}: {int(amount)} pixels is not less than the "
+                             f"images' side ({size}); give fewer pixels")
     rng = np.random.default_rng(seed + 29)
     m = data.mask_train.copy()
     if kind == "dilate":
