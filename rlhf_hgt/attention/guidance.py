@@ -55,17 +55,21 @@ class Guidance(Protocol):
              has: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+class Weighted:
+    """A guidance role with a weight on its term (which the training loop may warm up)."""
+
+    def __init__(self, weight: float):
+        self.weight = weight
+
+
 class Plain:
     def loss(self, model, x, y, m, has):
         logits = model(x)
         return F.cross_entropy(logits, y), logits
 
 
-class Augment:
+class Augment(Weighted):
     """Counterfactual copies: outside-the-map pixels taken from a shuffled batch."""
-
-    def __init__(self, weight: float):
-        self.weight = weight
 
     def loss(self, model, x, y, m, has):
         logits = model(x)
@@ -79,11 +83,8 @@ class Augment:
         return task + self.weight * extra, logits
 
 
-class Gate:
+class Gate(Weighted):
     """Supervise the attention branch with the maps (BCE) where there are maps."""
-
-    def __init__(self, weight: float):
-        self.weight = weight
 
     def loss(self, model, x, y, m, has):
         if not isinstance(model, Gated):
@@ -119,11 +120,8 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, has: torc
     return task, logits, grad
 
 
-class RightReasons:
+class RightReasons(Weighted):
     """Ross et al.'s input-gradient penalty, as a share of the gradient energy."""
-
-    def __init__(self, weight: float):
-        self.weight = weight
 
     def loss(self, model, x, y, m, has):
         task, logits, grad = input_gradient(model, x, y, has, of_true_class=False)
@@ -133,11 +131,8 @@ class RightReasons:
         return task + self.weight * outside_share(energy, m[has]).mean(), logits
 
 
-class GradCAMAlign:
+class GradCAMAlign(Weighted):
     """GRADIA-style: the true class's (squared) Grad-CAM mass outside the downsampled map."""
-
-    def __init__(self, weight: float):
-        self.weight = weight
 
     def loss(self, model, x, y, m, has):
         base = model.base if isinstance(model, Gated) else model
@@ -156,11 +151,8 @@ class GradCAMAlign:
         return task + self.weight * share.mean(), logits
 
 
-class GazeKL:
+class GazeKL(Weighted):
     """KL(map || saliency), both normalised to sum 1 per image."""
-
-    def __init__(self, weight: float):
-        self.weight = weight
 
     def loss(self, model, x, y, m, has):
         task, logits, grad = input_gradient(model, x, y, has, of_true_class=True)
