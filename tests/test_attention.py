@@ -358,3 +358,38 @@ def test_images_with_four_channels_and_outputs_that_refuse(tmp_path, npz, capsys
                      "--mask-fraction", "0.001", "--out", str(tmp_path / "f"),
                      "--epochs", "1"]) == 2
     assert "keeps none of the 96 maps" in capsys.readouterr().err
+
+
+def test_a_model_that_relies_on_unmarked_pixels_is_reported(tmp_path):
+    """The baseline learns the corner confound (it predicts the label perfectly in training
+    and is random at test): swapping the unmarked pixels flips its predictions, and the run
+    says so; rrr looks at the bar and keeps them."""
+    npz = confounded_npz(tmp_path / "strong.npz", n=256)
+    z = dict(np.load(npz))
+    for key in ("x_train", "x_test"):  # a confound bigger than the evidence: a 3x3 corner
+        z[key][:, :3, :3] = z[key][:, :1, :1]
+    np.savez(npz, **z)
+    runs = {}
+    for method in ("none", "rrr"):
+        seen: list[str] = []
+        cfg = AttentionConfig(data=str(npz), out=str(tmp_path / method), method=method,
+                              epochs=15)
+        runs[method] = run_attention(cfg, lambda event, info, seen=seen: seen.append(
+            info["message"]) if event == "warning" else None)
+        runs[method]["seen"] = seen
+    assert runs["none"]["outside_swap_flip_rate"] > 0.2
+    assert any("relies on pixels outside" in w for w in runs["none"]["warnings"])
+    assert runs["none"]["seen"] == runs["none"]["warnings"]
+    assert runs["rrr"]["outside_swap_flip_rate"] < runs["none"]["outside_swap_flip_rate"]
+
+
+def test_default_epochs_give_a_small_data_set_enough_steps(tmp_path, npz):
+    """20 passes over 96 images are 40 steps: the default trains for at least MIN_STEPS;
+    an explicit --epochs is taken as given."""
+    from rlhf_hgt.attention.train import MIN_STEPS, auto_epochs
+
+    assert auto_epochs(4000, 64) == 20  # Decoy MNIST: 63 steps a pass
+    assert auto_epochs(96, 64) * 2 >= MIN_STEPS > (auto_epochs(96, 64) - 1) * 2
+    m = run_attention(AttentionConfig(data=str(npz), out=str(tmp_path / "run"), method="none",
+                                      eval_images=8))
+    assert m["epochs"] == auto_epochs(96, 64) == len(m["accuracy_per_epoch"])

@@ -312,3 +312,42 @@ def test_alignment_report_binary_and_graded():
     assert report["kl_divergence"] == pytest.approx(0, abs=1e-5)
     assert report["auc_judd"] == 1.0 and report["rank_correlation"] == pytest.approx(1)
     assert am.is_graded(gaze) and not am.is_graded(square_mask())
+
+
+# ---------------------------------------------------------------- behaviour
+
+
+class HalfLooker(nn.Module):
+    """Two classes: which is brighter, the left or the right half of the image."""
+
+    def __init__(self, half: str) -> None:
+        super().__init__()
+        self.half = half
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = x.shape[-1] // 2
+        part = x[..., :w] if self.half == "left" else x[..., w:]
+        s = part.mean(dim=(1, 2, 3))
+        return torch.stack([s, 0.5 - s + 0.0 * s], dim=1)
+
+
+def test_outside_swap_flips_asks_the_model():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 4, 4, generator=gen)
+    x[::2] *= 0.2  # half dark, half bright: the prediction depends on the brightness
+    left = torch.zeros(64, 4, 4)
+    left[..., :2] = 1.0  # people marked the left half
+    # a model that looks where people looked keeps every prediction
+    assert am.outside_swap_flips(HalfLooker("left"), x, left).tolist() == [0.0] * 64
+    # one that looks at the unmarked half changes many of them when that half is swapped
+    flips = am.outside_swap_flips(HalfLooker("right"), x, left)
+    assert flips.shape == (64,) and 0.25 < flips.mean() < 0.75
+    # pixels inside the other image's mask are never pasted: masks that cover everything
+    # between them leave nothing to swap
+    right = 1.0 - left
+    both = torch.where(torch.arange(64)[:, None, None] % 2 == 0, left, right)
+    assert am.outside_swap_flips(HalfLooker("right"), x, torch.ones(64, 4, 4)).sum() == 0
+    assert am.outside_swap_flips(HalfLooker("right"), x, both).shape == (64,)
+    assert np.isnan(am.outside_swap_flips(HalfLooker("left"), x[:1], left[:1])).all()
+    with pytest.raises(ValueError, match="does not match"):
+        am.outside_swap_flips(HalfLooker("left"), x, left[:, :3])

@@ -370,6 +370,37 @@ def similarity(sal: ArrayLike, density: ArrayLike) -> np.ndarray:
     return np.where(ok_p & ok_q, np.minimum(p, q).sum(axis=1), np.nan)
 
 
+# ---------------------------------------------------------------- behaviour
+
+
+@torch.no_grad()
+def outside_swap_flips(model: nn.Module, x: torch.Tensor, mask: ArrayLike,
+                       seed: int = 0, batch: int = 512) -> np.ndarray:
+    """Per image, 1.0 when the predicted class changes once the pixels outside its mask come
+    from another image (a random derangement), else 0.0. Only pixels outside both masks are
+    swapped, so no piece of the other image's evidence is pasted in; graded maps blend:
+    ``x + (1 - m)(1 - m_other)(x_other - x)``. Saliency is local and can miss what a model
+    relies on (a wide confound of a few distinct colours can steer a ReLU network with small
+    gradients at the data); this asks the model itself. A model right for the right reasons
+    keeps its predictions: a flip rate near the baseline's says the guidance did not take."""
+    _check_images(x)
+    m = torch.as_tensor(_maps(mask, "mask"), dtype=x.dtype, device=x.device).unsqueeze(1)
+    if m.shape[0] != x.shape[0] or m.shape[2:] != x.shape[2:]:
+        raise ValueError(f"mask {tuple(m.shape)} does not match images {tuple(x.shape)}")
+    n = x.shape[0]
+    if n < 2:
+        return np.full(n, np.nan)
+    gen = torch.Generator().manual_seed(seed)
+    other = (torch.arange(n) + torch.randint(1, n, (n,), generator=gen)) % n  # never itself
+    flips = []
+    with _evaluating(model), torch.no_grad():
+        for i in range(0, n, batch):
+            xs, ms, js = x[i:i + batch], m[i:i + batch], other[i:i + batch].to(x.device)
+            swapped = xs + (1 - ms) * (1 - m[js]) * (x[js] - xs)
+            flips.append((model(xs).argmax(1) != model(swapped).argmax(1)).float().cpu())
+    return torch.cat(flips).numpy()
+
+
 # ---------------------------------------------------------------- report
 
 

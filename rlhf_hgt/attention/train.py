@@ -24,6 +24,9 @@ from rlhf_hgt.attention.guidance import GUIDED, LOSS_METHODS, METHODS, make_guid
 from rlhf_hgt.attention.models import ARCHS, build_model
 from rlhf_hgt.feedback.errors import UserInputError
 
+DEFAULT_EPOCHS = 20
+MIN_STEPS = 1000  # optimiser steps the default number of passes reaches at least
+
 
 @dataclass
 class AttentionConfig:
@@ -40,9 +43,12 @@ class AttentionConfig:
     arch: str = field(default="mlp", metadata={
         "help": "mlp (Ross et al.'s 50-30) or cnn (three convolutions; needed by gradcam)",
         "choices": ARCHS})
-    epochs: int = field(default=20, metadata={
-        "help": "passes over the training images (Decoy MNIST: every method had levelled "
-                "off by 20; BENCHMARKS.md)"})
+    epochs: int | None = field(default=None, metadata={
+        "help": "passes over the training images; default: 20, or more for a small data set "
+                f"so that training takes at least {MIN_STEPS} optimiser steps (Decoy MNIST: "
+                "every method had levelled off by 20 passes = 1,260 steps; on 256 images, 20 "
+                "passes = 80 steps left rrr at chance where 240 steps solved the task)",
+        "default_text": f"20, at least {MIN_STEPS} steps"})
     batch_size: int = field(default=64, metadata={"help": "images per optimiser step"})
     learning_rate: float = field(default=1e-3, metadata={"help": "Adam step size"})
     mask_fraction: float = field(default=1.0, metadata={
@@ -80,7 +86,8 @@ class AttentionConfig:
             (self.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}"),
             (self.method != "gradcam" or self.arch == "cnn",
              "method gradcam needs arch cnn (an MLP has no feature map): add --arch cnn"),
-            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.epochs is None or self.epochs >= 1,
+             f"epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 2, f"batch_size must be at least 2, got {self.batch_size}"),
             (0 < self.learning_rate < 1, f"learning_rate must lie in (0, 1), "
                                          f"got {self.learning_rate}"),
@@ -177,10 +184,12 @@ def run_attention(cfg: AttentionConfig, progress: Progress = _quiet) -> dict[str
                                 (data.x_train, data.y_train, data.mask_train, data.has_mask))
     x_te, y_te = torch.as_tensor(data.x_test).to(device), torch.as_tensor(data.y_test).to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
-    ramp = _warmup(cfg, len(x_tr), guidance)
+    ramp = _warmup(cfg, len(x_tr), guidance,
+                   cfg.epochs or auto_epochs(len(x_tr), cfg.batch_size))
     curve = []
     step = 0
-    for epoch in range(cfg.epochs):
+    epochs = cfg.epochs or auto_epochs(len(x_tr), cfg.batch_size)
+    for epoch in range(epochs):
         model.train()
         losses = []
         for idx in torch.randperm(len(x_tr), generator=gen).split(cfg.batch_size):
@@ -195,10 +204,10 @@ def run_attention(cfg: AttentionConfig, progress: Progress = _quiet) -> dict[str
         acc = accuracy(model, x_te, y_te)
         curve.append({"epoch": epoch + 1, "test_accuracy": acc,
                       "train_loss": float(np.mean(losses))})
-        progress("epoch", {**curve[-1], "epochs": cfg.epochs})
+        progress("epoch", {**curve[-1], "epochs": epochs})
     metrics = {
         "method": cfg.method, "arch": cfg.arch, "data": data.name, "seed": cfg.seed,
-        "mask_fraction": cfg.mask_fraction, "epochs": cfg.epochs,
+        "mask_fraction": cfg.mask_fraction, "epochs": epochs,
         "guidance_weight": getattr(guidance, "weight", None) if cfg.method != "none" else None,
         "guidance_warmup": cfg.guidance_warmup,
         "mask_noise": cfg.mask_noise,
@@ -216,10 +225,19 @@ def run_attention(cfg: AttentionConfig, progress: Progress = _quiet) -> dict[str
     return metrics
 
 
+#: outside_swap_flip_rate above which a run warns. Measured (BENCHMARKS.md, attention): clean
+#: models and guidance that took 0.00-0.06 (gradcam 0.05-0.17, augment on the stripe task
+#: 0.16); decoy baselines 0.33-0.40; guidance that failed 0.41-0.73 (shifted or decoy maps,
+#: rrr on the stripe task)
+FLIP_WARNING = 0.2
+
+
 def warnings_for(cfg: AttentionConfig, data: D.ImageData, metrics: dict[str, Any]) -> list[str]:
     """What a person should hear about a run: a guided model that predicts one class (the
     guidance fought the labels: the maps may miss the evidence, or the weight is too
-    strong for maps this small)."""
+    strong for maps this small), and a model whose predictions change when the pixels
+    outside the test maps are swapped between images (it relies on what people did not
+    mark)."""
     majority = float(np.bincount(data.y_train).max() / len(data.y_train))
     out = []
     if cfg.method in GUIDED and metrics["train_accuracy"] <= majority + 0.02:
@@ -229,14 +247,33 @@ def warnings_for(cfg: AttentionConfig, data: D.ImageData, metrics: dict[str, Any
                    f"{majority:.2f}); the maps cover {area:.0%} of each image on average: "
                    "check that they mark the evidence, try a smaller --guidance-weight, or "
                    "--method gate or augment")
+    flips = metrics.get("outside_swap_flip_rate")
+    if flips is not None and flips > FLIP_WARNING:
+        who = "the model" if cfg.method == "none" else f"the {cfg.method}-guided model"
+        hints = {"none": "a guided method can teach it to look where people looked",
+                 "gate": "its attention branch has not learned the maps: check that they "
+                         "mark the evidence, or train longer (--epochs)",
+                 "augment": "check that the maps mark the evidence, or raise "
+                            "--guidance-weight"}
+        hint = hints.get(cfg.method, "input-gradient losses are local and can miss a wide "
+                         "confound (BENCHMARKS.md, attention: --method augment or gate held "
+                         "where rrr did not); check that the maps mark the evidence")
+        out.append(f"{who} relies on pixels outside the test maps: swapping them between "
+                   f"test images changes {flips:.0%} of its predictions; {hint}")
     return out
 
 
-def _warmup(cfg: AttentionConfig, n: int, guidance: Any) -> Callable[[int], None]:
+def auto_epochs(n: int, batch_size: int) -> int:
+    """The default number of passes: 20, or enough for MIN_STEPS optimiser steps."""
+    return max(DEFAULT_EPOCHS, -(-MIN_STEPS // -(-n // batch_size)))
+
+
+def _warmup(cfg: AttentionConfig, n: int, guidance: Any, epochs: int
+            ) -> Callable[[int], None]:
     """Sets rrr's (and random-mask's) weight for a step: rising linearly from 0 over the
     first ``guidance_warmup`` share of the steps (other methods: constant)."""
     full = getattr(guidance, "weight", 0.0)
-    steps = cfg.guidance_warmup * cfg.epochs * -(-n // cfg.batch_size)
+    steps = cfg.guidance_warmup * epochs * -(-n // cfg.batch_size)
     if cfg.method not in LOSS_METHODS or steps < 1:
         return lambda step: None
 
@@ -270,7 +307,12 @@ def alignment(model: nn.Module, data: D.ImageData, n: int, device: torch.device
               ) -> dict[str, Any]:
     """Saliency (input gradients of the predicted class) against the test maps and, for
     decoy data, the decoy patch's share of it."""
-    from rlhf_hgt.attention.metrics import alignment_report, input_gradients, share_in_region
+    from rlhf_hgt.attention.metrics import (
+        alignment_report,
+        input_gradients,
+        outside_swap_flips,
+        share_in_region,
+    )
 
     model.eval()
     x = torch.as_tensor(data.x_test[:n]).to(device)
@@ -278,9 +320,12 @@ def alignment(model: nn.Module, data: D.ImageData, n: int, device: torch.device
     out: dict[str, Any] = {}
     if data.mask_test is not None:
         out.update(alignment_report(sal, data.mask_test[:n]))
+        flips = outside_swap_flips(model, torch.as_tensor(data.x_test).to(device),
+                                   data.mask_test)
+        out["outside_swap_flip_rate"] = float(np.nanmean(flips))
     else:
         out.update({k: None for k in ("saliency_mass_in_mask", "topk_iou", "pointing_game",
-                                      "rank_correlation")})
+                                      "rank_correlation", "outside_swap_flip_rate")})
     if data.decoy_test is not None:
         out["decoy_saliency_share"] = float(np.nanmean(
             share_in_region(sal, data.decoy_test[:n])))
