@@ -393,3 +393,22 @@ def test_default_epochs_give_a_small_data_set_enough_steps(tmp_path, npz):
     m = run_attention(AttentionConfig(data=str(npz), out=str(tmp_path / "run"), method="none",
                                       eval_images=8))
     assert m["epochs"] == auto_epochs(96, 64) == len(m["accuracy_per_epoch"])
+
+
+def test_command_line_reports_unknown_flags_and_unseen_classes(tmp_path, npz, capsys):
+    """An unknown flag is named under the command's own usage; test labels that never occur
+    in training are warned about; --quiet hides the passes, not the result."""
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["attention", "train", "--data", str(npz), "--out", str(tmp_path / "a"),
+                  "--bogus"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "rlhf-hgt attention train: error: unrecognized arguments: --bogus" in err
+    z = dict(np.load(npz))
+    z["y_test"] = z["y_test"] + 1  # class 2 never occurs in training
+    np.savez(tmp_path / "shifted.npz", **z)
+    assert cli_main(["attention", "train", "--data", str(tmp_path / "shifted.npz"), "--out",
+                     str(tmp_path / "b"), "--epochs", "2", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "test labels 2 never occur in training" in err
+    assert "test accuracy" in err and "epoch 1/2" not in err

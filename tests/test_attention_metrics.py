@@ -312,6 +312,18 @@ def test_alignment_report_binary_and_graded():
     assert report["kl_divergence"] == pytest.approx(0, abs=1e-5)
     assert report["auc_judd"] == 1.0 and report["rank_correlation"] == pytest.approx(1)
     assert am.is_graded(gaze) and not am.is_graded(square_mask())
+    # a dense map: every pixel > 0. Counting every pixel > 0 as a fixation leaves no
+    # negative (AUC undefined); the report takes the core (>= half the peak) as fixated and
+    # weights NSS by the map
+    dense = np.array([[0.1, 0.2, 0.1], [0.2, 1.0, 0.6], [0.1, 0.1, 0.1]])
+    assert np.isnan(am.auc_judd(dense, dense)[0])
+    assert am.alignment_report(dense, dense)["auc_judd"] == 1.0
+    peak_only = np.zeros((3, 3))
+    peak_only[1, 1] = 1.0
+    report = am.alignment_report(peak_only, dense)
+    assert report["auc_judd"] == pytest.approx(0.75)  # one of the two core pixels found
+    z = (peak_only - peak_only.mean()) / peak_only.std()
+    assert report["nss"] == pytest.approx((z * dense).sum() / dense.sum())
 
 
 # ---------------------------------------------------------------- behaviour

@@ -417,7 +417,9 @@ def is_graded(mask: ArrayLike) -> bool:
 
 def alignment_report(sal: ArrayLike, mask: ArrayLike) -> dict[str, float]:
     """Nan-means over images of the binary-mask metrics (mask > 0.5; the rank correlation
-    uses the map's own values), plus the graded-map metrics when the map is graded."""
+    uses the map's own values), plus the graded-map metrics when the map is graded (NSS
+    weighted by the map, AUC-Judd with the pixels at half the map's peak or above as the
+    fixations)."""
     report = {
         "saliency_mass_in_mask": _nanmean(mass_in_mask(sal, mask)),
         "topk_iou": _nanmean(topk_iou(sal, mask)),
@@ -425,8 +427,13 @@ def alignment_report(sal: ArrayLike, mask: ArrayLike) -> dict[str, float]:
         "rank_correlation": _nanmean(rank_correlation(sal, mask)),
     }
     if is_graded(mask):
-        report["nss"] = _nanmean(nss(sal, mask))
-        report["auc_judd"] = _nanmean(auc_judd(sal, mask))
+        # a dense map is not a list of fixations: NSS weights each pixel by the map (the
+        # expected NSS of fixations drawn from it), AUC-Judd takes the pixels at half the
+        # map's peak or above as fixated (every pixel > 0 would leave few negatives)
+        dense = _maps(mask, "mask")
+        peak = dense.reshape(len(dense), -1).max(axis=1).reshape(-1, *[1] * (dense.ndim - 1))
+        report["nss"] = _nanmean(nss(sal, mask, weighted=True))
+        report["auc_judd"] = _nanmean(auc_judd(sal, (dense >= 0.5 * peak) & (peak > 0)))
         report["kl_divergence"] = _nanmean(kl_divergence(sal, mask))
         report["cc"] = _nanmean(cc(sal, mask))
         report["similarity"] = _nanmean(similarity(sal, mask))

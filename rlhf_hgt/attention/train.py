@@ -247,6 +247,13 @@ def warnings_for(cfg: AttentionConfig, data: D.ImageData, metrics: dict[str, Any
                    f"{majority:.2f}); the maps cover {area:.0%} of each image on average: "
                    "check that they mark the evidence, try a smaller --guidance-weight, or "
                    "--method gate or augment")
+    unseen = sorted(set(np.unique(data.y_test).tolist()) - set(np.unique(data.y_train).tolist()))
+    if unseen:
+        share = float(np.isin(data.y_test, unseen).mean())
+        out.append(f"test labels {', '.join(map(str, unseen[:10]))}"
+                   f"{' …' if len(unseen) > 10 else ''} never occur in training ({share:.0%} "
+                   "of the test images): no model can get them right; check y_train and "
+                   "y_test")
     flips = metrics.get("outside_swap_flip_rate")
     if flips is not None and flips > FLIP_WARNING:
         who = "the model" if cfg.method == "none" else f"the {cfg.method}-guided model"

@@ -87,12 +87,28 @@ def _parser(argv: Sequence[str], everything: bool) -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(parser: argparse.ArgumentParser, argv: Sequence[str]
+                    ) -> argparse.ArgumentParser:
+    """The deepest sub-command parser that ``argv`` names (e.g. ``attention train``)."""
+    tokens = list(argv)
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = next((t for t in tokens if subs and t in subs[0].choices), None)
+        if chosen is None:
+            return parser
+        parser = subs[0].choices[chosen]
+        tokens = tokens[tokens.index(chosen) + 1:]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``rlhf-hgt`` with ``argv`` (default: the command line); returns the exit code."""
     from rlhf_hgt.feedback.errors import exit_code
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(argv).parse_args(argv)
+    parser = build_parser(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # say so under the command's own usage, not the top level's
+        _command_parser(parser, argv).error(f"unrecognized arguments: {' '.join(unknown)}")
     group = importlib.import_module(GROUPS[args.cmd][0])
     return exit_code(group.run, args, interrupted=getattr(group, "INTERRUPTED", "interrupted"))
 

@@ -94,17 +94,21 @@ def run_train(args: argparse.Namespace) -> int:
         from rlhf_hgt.attention.train import run_attention
 
     def progress(event: str, info: dict[str, Any]) -> None:
-        if event == "epoch":
+        every = max(1, info.get("epochs", 1) // 20)  # a small data set runs many passes
+        if event == "epoch" and (info["epoch"] % every == 0 or info["epoch"] == info["epochs"]):
             console.print(f"epoch {info['epoch']}/{info['epochs']}  test accuracy "
                           f"{info['test_accuracy']:.3f}  loss {info['train_loss']:.3f}")
         elif event == "warning":
             Console(stderr=True).print(f"[yellow]warning[/]: {info['message']}")
 
     m = run_attention(cfg, progress)
-    console.print(f"[bold]{cfg.method}[/] ({cfg.arch}) on {m['data']}: test accuracy "
-                  f"{m['test_accuracy']:.3f}, train {m['train_accuracy']:.3f}, saliency in "
-                  f"mask {_fmt(m.get('saliency_mass_in_mask'))}, top-k IoU "
-                  f"{_fmt(m.get('topk_iou'))} ({m['wall_s']:.0f}s) → {cfg.out}")
+    # the result is shown with --quiet too (it hides progress only)
+    Console(stderr=True).print(
+        f"[bold]{cfg.method}[/] ({cfg.arch}) on {m['data']}: test accuracy "
+        f"{m['test_accuracy']:.3f}, train {m['train_accuracy']:.3f}, saliency in mask "
+        f"{_fmt(m.get('saliency_mass_in_mask'))}, top-k IoU {_fmt(m.get('topk_iou'))}, flip "
+        f"rate {_fmt(m.get('outside_swap_flip_rate'))} ({m['epochs']} passes, "
+        f"{m['wall_s']:.0f}s) → {cfg.out}")
     return 0
 
 
