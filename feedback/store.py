@@ -32,7 +32,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ DEFAULT_STORE = Path("feedback") / "preferences.db"
 ANSWERS = ("left", "right", "tie", "skip")
 KINDS = ("text", "segment")
 CLAIM_SECONDS = 15 * 60.0
+REASON_KEYS = {"features", "highlights"}  # what a reasons event may carry (record_reasons)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -458,19 +459,25 @@ class PreferenceStore:
 
     def record_answers(self, answers: Iterable[tuple[int, str]], annotator: str, *,
                        synthetic: bool = False, interface: str = "api/1",
-                       per_query: int | None = None) -> list[int | None]:
+                       per_query: int | None = None,
+                       seconds: Sequence[float] | None = None) -> list[int | None]:
         """Save many ``(query_id, answer)`` answers of one annotator in one transaction, each
         with the checks of :meth:`record_answer` (None where the query needs no more answers
-        or this annotator already answered it); all or none are written."""
+        or this annotator already answered it); all or none are written. ``seconds`` (one
+        per answer) are response times: each answer is stored as shown that long before now
+        (a synthetic teacher's simulated times); without them shown and answered are now."""
         items = list(answers)
         for _, answer in items:
             _check_answer(answer)
+        if seconds is not None and len(seconds) != len(items):
+            raise ValueError(f"seconds: {len(seconds)} times for {len(items)} answers")
         need = per_query or self.annotators_per_query
         now = time.time()
+        shown = [now - float(t) for t in seconds] if seconds is not None else [now] * len(items)
         with self.transaction() as cur:
-            return [self._insert_answer(cur, qid, answer, annotator, synthetic, now, now, None,
+            return [self._insert_answer(cur, qid, answer, annotator, synthetic, at, now, None,
                                         interface, uuid.uuid4().hex, need)
-                    for qid, answer in items]
+                    for (qid, answer), at in zip(items, shown, strict=True)]
 
     def _insert_answer(self, cur: sqlite3.Cursor, query_id: int, answer: str, annotator: str,
                        synthetic: bool, shown_at: float | None, answered_at: float | None,
@@ -545,6 +552,30 @@ class PreferenceStore:
             return
         with self.transaction() as c:
             c.execute(sql, args)
+
+    def record_reasons(self, answer_id: int, reasons: dict, annotator: str | None = None,
+                       token: str | None = None) -> None:
+        """Why an answer was given, stored with it as a ``reasons`` event (append-only, like
+        the answer): ``{"features": [i, ...]}`` for a trajectory-segment query (the
+        observation features that decided), ``{"highlights": {"left": [[start, end], ...],
+        "right": [...]}}`` for a text query (character spans of the left and right response
+        that decided). A later ``reasons`` event of the same answer replaces an earlier one
+        when read back (:meth:`reasons`); an undo of the answer drops them with it."""
+        if not isinstance(reasons, dict) or not set(reasons) <= REASON_KEYS:
+            raise ValueError(f"reasons must be a dict with keys among {sorted(REASON_KEYS)}, "
+                             f"got {reasons!r}")
+        with self.transaction() as cur:
+            if cur.execute("SELECT 1 FROM answers WHERE id = ?", (answer_id,)).fetchone() is None:
+                raise StoreError(f"{self.path}: no answer with id {answer_id}")
+            self.log_event("reasons", annotator, reasons, token=token, cur=cur,
+                           answer_id=answer_id)
+
+    def reasons(self) -> dict[int, dict]:
+        """The latest reasons of every active answer that has some: ``{answer_id: reasons}``."""
+        rows = self.conn.execute(
+            "SELECT e.answer_id, e.data FROM events e JOIN active_answers a ON a.id = "
+            "e.answer_id WHERE e.kind = 'reasons' ORDER BY e.id")
+        return {aid: json.loads(data) for aid, data in rows}
 
     def events(self, kind: str | None = None) -> list[dict]:
         sql = "SELECT id, at, kind, annotator, answer_id, data FROM events"

@@ -168,3 +168,26 @@ def test_labelled_reads_queries_with_answers(store):
     got = list(store.labelled())
     assert len(got) == 1 and got[0][0].id == ids[0] and got[0][1].rationale == "clearer"
     assert len(list(store.labelled(include_skips=True))) == 2
+
+
+def test_reasons_and_simulated_times_are_kept_with_their_answers(store):
+    (qid,) = store.add_text_queries([TextPair("p", "good answer", "bad answer")])
+    (q2,) = store.add_text_queries([TextPair("p", "other", "one")])
+    a1, a2 = store.record_answers([(qid, "left"), (q2, "right")], "t", synthetic=True,
+                                  seconds=[1.5, 0.25])
+    rows = {a.id: a for a in store.answers()}
+    assert rows[a1].answered_at - rows[a1].shown_at == pytest.approx(1.5)
+    assert rows[a2].answered_at - rows[a2].shown_at == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="2 times for 1 answers"):
+        store.record_answers([(qid, "left")], "u", seconds=[1.0, 2.0])
+    store.record_reasons(a1, {"highlights": {"left": [[0, 4]], "right": []}}, "t")
+    store.record_reasons(a2, {"features": [0, 2]}, "t")
+    store.record_reasons(a2, {"features": [1]}, "t")  # a later one replaces the first
+    assert store.reasons() == {a1: {"highlights": {"left": [[0, 4]], "right": []}},
+                               a2: {"features": [1]}}
+    store.undo(a2, "t")
+    assert set(store.reasons()) == {a1}  # an undo drops its reasons with it
+    with pytest.raises(ValueError, match="keys among"):
+        store.record_reasons(a1, {"colour": "red"})
+    with pytest.raises(StoreError, match="no answer with id 999"):
+        store.record_reasons(999, {"features": [0]})
