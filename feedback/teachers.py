@@ -18,6 +18,9 @@ sides of query ``i`` (the segment's ``true_rewards`` array; for a text query, th
 ``equal``       answers tie when |R_left - R_right| < margin; otherwise the oracle's answer.
 ``myopic``      weighs the reward of step t (of T) by gamma^(T-1-t), so the last steps weigh
                 most; then the oracle's answer on the weighted returns.
+``ddm``         a drift-diffusion decision: answers and response times, slower and more often
+                wrong when the two returns are close (``answer_batch_timed``; the times are
+                stored with the answers).
 
 Thresholds (``skip``'s threshold, ``equal``'s margin) are absolute when given. Otherwise
 they are relative to the returns the teacher sees in the batch it answers, which works
@@ -305,6 +308,95 @@ class MyopicTeacher(_ReturnTeacher):
         return np.array(out, dtype=np.float64)
 
 
+@dataclass
+class DriftDiffusionTeacher(_ReturnTeacher):
+    """A drift-diffusion decision (Ratcliff & McKoon 2008): evidence starts midway between two
+    bounds ``bound`` apart and drifts towards "left" at a rate proportional to R_left -
+    R_right (``drift`` for a typical pair: the difference divided by the batch's mean
+    absolute difference) with unit Brownian noise; the bound it hits is the answer, the time
+    it took plus a non-decision time ``ndt`` the response time. So close pairs are slow and
+    more often wrong, clear ones fast and right: P(right answer) = 1 / (1 + exp(-rate *
+    bound)), 0.96 for a typical pair with the defaults, 0.56 for one a tenth as different;
+    mean decision time 0.64 s at rate 0, 0.37 s at 2. The defaults lie in the range of the
+    fits Ratcliff & McKoon report (with noise 0.1: bound 0.08-0.16, drift 0.1-0.4, i.e.
+    0.8-1.6 and 1-4 with noise 1; non-decision time 0.3-0.5 s); the bound is at the careful
+    end, as comparing two clips or answers is. ``informative`` 0
+    shuffles the times across the batch: the break condition, a person whose speed carries
+    no information. Never ties (equal returns give a coin flip at the slowest speed)."""
+
+    drift: float = field(default=2.0, metadata={
+        "help": "drift rate (per second, noise 1) of a pair with the batch's mean absolute "
+                "return difference (> 0)"})
+    bound: float = field(default=1.6, metadata={
+        "help": "distance between the two decision bounds, in noise units (> 0)"})
+    ndt: float = field(default=0.4, metadata={
+        "help": "non-decision time added to every answer, seconds (>= 0)"})
+    informative: float = field(default=1.0, metadata={
+        "help": "1: times come from the decisions; 0: shuffled across the batch"})
+
+    def __post_init__(self) -> None:
+        for name in ("drift", "bound"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        if not (math.isfinite(self.ndt) and self.ndt >= 0):
+            raise ValueError(f"ndt (non-decision time, seconds) must be >= 0, got {self.ndt}")
+        if self.informative not in (0.0, 1.0):
+            raise ValueError(f"informative must be 1 or 0, got {self.informative}")
+
+    @property
+    def name(self) -> str:
+        shuffled = "" if self.informative else ",informative=0"
+        return f"ddm(drift={_fmt(self.drift)},bound={_fmt(self.bound)},ndt={_fmt(self.ndt)}" \
+               f"{shuffled})"
+
+    def answer_batch_timed(self, left_rewards: Sequence[np.ndarray],
+                           right_rewards: Sequence[np.ndarray], rng: np.random.Generator
+                           ) -> tuple[list[str], np.ndarray]:
+        """Answers and response times (seconds), one each per pair."""
+        left, right = _check_pair_lists(left_rewards, right_rewards)
+        if not left:
+            return [], np.zeros(0)
+        return self._decide_timed(self._returns(left), self._returns(right), rng)
+
+    def _decide_timed(self, ret_l: np.ndarray, ret_r: np.ndarray, rng: np.random.Generator
+                      ) -> tuple[list[str], np.ndarray]:
+        diff = ret_l - ret_r
+        typical = float(np.abs(diff).mean())
+        rates = self.drift * diff / typical if typical > 0 else np.zeros(len(diff))
+        upper, seconds = _diffuse(rates, self.bound, rng)
+        if not self.informative:
+            seconds = rng.permutation(seconds)
+        return ["left" if u else "right" for u in upper], seconds + self.ndt
+
+    def _decide(self, ret_l: np.ndarray, ret_r: np.ndarray,
+                rng: np.random.Generator) -> list[str]:
+        return self._decide_timed(ret_l, ret_r, rng)[0]
+
+
+def _diffuse(rates: np.ndarray, bound: float, rng: np.random.Generator,
+             dt: float = 1e-3, limit: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
+    """First passage of x(0) = bound / 2, dx = rate dt + dW, through 0 or ``bound``: whether
+    it left through the upper bound, and when (Euler steps of ``dt``; still inside after
+    ``limit`` seconds: the nearer bound, at ``limit``)."""
+    x = np.full(len(rates), bound / 2)
+    upper = np.zeros(len(rates), bool)
+    t = np.full(len(rates), limit)
+    active = np.arange(len(rates))
+    sd = math.sqrt(dt)
+    for step in range(1, int(limit / dt) + 1):
+        x[active] += rates[active] * dt + sd * rng.standard_normal(len(active))
+        done = (x[active] <= 0) | (x[active] >= bound)
+        if done.any():
+            hit = active[done]
+            upper[hit], t[hit] = x[hit] >= bound, step * dt
+            active = active[~done]
+            if not len(active):
+                break
+    upper[active] = x[active] >= bound / 2
+    return upper, t
+
+
 # ----------------------------------------------------------------------------- factory
 
 TEACHERS: dict[str, type] = {
@@ -314,6 +406,7 @@ TEACHERS: dict[str, type] = {
     "skip": SkipTeacher,
     "equal": EqualTeacher,
     "myopic": MyopicTeacher,
+    "ddm": DriftDiffusionTeacher,
 }
 
 
@@ -425,7 +518,9 @@ def _answer_pending(store: PreferenceStore, teacher: Teacher, annotator: str,
                                      "to answer text (pass score_fn)")
             lefts.append(np.array([_score(score_fn, q.prompt or "", q.left, qid)]))
             rights.append(np.array([_score(score_fn, q.prompt or "", q.right, qid)]))
-    answers = teacher.answer_batch(lefts, rights, rng)
+    timed = getattr(teacher, "answer_batch_timed", None)  # a teacher that simulates times
+    answers, seconds = timed(lefts, rights, rng) if timed else (
+        teacher.answer_batch(lefts, rights, rng), None)
     if len(answers) != len(ids):
         raise RuntimeError(f"teacher {teacher.name} gave {len(answers)} answers for "
                            f"{len(ids)} queries")
@@ -437,8 +532,9 @@ def _answer_pending(store: PreferenceStore, teacher: Teacher, annotator: str,
     for start in range(0, len(ids), _WRITE_BATCH):
         chunk = zip(ids[start:start + _WRITE_BATCH], answers[start:start + _WRITE_BATCH],
                     strict=True)
+        times = None if seconds is None else seconds[start:start + _WRITE_BATCH].tolist()
         saved = store.record_answers(chunk, annotator, synthetic=True, interface=INTERFACE,
-                                     per_query=per_query)
+                                     per_query=per_query, seconds=times)
         written += sum(a is not None for a in saved)
     store.log_event("teacher", annotator=annotator,
                     data={"teacher": teacher.name, "answered": written, "taken": len(ids)})

@@ -365,3 +365,47 @@ def test_answer_pending_on_a_missing_store_is_a_store_error(tmp_path):
     with pytest.raises(StoreError, match="no such store"):
         answer_pending(tmp_path / "nope.db", make_teacher("oracle"))
     assert not (tmp_path / "nope.db").exists()
+
+
+# ----------------------------------------------------------------------------- drift diffusion
+
+
+def _ddm_batch(spec: str, n: int = 3000, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    left, right = rng.normal(size=n), rng.normal(size=n)
+    answers, seconds = make_teacher(spec).answer_batch_timed(
+        [np.array([x]) for x in left], [np.array([x]) for x in right], rng)
+    right_answer = np.array([(a == "left") == (d > 0)
+                             for a, d in zip(answers, left - right, strict=True)])
+    return np.abs(left - right), right_answer, np.asarray(seconds)
+
+
+def test_drift_diffusion_close_pairs_are_slow_and_error_prone():
+    diff, ok, secs = _ddm_batch("ddm")
+    assert secs.min() >= 0.4  # the non-decision time
+    hard, easy = diff < np.quantile(diff, 0.25), diff > np.quantile(diff, 0.75)
+    assert ok[hard].mean() < 0.75 < 0.95 < ok[easy].mean()
+    assert secs[hard].mean() > secs[easy].mean() + 0.3
+    slow = secs > np.median(secs)
+    assert ok[~slow].mean() > ok[slow].mean() + 0.05  # fast answers are the surer ones
+    # the break condition: the same answers' accuracy, times that carry nothing
+    diff0, ok0, secs0 = _ddm_batch("ddm:informative=0")
+    assert abs(np.corrcoef(secs0, diff0)[0, 1]) < 0.05
+    assert abs(ok0.mean() - ok.mean()) < 0.03
+
+
+def test_drift_diffusion_times_are_stored_with_the_answers(tmp_path):
+    rng = np.random.default_rng(0)
+    with PreferenceStore(tmp_path / "p.db") as store:
+        pairs = [(_segment(rng.normal(size=4)), _segment(rng.normal(size=4)))
+                 for _ in range(20)]
+        store.add_segment_queries(pairs, env_id="Toy-v0")
+        assert answer_pending(store, make_teacher("ddm"), rng=np.random.default_rng(1)) == 20
+        took = [a.answered_at - a.shown_at for a in store.answers()]
+        assert min(took) >= 0.4 and len(set(np.round(took, 3))) > 10
+        assert all(a.annotator.startswith("teacher:ddm(") for a in store.answers())
+    assert make_teacher("ddm").answer_batch([np.ones(2)], [np.zeros(2)],
+                                            np.random.default_rng(0)) in (["left"], ["right"])
+    for bad in ("ddm:drift=0", "ddm:bound=-1", "ddm:ndt=-0.1", "ddm:informative=0.5"):
+        with pytest.raises(UserInputError, match="ddm"):
+            make_teacher(bad)
