@@ -283,3 +283,84 @@ def test_bad_marks_exit_2_naming_the_flag(tmp_path, capsys, args, message):
     assert code == 2, err
     assert message in err and err.startswith("rlhf-hgt: error:")
     assert "Traceback" not in err and not (out / "metrics.json").exists()
+
+
+# ----------------------------------------------------------------------------- per-pair marks
+# and response times, read back from the store
+
+
+def _segment_store(tmp_path: Path, n: int = 8, features: int = 4):
+    from rlhf_hgt.feedback.store import PreferenceStore
+
+    rng = np.random.default_rng(0)
+    store = PreferenceStore(tmp_path / "s.db")
+    pairs = [tuple({"obs": rng.normal(size=(5, features)).astype(np.float32),
+                    "actions": np.zeros(5, np.int64),
+                    "true_rewards": rng.normal(size=5)} for _ in range(2)) for _ in range(n)]
+    ids = store.add_segment_queries(pairs, env_id="Toy-v0")
+    return store, ids
+
+
+def test_stored_labels_take_marks_given_per_pair_and_times(tmp_path):
+    from rlhf_hgt.control.labels import stored_labels
+
+    store, ids = _segment_store(tmp_path)
+    answers = ["left", "right", "tie", "left", "skip", "right", "left", "left"]
+    saved = store.record_answers(list(zip(ids, answers, strict=True)), "ann",
+                                 seconds=[1.0, 2.0, 3.0, 4.0, 9.0, 5.0, 6.0, 7.0])
+    store.record_reasons(saved[1], {"features": [2]})
+    store.record_reasons(saved[3], {"features": []})  # the person looked and marked none
+    plain = stored_labels(store, ControlConfig("Toy-v0", "o"))
+    assert len(plain) == 7 and plain.weights is None  # the skip is left out
+    assert plain.marks is not None and plain.mark_weight == DEFAULT_MARK_WEIGHT
+    np.testing.assert_array_equal(plain.marks[1], [0, 0, 1, 0])  # the pair's own marks
+    np.testing.assert_array_equal(plain.marks[0], [1, 1, 1, 1])  # unmarked: no penalty
+    np.testing.assert_array_equal(plain.marks[3], [1, 1, 1, 1])
+    assert plain.summary == {"marked_pairs": 1}
+    # with --feature-marks the task's marks stand where a pair has none of its own
+    task = np.array([1, 1, 0, 0], np.float32)
+    both = stored_labels(store, ControlConfig("Toy-v0", "o", feature_marks="0-1",
+                                              mark_weight=3.0), task)
+    np.testing.assert_array_equal(both.marks[0], task)
+    np.testing.assert_array_equal(both.marks[1], [0, 0, 1, 0])
+    assert both.mark_weight == 3.0
+    # time weighting: ranks within the annotator (the skip's 9 s is not among them)
+    timed = stored_labels(store, ControlConfig("Toy-v0", "o", time_weighting=True))
+    np.testing.assert_allclose(timed.weights, 1 - 0.8 * np.arange(7) / 6)
+    np.testing.assert_allclose(timed.targets, [1, 0, 0.5, 1, 0, 1, 1])
+    soft = stored_labels(store, ControlConfig("Toy-v0", "o", time_weighting=True,
+                                              time_weighting_mode="soft", time_floor=0.0))
+    assert soft.weights is not None and (soft.weights == 1).all()
+    np.testing.assert_allclose(soft.targets[[0, 1, 6]], [1.0, 0.5 - 0.5 * 5 / 6, 0.5])
+    assert soft.summary["time_weighting"]["timed_pairs"] == 7
+    store.close()
+
+
+def test_marks_for_features_the_clips_do_not_have_are_refused(tmp_path):
+    from rlhf_hgt.control.labels import stored_labels
+
+    store, ids = _segment_store(tmp_path, n=2)
+    (aid,) = store.record_answers([(ids[0], "left")], "ann")
+    store.record_reasons(aid, {"features": [7]})
+    with pytest.raises(UserInputError, match=r"marks features \[7\], but the observation has 4"):
+        stored_labels(store, ControlConfig("Toy-v0", "o"))
+    store.close()
+
+
+def test_time_weighting_config_checks():
+    with pytest.raises(UserInputError, match="--algo dpo has none"):
+        ControlConfig("CartPole-v1", "o", algo="dpo", time_weighting=True)
+    with pytest.raises(UserInputError, match="--time-floor"):
+        ControlConfig("CartPole-v1", "o", time_weighting=True, time_floor=2.0)
+
+
+def test_a_tiny_run_with_time_weighting_and_the_ddm_teacher(tmp_path: Path, capsys):
+    out = tmp_path / "timed"
+    code, err = _control_here(capsys, "CartPole-v1", "--teacher", "ddm", "--time-weighting",
+                              "--labels", "12", "--timesteps", "512", "--rounds", "1",
+                              "--out", str(out), *TINY)
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    tw = metrics["time_weighting"]
+    assert tw["mode"] == "weight" and tw["timed_pairs"] == tw["pairs"] == metrics["labels"]
+    assert tw["confidence_min"] == pytest.approx(0.2) and 0.2 < tw["confidence_mean"] < 1

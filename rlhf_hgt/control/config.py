@@ -43,6 +43,7 @@ C = TypeVar("C")
 #: the measurement behind it is in ControlConfig.mark_weight's help (the same 10 as the
 #: image RRR default, rlhf_hgt.attention.guidance.DEFAULT_WEIGHTS)
 DEFAULT_MARK_WEIGHT = 10.0
+DEFAULT_TIME_FLOOR = 0.2  # rlhf_hgt.confidence.DEFAULT_FLOOR (this module stays light)
 
 
 def parse_feature_marks(spec: str, n_features: int | None = None,
@@ -301,7 +302,9 @@ class ControlConfig:
                 "ensemble's input gradients on the other features are penalised (Right for "
                 "the Right Reasons on the Bradley-Terry reward, weight --mark-weight)"})
     mark_weight: float | None = field(default=None, metadata={
-        "help": f"weight of the feature-mark penalty, the share in [0, 1] of the reward's "
+        "help": f"weight of the feature-mark penalty (of --feature-marks, and then of the "
+                f"marks people give per pair at the prompt too), the share in [0, 1] of the "
+                f"reward's "
                 f"squared input gradient outside the marked features (default "
                 f"{DEFAULT_MARK_WEIGHT:g}: random-policy clips with distractors time:2,noise:2, "
                 "300 training pairs the distractors order as the true reward does, 200 "
@@ -310,6 +313,16 @@ class ControlConfig:
                 "the distractors' share from 0.67 to 0.01 and from 0.51 to 0.006; weights 3 "
                 "to 30 were within 0.03 of the best on both, 1 and 100 fell to 0.73 and "
                 "0.78 on Pendulum-v1)"})
+    time_weighting: bool = field(default=False, metadata={
+        "help": "turn each answer's response time into a confidence for its comparison: its "
+                "rank among the same annotator's times (people differ in speed), 1 for the "
+                "fastest down to --time-floor for the slowest (rlhf_hgt.confidence; --algo "
+                "ppo)"})
+    time_weighting_mode: str = field(default="weight", metadata={
+        "help": "weight: the confidence weighs the comparison's loss; soft: it moves the "
+                "target towards 0.5", "choices": ("weight", "soft")})
+    time_floor: float = field(default=DEFAULT_TIME_FLOOR, metadata={
+        "help": "the slowest answer's confidence, in [0, 1]"})
     distractors: str | None = field(default=None, metadata={
         "help": "append distractor features to the env's vector observation, KIND:K[,...] "
                 "with KIND noise, time (time in episode), drift (slow drift over all steps) "
@@ -357,7 +370,17 @@ class ControlConfig:
                                  f"{DEFAULT_MARK_WEIGHT:g}), got {self.mark_weight}")
         if self.mark_weight is not None and self.feature_marks is None:
             raise UserInputError("--mark-weight weighs the feature-mark penalty: give "
-                                 "--feature-marks too, or leave --mark-weight out")
+                                 "--feature-marks too, or leave --mark-weight out (marks "
+                                 f"given per pair at the prompt weigh {DEFAULT_MARK_WEIGHT:g})")
+        if self.time_weighting and self.algo != "ppo":
+            raise UserInputError(f"--time-weighting weighs the reward model's comparisons; "
+                                 f"--algo {self.algo} has none (use --algo ppo, or leave "
+                                 "--time-weighting out)")
+        if self.time_weighting_mode not in ("weight", "soft"):
+            raise UserInputError(f"--time-weighting-mode must be weight or soft, got "
+                                 f"{self.time_weighting_mode!r}")
+        if not 0 <= self.time_floor <= 1:
+            raise UserInputError(f"--time-floor must lie in [0, 1], got {self.time_floor}")
         if self.distractors is not None:
             parse_distractors(self.distractors)
         self.rounds = min(self.rounds, self.labels)

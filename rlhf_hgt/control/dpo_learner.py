@@ -46,7 +46,11 @@ class PolicyDPOLearner(PreferenceLearner):
 
     def fit(self, left: Sequence[dict[str, np.ndarray]], right: Sequence[dict[str, np.ndarray]],
             targets: np.ndarray, episodes: list[dict[str, np.ndarray]],
-            rng: np.random.Generator) -> dict[str, Any]:
+            rng: np.random.Generator, weights: np.ndarray | None = None,
+            marks: np.ndarray | None = None, mark_weight: float = 0.0) -> dict[str, Any]:
+        if weights is not None or (marks is not None and mark_weight > 0):
+            raise ValueError("policy DPO takes no pair weights or feature marks (the "
+                             "config refuses --time-weighting and --feature-marks with it)")
         prefs = list(zip(left, right, targets.tolist(), strict=True))
         return train_policy_dpo(self.agent.policy, prefs, self.config, rng=rng,
                                 reference=self.reference)

@@ -76,6 +76,8 @@ class PreferenceLearner(ABC):
     #: True when the policy may train on the last fit while people label the next pairs
     trains_while_people_label: bool = False
     agent: BaseAlgorithm
+    #: the keep mask (F,) of the task's --feature-marks, for a learner that uses marks
+    marks: np.ndarray | None = None
 
     @abstractmethod
     def __init__(self, cfg: ControlConfig, envs: VecEnv) -> None: ...
@@ -98,10 +100,14 @@ class PreferenceLearner(ABC):
     @abstractmethod
     def fit(self, left: Sequence[dict[str, np.ndarray]], right: Sequence[dict[str, np.ndarray]],
             targets: np.ndarray, episodes: list[dict[str, np.ndarray]],
-            rng: np.random.Generator) -> dict[str, Any]:
-        """Learn from every stored answer (``targets``: 1 left, 0 right, 0.5 tie) and return
-        JSON-ready metrics; ``holdout_accuracy`` (held-out pairwise accuracy) when measured.
-        ``episodes`` are the policy's recent episodes, the clips' source."""
+            rng: np.random.Generator, weights: np.ndarray | None = None,
+            marks: np.ndarray | None = None, mark_weight: float = 0.0) -> dict[str, Any]:
+        """Learn from every stored answer (``targets``: P(left preferred), 1 left, 0 right,
+        0.5 tie, or soft) and return JSON-ready metrics; ``holdout_accuracy`` (held-out
+        pairwise accuracy) when measured. ``episodes`` are the policy's recent episodes, the
+        clips' source. ``weights`` (n,) per-pair loss weights, ``marks`` keep masks (F,) or
+        (n, F) of the features that decide, penalised with ``mark_weight`` (a learner that
+        cannot use them is refused them by the config's checks)."""
 
     @abstractmethod
     def train(self, steps: int) -> None:

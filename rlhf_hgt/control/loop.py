@@ -35,6 +35,7 @@ from rlhf_hgt.control.config import (  # noqa: F401 - their old home: ``from ..l
     parse_feature_marks,
 )
 from rlhf_hgt.control.fragments import cut_segments
+from rlhf_hgt.control.labels import stored_labels
 from rlhf_hgt.control.learner import PreferenceLearner, learner_class
 from rlhf_hgt.control.queries import query_schedule, select_pairs
 from rlhf_hgt.control.rollouts import RolloutRecorder
@@ -43,7 +44,6 @@ from rlhf_hgt.envs.wrappers import add_distractors
 from rlhf_hgt.feedback.files import write_json_atomic
 from rlhf_hgt.feedback.store import PreferenceStore
 from rlhf_hgt.feedback.teachers import answer_pending, make_teacher
-from rlhf_hgt.preference import answers_to_targets
 
 Progress = Callable[[str, dict[str, Any]], None]
 
@@ -159,8 +159,9 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
             background.join()
 
         # 3. fit the learner on every stored answer
-        left, right, targets = _stored_preferences(store, cfg.task_id)
-        fit_metrics = learner.fit(left, right, targets, episodes, rng) if len(targets) else {}
+        labels = stored_labels(store, cfg, learner.marks)
+        fit_metrics = learner.fit(labels.left, labels.right, labels.targets, episodes, rng,
+                                  **labels.extras()) if len(labels) else {}
         progress("fit", {"round": rnd, **_scalars(fit_metrics)})
 
         # 4. train the policy (unless it trained while people labelled)
@@ -168,7 +169,7 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
             learner.train(steps_per_round[rnd])
         mean_ret, _ = evaluate_true_return(learner.agent, env_fn,
                                            max(3, cfg.eval_episodes // 2), seed=10_000 + rnd)
-        row = {"round": rnd, "labels": len(targets), "timesteps": learner.timesteps,
+        row = {"round": rnd, "labels": len(labels), "timesteps": learner.timesteps,
                "true_return": mean_ret, "seconds": time.time() - t_round,
                **{f"reward_{k}": v for k, v in _scalars(fit_metrics).items()}}
         history.append(row)
@@ -178,12 +179,12 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
     # -- evaluate on the env's own reward, write metrics and the learning curve
     mean_ret, std_ret = evaluate_true_return(learner.agent, env_fn, cfg.eval_episodes,
                                              seed=123_456)
-    left, right, targets = _stored_preferences(store, cfg.task_id)
+    labels = stored_labels(store, cfg, learner.marks)
     last_fit = next((h for h in reversed(history) if "reward_holdout_accuracy" in h), {})
     metrics = {
         "env_id": cfg.env_id, "algo": cfg.algo, "teacher": cfg.teacher, "seed": cfg.seed,
         "true_return_mean": mean_ret, "true_return_std": std_ret,
-        "eval_episodes": cfg.eval_episodes, "labels": int(len(targets)),
+        "eval_episodes": cfg.eval_episodes, "labels": len(labels),
         "timesteps": learner.timesteps,
         "reward_model_accuracy": last_fit.get("reward_holdout_accuracy",
                                               last_fit.get("reward_holdout_pref_accuracy")),
@@ -191,9 +192,11 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
         "start_return_mean": start_return,
         "history": history,
     }
-    if cfg.feature_marks is not None:  # the marks and the reward's attribution outside them
-        metrics |= {"feature_marks": list(parse_feature_marks(cfg.feature_marks)),
-                    "mark_weight": cfg.marks_weight,
+    metrics |= labels.summary or {}  # time weighting, pairs marked at the prompt
+    if labels.mark_weight > 0:  # the marks and the reward's attribution outside them
+        metrics |= {"feature_marks": None if cfg.feature_marks is None else
+                    list(parse_feature_marks(cfg.feature_marks)),
+                    "mark_weight": labels.mark_weight,
                     "mark_share": next((h["reward_mark_share"] for h in reversed(history)
                                         if "reward_mark_share" in h), None)}
     if cfg.distractors:
@@ -231,18 +234,6 @@ def _policy_episodes(agent, recorder: RolloutRecorder, env_fn, cfg: ControlConfi
     episodes = collect_rollouts(env, agent, n, rng, record_frames=record_frames)
     env.close()
     return episodes
-
-
-def _stored_preferences(store: PreferenceStore, env_id: str):
-    left, right, answers = [], [], []
-    for query, ans in store.labelled(kind="segment"):
-        if query.env_id != env_id:
-            continue
-        left.append(query.left)
-        right.append(query.right)
-        answers.append(ans.answer)
-    targets, _ = answers_to_targets(answers)
-    return left, right, targets.numpy()
 
 
 def _wait_for_people(store: PreferenceStore, cfg: ControlConfig,

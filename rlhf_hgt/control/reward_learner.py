@@ -62,9 +62,10 @@ class RewardModelLearner(PreferenceLearner):
 
     def fit(self, left: Sequence[dict[str, np.ndarray]], right: Sequence[dict[str, np.ndarray]],
             targets: np.ndarray, episodes: list[dict[str, np.ndarray]],
-            rng: np.random.Generator) -> dict[str, Any]:
-        metrics = self.ensemble.fit(left, right, targets, rng=rng, marks=self.marks,
-                                    mark_weight=self.cfg.marks_weight)
+            rng: np.random.Generator, weights: np.ndarray | None = None,
+            marks: np.ndarray | None = None, mark_weight: float = 0.0) -> dict[str, Any]:
+        metrics = self.ensemble.fit(left, right, targets, rng=rng, weights=weights,
+                                    marks=marks, mark_weight=mark_weight)
         # Unit spread of the learned reward on recent policy steps. Where clips ran past an
         # episode's end, "episode over" is already worth exactly 0 to the reward model, so
         # the reward is not centred: living on is worth what the person's answers say, and
