@@ -48,7 +48,7 @@ class PolicyDPOLearner(PreferenceLearner):
             targets: np.ndarray, episodes: list[dict[str, np.ndarray]],
             rng: np.random.Generator, weights: np.ndarray | None = None,
             marks: np.ndarray | None = None, mark_weight: float = 0.0) -> dict[str, Any]:
-        if weights is not None or (marks is not None and mark_weight > 0):
+        if weights is not None or marks is not None:
             raise ValueError("policy DPO takes no pair weights or feature marks (the "
                              "config refuses --time-weighting and --feature-marks with it)")
         prefs = list(zip(left, right, targets.tolist(), strict=True))

@@ -47,7 +47,7 @@ class StoredLabels:
         out: dict[str, Any] = {}
         if self.weights is not None:
             out["weights"] = self.weights
-        if self.marks is not None and self.mark_weight > 0:
+        if self.marks is not None:  # weight 0 measures the share outside them, no penalty
             out |= {"marks": self.marks, "mark_weight": self.mark_weight}
         return out
 

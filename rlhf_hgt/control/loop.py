@@ -193,7 +193,7 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
         "history": history,
     }
     metrics |= labels.summary or {}  # time weighting, pairs marked at the prompt
-    if labels.mark_weight > 0:  # the marks and the reward's attribution outside them
+    if labels.marks is not None:  # the marks and the reward's attribution outside them
         metrics |= {"feature_marks": None if cfg.feature_marks is None else
                     list(parse_feature_marks(cfg.feature_marks)),
                     "mark_weight": labels.mark_weight,
