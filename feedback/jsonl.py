@@ -51,6 +51,22 @@ A labelled pair may also leave out ``prompt`` (TRL's implicit-prompt form): the 
 then the start ``chosen`` and ``rejected`` share, cut at its last whitespace for text and
 after the shared messages for a conversation; a pair that shares no start is refused.
 
+Word highlights (the words that decided): a labelled pair may carry ``"chosen_highlights"``
+and ``"rejected_highlights"``, each a list of ``[start, end)`` character offsets (Python
+``str`` characters, i.e. code points: an emoji, a CJK character and a combining mark count one
+each) into the ``chosen`` / ``rejected`` text, e.g. ``"chosen_highlights": [[0, 5], [12,
+20]]``; ``null``, ``[]`` or a missing field is none. A conversation's offsets count in its
+response rendered as text (:func:`render_messages`, ``<|role|>`` lines, as the store and the
+terminal show it); in the implicit-prompt form they count in the field as written and must lie
+after the shared prompt. Each span is checked (two whole numbers, ``0 <= start < end <=
+len(text)``; else the import stops with the file, line, field and span, nothing written);
+overlapping and touching spans are merged and sorted (:mod:`.highlights`). They are stored as
+the answer's ``reasons`` event (``{"highlights": {"left": [...], "right": [...]}}``, oriented
+like the stored query), not as kept fields, so the terminal, the stats and training read them
+like highlights given at the prompt. A pending line ``{"prompt", "a", "b"}`` has no answer to
+hold them and is refused with highlights; a judged one with ``"label": "a"`` or ``"b"`` takes
+them (``chosen`` is then the preferred response). A skip's highlights are not stored.
+
 Blank lines are ignored. The whole file is checked before anything is written, and the import
 is one transaction: it lands whole or not at all. A bad line raises :class:`UserInputError`
 naming the file, the line, the field and the fix. Each answer becomes one stored answer
@@ -68,10 +84,13 @@ text query: ``{"prompt", "chosen", "rejected"}`` plus, with provenance, ``"annot
 ``"rationale"`` and the kept fields (the query's, then the answer's). TRL's trainers drop
 columns they do not use, so these columns load and train as they are. A ``"synthetic"``
 column (true for a synthetic teacher's answers) is written, on every line, when any exported
-answer is synthetic. The ``rationale`` column is written on every line (``""`` for none) or on
-none, and a kept field on every line (``null`` where a pair has none), because ``datasets``
-infers a column's type from the first rows and fails on a column that appears later. Ties and
-skips have no place in TRL's format: they are left out and counted (and logged as a warning).
+answer is synthetic. ``"chosen_highlights"`` / ``"rejected_highlights"`` are written, on
+every line (``[]`` for none), when any exported answer has word highlights (reasons given at
+the prompt or imported), oriented to chosen/rejected. The ``rationale`` column is written on
+every line (``""`` for none) or on none, and a kept field on every line (``null`` where a
+pair has none), because ``datasets`` infers a column's type from the first rows and fails on a
+column that appears later. Ties and skips have no place in TRL's format: they are left out
+and counted (and logged as a warning).
 Conversations are written as messages only when every exported pair came in as one (one file
 must have one form to load in ``datasets``); otherwise all pairs are written as text. The file
 is written to a temporary file beside the target and renamed over it, so a failure leaves no
@@ -90,6 +109,7 @@ from typing import Any
 
 from .errors import UserInputError
 from .files import write_bytes_atomic
+from .highlights import highlight_reasons, oriented
 from .jsonl_read import GOLD_TO_SIDE, ParsedFile, Record, read_jsonl, render_messages
 from .store import PreferenceStore, StoreError, TextPair, content_hash
 
@@ -101,6 +121,7 @@ log = logging.getLogger(__name__)
 IMPORT_INTERFACE = "import/1"
 EXPORT_FORMS = ("auto", "text")
 FIELDS_EVENT = "fields"  # an event on one answer: the fields its line carried, kept as metadata
+REASONS_EVENT = "reasons"  # an event on one answer: why it was given (PreferenceStore.reasons)
 
 # ----------------------------------------------------------------------------- import
 
@@ -117,6 +138,7 @@ class ImportSummary:
     pending_added: int = 0
     skips_added: int = 0
     duplicates_skipped: int = 0
+    highlighted: int = 0  # answers stored with word highlights
     kept_fields: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -125,6 +147,8 @@ class ImportSummary:
         lines = [f"imported {self.labelled_added} labelled pairs{skips} and {self.pending_added} "
                  f"pending queries from {self.file} into {self.store}; skipped "
                  f"{self.duplicates_skipped} duplicates ({self.records} records read)"]
+        if self.highlighted:
+            lines.append(f"stored word highlights with {self.highlighted} answers")
         if self.kept_fields:
             lines.append(f"kept other fields as metadata (export writes them again): "
                          f"{', '.join(self.kept_fields)}")
@@ -218,9 +242,15 @@ def _import_records(store: PreferenceStore, cur: sqlite3.Cursor, parsed: ParsedF
                     "answered_at, rationale, interface, token) VALUES (?,?,?,?,?,?,?,?,?)",
                     (qid, annotator, int(rec.synthetic), answer, None, now, rec.rationale,
                      IMPORT_INTERFACE, token))
+        answer_id = cur.lastrowid
         if rec.fields:
-            store.log_event(FIELDS_EVENT, annotator, rec.fields, answer_id=cur.lastrowid,
-                            cur=cur)
+            store.log_event(FIELDS_EVENT, annotator, rec.fields, answer_id=answer_id, cur=cur)
+        reasons = None if rec.skip or rec.highlights is None else (
+            highlight_reasons(*rec.highlights) if left_hash == content_hash(rec.first)
+            else highlight_reasons(*reversed(rec.highlights)))
+        if reasons is not None:  # as PreferenceStore.record_reasons stores them
+            store.log_event(REASONS_EVENT, annotator, reasons, answer_id=answer_id, cur=cur)
+            summary.highlighted += 1
         if rec.skip:
             summary.skips_added += 1
         else:
@@ -315,15 +345,19 @@ def export_jsonl(store_path: str | os.PathLike, file_path: str | os.PathLike,
             rows.append((query, ans))
         answer_fields = ({e["answer_id"]: e["data"] for e in store.events(FIELDS_EVENT)}
                          if provenance and rows else {})
+        reasons = store.reasons() if provenance and rows else {}
     conv = [conversation_of(q) for q, _ in rows]
     as_messages = form == "auto" and bool(rows) and all(c is not None for c in conv)
     flattened = 0 if as_messages else sum(c is not None for c in conv)
     with_rationale = provenance and any(a.rationale for _, a in rows)
     with_synthetic = provenance and any(a.synthetic for _, a in rows)
+    highlights = [oriented(reasons.get(a.id), a.answer) for _, a in rows]
+    with_highlights = any(c or r for c, r in highlights)
     kept = [_kept_fields(q, answer_fields.get(a.id)) if provenance else {} for q, a in rows]
     kept_names = list(dict.fromkeys(name for fields in kept for name in fields))
     out = []
-    for (query, ans), messages, fields in zip(rows, conv, kept, strict=True):
+    for (query, ans), messages, fields, (chosen_hl, rejected_hl) in zip(
+            rows, conv, kept, highlights, strict=True):
         chosen, rejected = ((query.left, query.right) if ans.answer == "left"
                             else (query.right, query.left))
         if as_messages:
@@ -338,6 +372,9 @@ def export_jsonl(store_path: str | os.PathLike, file_path: str | os.PathLike,
                 record["rationale"] = ans.rationale or ""
             if with_synthetic:
                 record["synthetic"] = bool(ans.synthetic)
+            if with_highlights:  # every line, [] where a pair has none
+                record["chosen_highlights"] = chosen_hl
+                record["rejected_highlights"] = rejected_hl
             for name in kept_names:  # every line has every column (None where a pair has none)
                 record.setdefault(name, fields.get(name))
         out.append((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserInputError
+from .highlights import HIGHLIGHT_FIELDS, SpanError, check_spans
 
 LABELLED_FIELDS = ("prompt", "chosen", "rejected")
 PENDING_FIELDS = ("prompt", "a", "b")
@@ -29,7 +30,7 @@ JUDGEMENT_FIELDS = ("label", "choice", "preference", "preferred", "winner", "sel
 JUDGEMENT_VALUES = {"a": "a", "b": "b", "tie": "tie", "skip": "skip", "left": "a", "right": "b",
                     "model_a": "a", "model_b": "b", "tie (bothbad)": "tie"}
 KNOWN_FIELDS = frozenset((*LABELLED_FIELDS, *PENDING_FIELDS, *LABELLED_ONLY, *PENDING_ONLY,
-                          *ANSWER_FIELDS, *JUDGEMENT_FIELDS))
+                          *ANSWER_FIELDS, *JUDGEMENT_FIELDS, *HIGHLIGHT_FIELDS))
 
 #: The importer's own metadata keys (a Label Studio task's rest, under "label_studio"): kept as
 #: they are when an export is imported again.
@@ -75,7 +76,8 @@ class Record:
     ``messages`` keeps a conversation's original messages, oriented like first/second;
     ``source_a``/``source_b`` and ``gold`` refer to the line's a and b. ``fields`` are the
     line's other fields, kept as metadata (with the answer when there is one, else with the
-    query).
+    query). ``highlights`` are the line's ``chosen_highlights`` and ``rejected_highlights``,
+    checked, merged and oriented like first/second (None when the line gives none).
     """
 
     line: int
@@ -95,6 +97,7 @@ class Record:
     a_first: bool = True
     fields: dict = field(default_factory=dict)
     part: int = 0
+    highlights: tuple[list[list[int]], list[list[int]]] | None = None
 
     @property
     def judged(self) -> bool:
@@ -375,8 +378,11 @@ def _parse_object(obj: Any, line: int) -> Record:
                 raise _LineError(f"field {name!r}: belongs to an answer, but this pending query "
                                  f"holds no judgement; {_JUDGEMENT_HINT}, or remove {name!r}")
     names = LABELLED_FIELDS if labelled else PENDING_FIELDS
-    if labelled and "prompt" not in obj:
+    implicit = labelled and "prompt" not in obj
+    if implicit:
+        original = obj
         obj = _split_implicit_prompt(obj)
+        implicit = obj is not original
     for name in names:
         if obj.get(name) is None:
             what = "a labelled pair" if labelled else "a pending query"
@@ -412,8 +418,23 @@ def _parse_object(obj: Any, line: int) -> Record:
         tie = obj.get("tie")
         if tie is not None and not isinstance(tie, bool):
             raise _LineError(f"field 'tie': must be true or false, got {_type_name(tie)}")
+        highlights = _highlights(obj, first, second, len(prompt) if implicit else 0,
+                                 conversational)
         return Record(line, True, prompt, first, second, tie=bool(tie), messages=messages,
-                      fields=fields, **_answer_fields(obj))
+                      fields=fields, highlights=highlights, **_answer_fields(obj))
+    highlights = None
+    if any(obj.get(name) is not None for name in HIGHLIGHT_FIELDS):
+        if judgement not in ("a", "b"):
+            name = next(n for n in HIGHLIGHT_FIELDS if obj.get(n) is not None)
+            raise _LineError(
+                f"field {name!r}: highlights belong to an answer that prefers one response, "
+                f"and this line {'holds none' if judgement is None else f'is a {judgement}'}; "
+                "give them on a labelled pair {\"prompt\", \"chosen\", \"rejected\", "
+                '"chosen_highlights": [[start, end], ...], "rejected_highlights": [...]}, or '
+                'on a line with "label": "a" or "b" (chosen is then the preferred response), '
+                "or remove the field")
+        highlights = (_highlights(obj, first, second, 0, conversational) if judgement == "a"
+                      else _highlights(obj, second, first, 0, conversational))
     record = Record(line, False, prompt, first, second,
                     gold=_optional_str(obj, "gold", allowed=tuple(GOLD_TO_SIDE)),
                     source_a=_optional_str(obj, "source_a"),
@@ -425,9 +446,36 @@ def _parse_object(obj: Any, line: int) -> Record:
         swapped = None if messages is None else {**messages, "first": messages["second"],
                                                  "second": messages["first"]}
         return replace(record, labelled=True, first=second, second=first, messages=swapped,
-                       a_first=False, **answer)
+                       a_first=False, highlights=highlights, **answer)
     return replace(record, labelled=judgement != "skip", tie=judgement == "tie",
-                   skip=judgement == "skip", **answer)
+                   skip=judgement == "skip", highlights=highlights, **answer)
+
+
+def _highlights(obj: dict, chosen: str, rejected: str, shift: int,
+                conversational: bool) -> tuple[list[list[int]], list[list[int]]] | None:
+    """The line's chosen/rejected highlights, checked against the texts (as rendered, for a
+    conversation) and merged; None when it gives none. ``shift`` is the length of a prompt
+    split off the front of both fields (TRL's implicit-prompt form): offsets then count in the
+    field as written, and must lie after the shared prompt."""
+    if all(obj.get(name) is None for name in HIGHLIGHT_FIELDS):
+        return None
+    out = []
+    for name, text in zip(HIGHLIGHT_FIELDS, (chosen, rejected), strict=True):
+        what = repr(name.split("_")[0]) + (" (its messages rendered as text)"
+                                           if conversational else "")
+        try:
+            spans = check_spans(obj.get(name), " " * shift + text, name, what)
+        except SpanError as exc:
+            raise _LineError(str(exc)) from None
+        inside = [s for s in spans if s[0] < shift]
+        if inside:
+            raise _LineError(
+                f"field {name!r}: span {inside[0]} lies in the prompt that 'chosen' and "
+                f"'rejected' share (their first {shift} characters, TRL's implicit-prompt form); "
+                "highlights mark words of the response: start them at or after "
+                f"{shift}, or give the prompt as its own field and count from the response")
+        out.append([[s - shift, e - shift] for s, e in spans])
+    return out[0], out[1]
 
 
 # ----------------------------------------------------------------------------- Label Studio

@@ -193,7 +193,8 @@ def test_unknown_fields_are_kept_and_exported_again(tmp_path):
         {"prompt": "r", "a": "e", "b": "f", "label": "b", "topic": "books"},
     ])
     summary = import_jsonl(tmp_path / "s.db", f)
-    assert summary.kept_fields == ["chosen_highlights", "meta", "score_chosen", "topic"]
+    # highlights are no mere metadata: stored as the answer's reasons (test_highlights.py)
+    assert summary.kept_fields == ["meta", "score_chosen", "topic"]
     with PreferenceStore(tmp_path / "s.db") as s:
         pending = next(q for q in s.queries() if q.prompt == "q")
         assert pending.meta["fields"] == {"topic": "films"}
@@ -204,9 +205,10 @@ def test_unknown_fields_are_kept_and_exported_again(tmp_path):
     assert rows["p"] == {"prompt": "p", "chosen": "a", "rejected": "b",
                          "annotator": "import:in.jsonl", "score_chosen": 8.5,
                          "meta": {"label": "not a judgement, nested"},
-                         "chosen_highlights": [[0, 1]], "topic": None}
-    assert (rows["q"]["chosen"], rows["q"]["topic"], rows["q"]["score_chosen"]) == \
-        ("d", "films", None)
+                         "chosen_highlights": [[0, 1]], "rejected_highlights": [],
+                         "topic": None}
+    assert (rows["q"]["chosen"], rows["q"]["topic"], rows["q"]["score_chosen"],
+            rows["q"]["chosen_highlights"]) == ("d", "films", None, [])
     assert (rows["r"]["chosen"], rows["r"]["topic"]) == ("f", "books")
     # the export imports again with the same fields, and exports the same lines
     import_jsonl(tmp_path / "s2.db", out)
@@ -762,7 +764,9 @@ message_lists = st.lists(st.fixed_dictionaries(
     {"role": st.sampled_from(["user", "assistant", "system"]), "content": nonblank}),
     min_size=1, max_size=2)
 ALL_KEYS = ["prompt", "chosen", "rejected", "a", "b", "tie", "gold", "annotator", "rationale",
-            "source_a", "source_b", "other", "label", "winner", "data"]
+            "source_a", "source_b", "other", "label", "winner", "data", "chosen_highlights",
+            "rejected_highlights"]
+span_lists = st.lists(st.lists(st.integers(-2, 25), min_size=2, max_size=2), max_size=3)
 DELETE = object()
 
 
@@ -791,7 +795,7 @@ def mutated_objects(draw) -> dict:
     obj = draw(valid_objects())
     for _ in range(draw(st.integers(0, 2))):
         key = draw(st.sampled_from(ALL_KEYS))
-        value = draw(st.just(DELETE) | json_values | any_text | message_lists)
+        value = draw(st.just(DELETE) | json_values | any_text | message_lists | span_lists)
         if value is DELETE:
             obj.pop(key, None)
         else:
@@ -876,6 +880,48 @@ def test_fuzz_valid_records_round_trip(rows):
         assert Counter(map(pair_key, read_rows(out))) == Counter(map(pair_key, kept))
         if kept:
             assert len(read_jsonl(out).records) == len(kept)
+
+
+@st.composite
+def highlighted_rows(draw) -> dict:
+    """A labelled pair of any unicode text with spans inside each side (any order, overlaps)."""
+    row = draw(labelled_rows)
+    for name, text in (("chosen_highlights", row["chosen"]),
+                       ("rejected_highlights", row["rejected"])):
+        spans = []
+        for _ in range(draw(st.integers(0, 3))):
+            start = draw(st.integers(0, len(text) - 1))
+            spans.append([start, draw(st.integers(start + 1, len(text)))])
+        if spans or draw(st.booleans()):
+            row[name] = spans
+    return row
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(highlighted_rows(), min_size=1, max_size=4,
+                unique_by=lambda r: (r["prompt"], frozenset((r["chosen"], r["rejected"])),
+                                     r.get("annotator"))))
+def test_fuzz_highlights_round_trip_on_any_unicode_text(rows):
+    """Spans on any text (emoji, CJK, combining marks, control characters) come back from an
+    export as the same characters, merged and sorted."""
+    from rlhf_hgt.feedback.highlights import merge_spans
+
+    with tempfile.TemporaryDirectory() as tmp:
+        import_jsonl(Path(tmp) / "s.db", write_jsonl(Path(tmp) / "r.jsonl", rows))
+        out = Path(tmp) / "out.jsonl"
+        export_jsonl(Path(tmp) / "s.db", out)
+        back = {pair_key(r)[:4]: r for r in read_rows(out)}
+        for row in rows:
+            if row.get("tie"):
+                continue
+            got = back[pair_key(dict(row, annotator=row.get("annotator", "import:r.jsonl")))[:4]]
+            for name in ("chosen_highlights", "rejected_highlights"):
+                want = merge_spans(row.get(name) or [])
+                if any(r.get(name) for r in rows if not r.get("tie")):
+                    assert got[name] == want
+                text = got[name.split("_")[0]]
+                assert [text[a:b] for a, b in got.get(name, [])] == [
+                    row[name.split("_")[0]][a:b] for a, b in want]
 
 
 def test_synthetic_flag_round_trips(tmp_path):

@@ -15,18 +15,24 @@ def add(parser: argparse.ArgumentParser, argv: Sequence[str] = (),
     imp = fsub.add_parser(
         "import", help='import a JSONL file of labelled pairs {"prompt","chosen","rejected"} '
                        'or pending queries {"prompt","a","b"}',
-        description="Import a JSONL file into a store, all lines or none.")
+        description="Import a JSONL file into a store, all lines or none. A labelled pair "
+                    "may carry chosen_highlights / rejected_highlights: lists of [start, end) "
+                    "character offsets of the words that decided, stored with its answer.")
     imp.add_argument("store", help="path of the store (created when missing)")
     imp.add_argument("file", help="JSONL file, one JSON object per line")
     imp.add_argument("--annotator", default=None,
                      help="annotator id for labelled lines that name none "
                           "(default: 'import:<file name>')")
 
-    exp = fsub.add_parser("export", help="export labelled text pairs in TRL format")
+    exp = fsub.add_parser("export", help="export labelled text pairs in TRL format",
+                          description="Export the labelled text pairs of a store in TRL "
+                                      "format, with provenance columns and word highlights "
+                                      "(chosen_highlights / rejected_highlights).")
     exp.add_argument("store", help="path of an existing store")
     exp.add_argument("file", help="JSONL file to write (replaced atomically)")
     exp.add_argument("--no-provenance", action="store_true",
-                     help="write only prompt/chosen/rejected (no annotator, rationale)")
+                     help="write only prompt/chosen/rejected (no annotator, rationale, "
+                          "highlights)")
 
     st = fsub.add_parser("stats", help="counts, per-annotator numbers, agreement, gold accuracy")
     st.add_argument("store", help="path of an existing store")
