@@ -6,6 +6,7 @@ import bz2
 import csv
 import html
 import json
+import math
 import threading
 from pathlib import Path
 
@@ -471,8 +472,12 @@ def test_load_pairs_from_jsonl(tmp_path):
         "",
     ])
     ds = lmdata.load_pairs(data=f)
-    assert ds.column_names == ["prompt", "chosen", "rejected", "target", "annotator", "messages"]
+    assert ds.column_names == ["prompt", "chosen", "rejected", "target", "annotator", "messages",
+                               "chosen_highlights", "rejected_highlights", "seconds"]
+    assert list(ds.column_names) == list(lmdata.LABEL_COLUMNS)
     assert list(ds["messages"]) == ["", ""]  # text pairs; conversations keep their messages
+    assert list(ds["chosen_highlights"]) == ["[]", "[]"] == list(ds["rejected_highlights"])
+    assert all(math.isnan(x) for x in ds["seconds"])
     assert list(ds["prompt"]) == ["P1", "P2"] and list(ds["chosen"]) == [" good", "x"]
     assert list(ds["target"]) == [1.0, 0.5] and list(ds["annotator"]) == ["ann", ""]
 
@@ -520,14 +525,102 @@ def test_load_pairs_from_store_with_tie_skip_and_segments(tmp_path):
         st.undo(undone, "carol")
     ds = lmdata.load_pairs(store=path)
     rows = sorted(zip(*(list(ds[c]) for c in lmdata.LABEL_COLUMNS), strict=True))
-    assert rows == [("P1", "L1", "R1", 1.0, "alice", ""), ("P2", "R2", "L2", 1.0, "alice", ""),
-                    ("P3", "L3", "R3", 0.5, "alice", "")]
+    assert [r[:6] for r in rows] == [
+        ("P1", "L1", "R1", 1.0, "alice", ""), ("P2", "R2", "L2", 1.0, "alice", ""),
+        ("P3", "L3", "R3", 0.5, "alice", "")]
+    # no highlights; recorded without a shown time, so no response time
+    assert all(r[6:8] == ("[]", "[]") and math.isnan(r[8]) for r in rows)
     empty = tmp_path / "empty.db"
     PreferenceStore(empty).close()
     with pytest.raises(UserInputError, match="no labelled pairs"):
         lmdata.load_pairs(store=empty)
     with pytest.raises(UserInputError, match="no such store"):
         lmdata.load_pairs(store=tmp_path / "missing.db")
+
+
+def test_load_pairs_highlights_and_seconds_from_a_file(tmp_path):
+    f = write_lines(tmp_path / "h.jsonl", [
+        {"prompt": "P1", "chosen": "good 🎉 film", "rejected": "bad 電影", "response_time": 2.5,
+         "chosen_highlights": [[5, 6], [0, 4], [4, 5]], "rejected_highlights": [[4, 6]]},
+        {"prompt": "P2", "a": "left one", "b": "right one", "label": "b",
+         "chosen_highlights": [[0, 5]], "response_time": None},
+        {"prompt": "P3", "chosen": "x y", "rejected": "z", "tie": True,
+         "rejected_highlights": [[0, 1]], "response_time": 0},
+    ])
+    ds = lmdata.load_pairs(data=f)
+    rows = ds.to_list()
+    assert [json.loads(r["chosen_highlights"]) for r in rows] == [[[0, 6]], [[0, 5]], []]
+    assert [json.loads(r["rejected_highlights"]) for r in rows] == [[[4, 6]], [], [[0, 1]]]
+    assert rows[1]["chosen"] == "right one"  # oriented to chosen, as the line's label says
+    assert rows[0]["seconds"] == 2.5 and math.isnan(rows[1]["seconds"]) and rows[2]["seconds"] == 0
+    for bad in (-1, "3s", True, float("inf")):
+        g = tmp_path / "bad.jsonl"
+        g.write_text(json.dumps({"prompt": "P", "chosen": "a", "rejected": "b",
+                                 "response_time": bad}) + "\n")
+        with pytest.raises(UserInputError, match=r"bad\.jsonl:1: field 'response_time': must "
+                                                 r"be a non-negative number"):
+            lmdata.load_pairs(data=g)
+
+
+def test_load_pairs_highlights_and_seconds_from_a_store(tmp_path):
+    path = tmp_path / "prefs.db"
+    with PreferenceStore(path) as st:
+        q1, q2, q3 = st.add_text_queries([TextPair("P1", "L one", "R one"),
+                                          TextPair("P2", "L two", "R two"),
+                                          TextPair("P3", "L three", "R three")])
+        a1 = st.record_answer(q1, "right", "alice", shown_at=100.0, answered_at=103.5)
+        st.record_reasons(a1, {"highlights": {"left": [[0, 1]], "right": [[2, 5]]}}, "alice")
+        a2 = st.record_answer(q2, "tie", "alice", shown_at=10.0, answered_at=11.0)
+        st.record_reasons(a2, {"highlights": {"left": [[2, 5]], "right": []}}, "alice")
+        undone = st.record_answer(q3, "left", "bob", shown_at=1.0, answered_at=2.0)
+        st.record_reasons(undone, {"highlights": {"left": [[0, 1]], "right": []}}, "bob")
+        st.undo(undone, "bob")
+    f = write_lines(tmp_path / "imp.jsonl", [
+        {"prompt": "P3", "chosen": "R three", "rejected": "L three", "annotator": "carol",
+         "response_time": 4.0, "rejected_highlights": [[0, 1]]}])
+    from rlhf_hgt.feedback.jsonl import import_jsonl
+
+    import_jsonl(path, f)
+    rows = {(r["prompt"], r["annotator"]): r for r in lmdata.load_pairs(store=path).to_list()}
+    assert set(rows) == {("P1", "alice"), ("P2", "alice"), ("P3", "carol")}
+    r1, r2, r3 = rows["P1", "alice"], rows["P2", "alice"], rows["P3", "carol"]
+    assert (r1["chosen"], r1["chosen_highlights"], r1["rejected_highlights"]) == (
+        "R one", "[[2, 5]]", "[[0, 1]]")
+    assert r1["seconds"] == pytest.approx(3.5)
+    assert (r2["chosen"], r2["chosen_highlights"], r2["rejected_highlights"], r2["target"]) == (
+        "L two", "[[2, 5]]", "[]", 0.5)
+    assert r2["seconds"] == pytest.approx(1.0)
+    # an imported answer has no shown time: its line's response_time is used
+    assert (r3["chosen"], r3["rejected_highlights"], r3["seconds"]) == ("R three", "[[0, 1]]",
+                                                                         4.0)
+
+
+def test_format_conversations_moves_highlights_with_the_chat_template():
+    from datasets import Dataset
+
+    class Tok:
+        chat_template = "fake"
+
+        def apply_chat_template(self, msgs, tokenize=False, add_generation_prompt=False):
+            out = "".join(f"<s>{m['role']}: {m['content']}</s>" for m in msgs)
+            return out + ("<s>assistant: " if add_generation_prompt else "")
+
+    msgs = {"prompt": [{"role": "user", "content": "Hi"}],
+            "chosen": [{"role": "assistant", "content": "Hello there 🎉"}],
+            "rejected": [{"role": "assistant", "content": "Go away."}]}
+    rendered = "<|assistant|>\nHello there 🎉"
+    row = {"prompt": "<|user|>\nHi\n", "chosen": rendered, "rejected": "<|assistant|>\nGo away.",
+           "target": 1.0, "annotator": "", "messages": json.dumps(msgs),
+           "chosen_highlights": json.dumps([[0, 3], [rendered.index("there"), len(rendered)]]),
+           "rejected_highlights": "[]", "seconds": 1.0}
+    ds = Dataset.from_list([row, {**row, "messages": "", "chosen": "plain 🎉 text",
+                                  "chosen_highlights": "[[6, 7]]"}])
+    (out,), chat, n = lmdata.format_conversations(Tok(), True, ds)
+    conv, plain = out.to_list()
+    assert n == 1 and chat is False
+    assert [conv["chosen"][s:e] for s, e in json.loads(conv["chosen_highlights"])] == [
+        "there 🎉"]  # the span on the role marker is dropped
+    assert [plain["chosen"][s:e] for s, e in json.loads(plain["chosen_highlights"])] == ["🎉"]
 
 
 def test_split_pairs_by_prompt():

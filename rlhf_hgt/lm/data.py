@@ -14,7 +14,12 @@ Every loader returns a ``datasets.Dataset`` in TRL's preference format, columns 
   ``rejected`` are then just the two sides, left and right) and ``annotator`` (who labelled,
   ``""`` when a file names nobody). Conversations (TRL's conversational form) arrive as text
   rendered with role markers (:func:`rlhf_hgt.feedback.jsonl.render_messages`), exactly as the
-  store keeps them; applying a model's own chat template is left to the trainer.
+  store keeps them; applying a model's own chat template is left to the trainer. Three more
+  columns carry the human guidance given with each answer: ``chosen_highlights`` and
+  ``rejected_highlights`` (JSON text of a list of ``[start, end]`` character offsets into the
+  chosen / rejected text, sorted and merged, ``"[]"`` for none) and ``seconds`` (how long the
+  answer took: answered minus shown in the store, a line's ``response_time`` in a file, NaN
+  when unknown).
 - :func:`read_prompts`: the distinct prompts of a JSONL file or a store, for PPO and the
   online loop.
 - :func:`split_pairs`: a held-out split that keeps each prompt on one side.
@@ -53,8 +58,11 @@ RT_PROMPT = "Review of {title}:"
 RESPONSE_PREFIX = " "  # prompt + response reads "Review of X: <snippet>"
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 #: "messages": a conversational pair's original messages as JSON (prompt, chosen, rejected),
-#: "" for a text pair; see format_conversations.
-LABEL_COLUMNS = (*PAIR_COLUMNS, "target", "annotator", "messages")
+#: "" for a text pair; see format_conversations. "chosen_highlights"/"rejected_highlights":
+#: JSON lists of [start, end) character spans of the words that decided ("[]" for none);
+#: "seconds": the answer's response time (NaN when unknown). A fixed contract (lm/reward.py).
+HIGHLIGHT_COLUMNS = ("chosen_highlights", "rejected_highlights")
+LABEL_COLUMNS = (*PAIR_COLUMNS, "target", "annotator", "messages", *HIGHLIGHT_COLUMNS, "seconds")
 TIE_TARGET = 0.5
 
 _SPACES = re.compile(r"\s+")
@@ -195,13 +203,17 @@ def rotten_tomatoes_pairs(n_train: int | None = None, n_test: int | None = None,
 def load_pairs(data: str | os.PathLike | None = None,
                store: str | os.PathLike | None = None) -> Any:
     """The labelled pairs of a JSONL file (``data``) or a preference store (``store``): a
-    ``datasets.Dataset`` with prompt, chosen, rejected, target and annotator columns.
+    ``datasets.Dataset`` with the columns of ``LABEL_COLUMNS``: prompt, chosen, rejected,
+    target, annotator, messages, chosen_highlights, rejected_highlights and seconds.
 
     A file is checked line by line (a bad line raises UserInputError naming the file, line and
     field); its pending queries (``{"prompt", "a", "b"}``, not yet labelled) are skipped. A
     store gives one row per active answer of a text query: ``left``/``right`` become chosen
     and rejected with target 1.0, a tie keeps left/right as chosen/rejected with target 0.5,
     skips are left out, and trajectory-segment queries are ignored (both counted in the log).
+    Highlights come from each answer's reasons (a file: its highlight fields); ``seconds`` is
+    answered minus shown (an import has no shown time: its line's ``response_time``), or a
+    line's ``response_time`` (seconds >= 0, else refused with file, line, field); NaN if unknown.
     """
     if (data is None) == (store is None):
         raise UserInputError("give exactly one source of pairs: --data FILE.jsonl or "
@@ -229,18 +241,39 @@ def _rows_from_jsonl(path: str | os.PathLike) -> list[tuple]:
             continue
         msgs = (json.dumps({"prompt": rec.messages["prompt"], "chosen": rec.messages["first"],
                             "rejected": rec.messages["second"]}) if rec.messages else "")
+        chosen_hl, rejected_hl = rec.highlights or ([], [])
+        try:
+            seconds = _response_time(rec.fields.get("response_time"))
+        except ValueError as exc:
+            raise UserInputError(f"{parsed.path}:{rec.line}: field 'response_time': {exc}; "
+                                 "fix it or remove the field") from None
         rows.append((rec.prompt, rec.first, rec.second, TIE_TARGET if rec.tie else 1.0,
-                     rec.annotator or "", msgs))
+                     rec.annotator or "", msgs, json.dumps(chosen_hl), json.dumps(rejected_hl),
+                     seconds))
     if pending:
         log.info("%s: skipped %d pending (unlabelled) queries", parsed.path, pending)
     return rows
 
 
+def _response_time(value: Any) -> float:
+    """A line's ``response_time`` in seconds (NaN when missing or null)."""
+    if value is None:
+        return math.nan
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or value < 0):
+        raise ValueError(f"must be a non-negative number of seconds, got {value!r:.40}")
+    return float(value)
+
+
 def _rows_from_store(path: str | os.PathLike) -> list[tuple]:
+    from rlhf_hgt.feedback.highlights import oriented
+    from rlhf_hgt.feedback.jsonl import FIELDS_EVENT
     from rlhf_hgt.feedback.store import PreferenceStore
 
     rows, skips = [], 0
     with PreferenceStore(path, create=False) as st:
+        reasons = st.reasons()
+        fields = {e["answer_id"]: e["data"] for e in st.events(FIELDS_EVENT)}
         for query, ans in st.labelled(kind="text", include_skips=True):
             if ans.answer == "skip":
                 skips += 1
@@ -249,13 +282,27 @@ def _rows_from_store(path: str | os.PathLike) -> list[tuple]:
             first, second = ((query.right, query.left) if ans.answer == "right"
                              else (query.left, query.right))
             target = TIE_TARGET if ans.answer == "tie" else 1.0
+            chosen_hl, rejected_hl = oriented(reasons.get(ans.id),
+                                              "right" if ans.answer == "right" else "left")
             rows.append((prompt, first, second, target, ans.annotator,
-                         _stored_messages(query, first, second)))
+                         _stored_messages(query, first, second), json.dumps(chosen_hl),
+                         json.dumps(rejected_hl), _stored_seconds(ans, fields.get(ans.id))))
         segments = len(st.answers(kind="segment"))
     if skips or segments:
         log.info("%s: left out %d skipped answers and %d answers to trajectory-segment "
                  "queries (the language stack reads text pairs)", path, skips, segments)
     return rows
+
+
+def _stored_seconds(ans: Any, fields: Any) -> float:
+    """An answer's response time: answered minus shown; for an imported answer (no shown
+    time) the ``response_time`` its line carried, when it is a usable number; else NaN."""
+    if ans.shown_at is not None and ans.answered_at is not None:
+        return max(0.0, float(ans.answered_at) - float(ans.shown_at))
+    try:
+        return _response_time(fields.get("response_time") if isinstance(fields, dict) else None)
+    except ValueError:
+        return math.nan
 
 
 def _stored_messages(query: Any, first: str, second: str) -> str:
@@ -391,14 +438,18 @@ def _format_pairs(ds: Any, tok: Any, wrap_text: bool) -> Any:
 
     cols = {c: list(ds[c]) for c in ds.column_names}
     cells = cols.get("messages") or [""] * len(ds)
+    remap = all(c in cols for c in HIGHLIGHT_COLUMNS)
+    lost = 0
     for i, cell in enumerate(cells):
         if cell:
             m = json.loads(cell)
             prompt_msgs, sides = m["prompt"], (m["chosen"], m["rejected"])
+            pieces = [_rendered_pieces(side) for side in sides]
         elif wrap_text:
             prompt_msgs = [{"role": "user", "content": cols["prompt"][i]}]
             sides = tuple([{"role": "assistant", "content": cols[c][i]}]
                           for c in ("chosen", "rejected"))
+            pieces = [[(0, cols[c][i])] for c in ("chosen", "rejected")]
         else:
             continue
         (p, c), (p2, r) = fmt(prompt_msgs, sides[0]), fmt(prompt_msgs, sides[1])
@@ -406,7 +457,54 @@ def _format_pairs(ds: Any, tok: Any, wrap_text: bool) -> Any:
         cols["prompt"][i] = prompt
         cols["chosen"][i] = p[len(prompt):] + c
         cols["rejected"][i] = p2[len(prompt):] + r
+        for col, side_pieces, new in zip(HIGHLIGHT_COLUMNS, pieces, (cols["chosen"][i],
+                                                                   cols["rejected"][i]),
+                                         strict=True):
+            spans = json.loads(cols[col][i] or "[]") if remap else []
+            if spans:  # the offsets counted in the old text: move them to the new one
+                moved, n_lost = _move_spans(spans, side_pieces, new)
+                cols[col][i] = json.dumps(moved)
+                lost += n_lost
+    if lost:
+        log.warning("%d highlighted spans lie outside any message's text once the chat template "
+                    "is applied (e.g. on a role marker); they were dropped", lost)
     return type(ds).from_dict(cols, features=ds.features)
+
+
+def _rendered_pieces(messages: list[dict]) -> list[tuple[int, str]]:
+    """(offset, content) of each message's content in its rendering as text
+    (:func:`rlhf_hgt.feedback.jsonl_read.render_messages`: ``<|role|>``, a newline, the
+    content; messages joined by newlines)."""
+    out, pos = [], 0
+    for msg in messages:
+        pos += len(f"<|{msg['role']}|>\n")
+        out.append((pos, msg["content"]))
+        pos += len(msg["content"]) + 1
+    return out
+
+
+def _move_spans(spans: list, pieces: list[tuple[int, str]], new: str) -> tuple[list, int]:
+    """Character spans of an old text moved into ``new``, which holds the old text's
+    ``pieces`` (offset, text) in order (a chat template around each message's content); the
+    parts of a span outside every piece are dropped. Returns (spans, spans lost whole)."""
+    from rlhf_hgt.feedback.highlights import merge_spans
+
+    mapping, cursor = [], 0  # (old start, old end, new start)
+    for start, text in pieces:
+        lead = len(text) - len(text.lstrip())
+        for shift, piece in ((0, text), (lead, text.strip())):  # a template may strip it
+            at = new.find(piece, cursor) if piece else -1
+            if at >= 0:
+                mapping.append((start + shift, start + shift + len(piece), at))
+                cursor = at + len(piece)
+                break
+    out, lost = [], 0
+    for s, e in spans:
+        parts = [[at + max(s, a) - a, at + min(e, b) - a] for a, b, at in mapping
+                 if max(s, a) < min(e, b)]
+        lost += not parts
+        out += parts
+    return merge_spans(out), lost
 
 
 # ----------------------------------------------------------------------------- splits
@@ -464,7 +562,7 @@ def split_pairs(ds: Any, test_fraction: float = 0.2, seed: int = 0,
 def _to_dataset(rows: Sequence[tuple], columns: Sequence[str]) -> Any:
     from datasets import Dataset, Features, Value
 
-    types = {"target": Value("float32")}
+    types = {"target": Value("float32"), "seconds": Value("float64")}
     features = Features({c: types.get(c, Value("string")) for c in columns})
     return Dataset.from_dict({c: [r[i] for r in rows] for i, c in enumerate(columns)},
                              features=features)
