@@ -41,15 +41,22 @@ MAX_UPSCALE = 4  # small frames are enlarged by at most this integer factor
 DEFAULT_FPS = 10.0
 HEAD_ROWS = 3  # title, counts, rule
 CHROME_ROWS = 6  # HEAD_ROWS + rule, keys, notice
-KEYS_LINE = ("1 left · 2 right · t tie · s skip · u undo · r rationale · p replay · "
+REASON_KEYS = {"text": ("h highlight words", "h words"),  # long, short (reasons_prompt.py)
+               "segment": ("m mark features", "m marks")}
+KEYS_LINE = ("1 left · 2 right · t tie · s skip · u undo · r rationale · {why}p replay · "
              "j/k PgUp/PgDn scroll · q quit · ? help")
-KEYS_SHORT = "1 left 2 right t tie s skip u undo r rationale p replay q quit ? help"
+KEYS_SHORT = "1/2 left/right t tie s skip u undo r rationale {why}q quit ? help"
 HELP = """Which of the two is better? Answer with one key; it is saved at once.
 
   1        the left one is better           2        the right one is better
   t        a tie: both equally good or bad  s        skip: you cannot tell
   u        undo your last answer of this session and show that pair again
   r        add a rationale (one line of text) to the answer you give next
+  m        segments: type the observation features that decided (numbers of the obs[i]
+           rows, e.g. 0,1,4-5; Enter alone: none); saved with the answer you give next
+  h        text: highlight the words that decided, saved with the answer you give next:
+           ←/→ word, ↑/↓ line, Tab other side, space word on/off, v start/end a span,
+           u/Backspace undo, c clear, Enter keep, Esc cancel
   p        replay the animation of two trajectory segments
   j / k    scroll down / up one line (also arrow keys)
   PgDn / PgUp, space / b   scroll a page;  g / G  top / bottom
@@ -365,20 +372,29 @@ def _side_title(n: int, side: str, extra: str) -> Text:
     return title
 
 
-def build_text_view(query: Any, width: int, height: int, color: bool = True) -> View:
-    """A prompt and two responses, side by side and wrapped (never the gold answer)."""
+def text_header(query: Any, width: int, color: bool = True,
+                notes: Sequence[str] = ("", "")) -> list[str]:
+    """The top of a text pair's view: the prompt, then the two sides' titles (with
+    ``notes`` after each) and a rule."""
     console = make_console(width)
-    colw = column_width(width)
     lines: list[str] = []
     prompt = sanitize(query.prompt)
     if prompt:
         lines += render_lines(console, Text("Prompt", style="bold"), width, color)
         lines += render_lines(console, Text(prompt, overflow="fold"), width, color)
         lines.append("")
+    titles = [_side_title(i + 1, s, f"{len(sanitize(t).split())} words{note}")
+              for i, (s, t, note) in enumerate(zip(("left", "right"), (query.left, query.right),
+                                                   notes, strict=True))]
+    return lines + _heading(console, titles, width, color)
+
+
+def build_text_view(query: Any, width: int, height: int, color: bool = True) -> View:
+    """A prompt and two responses, side by side and wrapped (never the gold answer)."""
+    console = make_console(width)
+    colw = column_width(width)
+    lines = text_header(query, width, color)
     sides = [sanitize(query.left), sanitize(query.right)]
-    titles = [_side_title(i + 1, s, f"{len(t.split())} words")
-              for i, (s, t) in enumerate(zip(("left", "right"), sides, strict=True))]
-    lines += _heading(console, titles, width, color)
     lines += columns(render_lines(console, Text(sides[0], overflow="fold"), colw, color),
                      render_lines(console, Text(sides[1], overflow="fold"), colw, color), colw)
     return View(query.id, "text", "text", width, height, lines, query=query)
@@ -547,12 +563,19 @@ def error_view(query_id: int, width: int, height: int, message: str) -> View:
     return View(query_id, "error", "error", width, height, [ln.ljust(width) for ln in lines])
 
 
+def keys_line(kind: str, cols: int) -> str:  # the prompt's keys for a kind, as fits cols
+    long, short = REASON_KEYS.get(kind, ("", ""))
+    keys = KEYS_LINE.format(why=f"{long} · " if long else "")
+    return keys if len(keys) <= cols else KEYS_SHORT.format(why=f"{short} " if short else "")
+
+
 def compose_screen(view: View, cols: int, rows: int, title: str, stats: str, last: str,
                    offset: int, help: bool = False, frame: int | None = None,
-                   color: bool = True) -> tuple[list[str], int]:
+                   color: bool = True, keys: str | None = None) -> tuple[list[str], int]:
     """The whole screen as ``rows`` lines: title and counts, a window of the body from line
-    ``offset`` (clamped; returned too), a scroll rule, the keys and a notice line. The frame
-    area of a segment view shows animation frame ``frame`` (when given)."""
+    ``offset`` (clamped; returned too), a scroll rule, the keys (``keys``, else those of the
+    labelling prompt) and a notice line. The frame area of a segment view shows animation
+    frame ``frame`` (when given)."""
     body_h = max(1, rows - CHROME_ROWS)
     where = f"query {view.query_id} · {view.summary}"
     room = max(0, cols - len(where) - 1)
@@ -572,7 +595,7 @@ def compose_screen(view: View, cols: int, rows: int, title: str, stats: str, las
         rule = ("──" + info + "─" * max(0, cols - len(info) - 2))[:cols]
     else:
         rule = "─" * cols
-    keys = KEYS_LINE if len(KEYS_LINE) <= cols else KEYS_SHORT
+    keys = keys_line(view.kind, cols) if keys is None else keys
     foot = [rule, keys[:cols], _style("2", last[:cols], color) if last else ""]
     return head + window + [""] * (body_h - len(window)) + foot, offset
 

@@ -6,6 +6,13 @@ one. While the person looks at a pair, a worker thread claims and lays out the n
 (frames scaled, half-block strings and GIFs made), so the next pair is on screen as soon as
 an answer is saved.
 
+Before answering, a person may say why (:mod:`.reasons_prompt`): ``m`` on a pair of
+trajectory segments reads the observation features that decided (``0,1,4-5``), ``h`` on a
+text pair enters highlight mode to pick the words that decided (arrows move, ``Tab`` switches
+side, ``space`` a word, ``v`` starts and ends a span, ``u`` undoes, ``Enter`` keeps, ``Esc``
+cancels). They are saved with the answer given next (``record_reasons``, in the same guarded
+step), never with a skip, and dropped with the answer by an undo. ``?`` lists every key.
+
 Keys are read one at a time in cbreak mode (``termios``/``tty`` + ``select``, in
 :mod:`.term_io`), so a frame animation can be interrupted by a key. Ctrl-C, SIGTERM and a
 closed terminal (SIGHUP) lose nothing: every answer is committed when it is given; the
@@ -32,6 +39,14 @@ from rich.console import Console
 
 from .annotators import default_annotator
 from .errors import UserInputError
+from .reasons_prompt import (
+    ask_features,
+    describe,
+    highlight_view,
+    n_features,
+    reasons_spans,
+    run_highlighter,
+)
 from .render import (
     CHROME_ROWS,
     HEAD_ROWS,
@@ -114,6 +129,7 @@ class _Session(GuardedSession):
         self.help = False
         self.notice = ""
         self.rationale: str | None = None
+        self.reasons: dict | None = None  # features or highlights, saved with the next answer
         self.anim_t: int | None = None  # the next frame to play (None: not playing)
         self.anim_shown: int | None = None  # the frame on screen
         self.anim_next = 0.0
@@ -189,6 +205,10 @@ class _Session(GuardedSession):
                 self._undo()
             elif key == "r":
                 self._ask_rationale()
+            elif key == "m":
+                self._mark_features()
+            elif key == "h":
+                self._highlight()
             elif key == "p":
                 self._start_animation(replay=True)
             elif key == "q":
@@ -226,6 +246,7 @@ class _Session(GuardedSession):
         view = self.current
         assert view is not None
         answered_at = time.time()
+        reasons = self.reasons if answer != "skip" else None
         with self._protect():
             answer_id = self.store.record_answer(
                 view.query_id, answer, self.who, shown_at=self.shown_at,
@@ -233,6 +254,8 @@ class _Session(GuardedSession):
                 per_query=self.opts.per_query)
             self.held.discard(view.query_id)
             if answer_id is not None:
+                if reasons:  # right after its answer, before a signal may stop the session
+                    self.store.record_reasons(answer_id, reasons, self.who)
                 seconds = answered_at - self.shown_at
                 self.given.append(_Given(answer_id, view.query_id, seconds, view))
         if answer_id is None:
@@ -244,6 +267,8 @@ class _Session(GuardedSession):
         if len(self.given) > STACK_VIEWS:
             self.given[-STACK_VIEWS - 1].view = None
         note = " with rationale" if self.rationale else ""
+        if reasons:
+            note += " with " + ("marked features" if "features" in reasons else "highlights")
         self.notice = f"saved: {answer} for query {view.query_id}{note}"
 
     def _undo(self) -> None:
@@ -278,6 +303,41 @@ class _Session(GuardedSession):
             self.notice = "rationale attached: it is saved with your answer to this pair"
         else:
             self.notice = "no rationale added"
+        self._draw()
+
+    def _mark_features(self) -> None:
+        view = self.current
+        n = n_features(view.query) if view is not None and view.kind == "segment" else 0
+        if view is None or view.kind != "segment":
+            self._say("m marks features of trajectory segments; on a text pair, h highlights "
+                      "the words that decided")
+            return
+        if n == 0:
+            self._say("this pair has no observation features to mark")
+            return
+        self.anim_t = None
+        features = ask_features(self.term, n, (self.reasons or {}).get("features", ()))
+        self.reasons = {"features": features} if features else None
+        self.notice = ("features marked: saved with your answer to this pair" if features
+                       else "no features marked")
+        self._draw()
+
+    def _highlight(self) -> None:
+        view = self.current
+        if view is None or view.kind != "text" or view.query is None:
+            self._say("h highlights words of text pairs; on a pair of segments, m marks the "
+                      "features that decided")
+            return
+        self.anim_t = None
+        kept, reasons = run_highlighter(
+            self.term, view.query, self.reasons,
+            lambda v, offset, keys, notice: self._put(v, offset, keys, notice))
+        if kept:
+            self.reasons = reasons
+            self.notice = ("highlights kept: saved with your answer to this pair" if reasons
+                           else "no words highlighted")
+        else:
+            self.notice = "highlighting cancelled: nothing changed"
         self._draw()
 
     # -- queries: claim, build, prefetch
@@ -397,7 +457,7 @@ class _Session(GuardedSession):
             self.current = self._build(view.query, self.term.size())
         if new:
             self.offset = 0
-            self.rationale = None
+            self.rationale = self.reasons = None
             with self._protect():
                 self.left = self.store.count_pending(self.who, self.opts.per_query)
         self.anim_t = self.anim_shown = None
@@ -427,14 +487,27 @@ class _Session(GuardedSession):
 
     def _draw(self) -> None:
         assert self.current is not None
+        view = self.current
+        cols, rows = self.term.size()
+        spans = reasons_spans(self.reasons)
+        if spans is not None and view.kind == "text" and view.query is not None:
+            view = highlight_view(view.query, cols, rows, spans=spans)[0]
+        pending = [describe(self.reasons, view.query, cols),
+                   f"rationale: {self.rationale}" if self.rationale else ""]
+        last = " · ".join(p for p in pending if p) or self.notice
+        self.offset = self._put(view, self.offset, None, last, self.anim_shown)
+
+    def _put(self, view: View, offset: int, keys: str | None, last: str,
+             frame: int | None = None) -> int:
+        """Draw a whole screen with ``view``'s body from ``offset``; returns the offset used."""
         cols, rows = self.term.size()
         title = f"rlhf-hgt label · {self.path.name} · annotator {self.who}"
-        last = f"rationale: {self.rationale}" if self.rationale else self.notice
-        screen, self.offset = compose_screen(self.current, cols, rows, title, self._stats(),
-                                             last, self.offset, self.help, self.anim_shown)
+        screen, offset = compose_screen(view, cols, rows, title, self._stats(), last, offset,
+                                        self.help, frame, keys=keys)
         self.term.write("".join(f"\x1b[{r};1H\x1b[0m{line}\x1b[0m\x1b[K"
                                 for r, line in enumerate(screen, 1)))
         self.drawn = {}
+        return offset
 
     # -- animation
 

@@ -489,3 +489,102 @@ def test_sigkill_of_the_label_prompt_loses_no_acknowledged_answer(tmp_path):
         assert len(answers) >= acknowledged
         assert len({a.query_id for a in answers}) == len(answers)
         acknowledged = len(answers)  # the unacknowledged ones that did land count on
+
+
+# ----------------------------------------------------------------------------- reasons
+
+
+def reasons_of(path: Path) -> tuple[list, dict]:
+    with PreferenceStore(path, create=False) as store:
+        return store.answers(), store.reasons()
+
+
+def test_feature_marks_key_saves_the_features_with_the_answer(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    rng = np.random.default_rng(2)
+    with PreferenceStore(path) as store:
+        q1 = store.add_segment_query(segment(rng, False), segment(rng, False), env_id="Toy-v0")
+        q2 = store.add_segment_query(segment(rng, False), segment(rng, False), env_id="Toy-v0")
+    child = spawn(path)
+    child.expect_exact("left: 2")
+    child.expect_exact("m mark features")  # the key is on the keys line
+    child.send("m")
+    child.expect_exact("features that decided, 0-2")
+    child.sendline("1")
+    child.expect_exact("features 1 marked")
+    child.send("1")
+    child.expect_exact("with marked features")
+    child.send("u")  # the undo drops the features with the answer
+    child.expect_exact("undone")
+    child.send("m")
+    child.expect_exact("features that decided")
+    child.sendline("0,7")  # out of range: said on the screen, asked again
+    child.expect_exact("not kept: feature 7 is out of range: this pair has 3 observation")
+    child.expect_exact("features that decided")
+    child.sendline("2-0")
+    child.expect_exact("runs backwards; write 0-2")
+    child.sendline("0, 2")
+    child.expect_exact("features 0,2 marked")
+    child.send("2")
+    child.expect_exact("left: 1")
+    child.send("h")  # highlighting is for text pairs
+    child.expect_exact("on a pair of segments, m marks")
+    child.send("m")
+    child.expect_exact("features that decided")
+    child.sendline("")  # none
+    child.expect_exact("no features marked")
+    child.send("1")
+    assert finish(child) == 0
+
+    answers, reasons = reasons_of(path)
+    assert [(a.query_id, a.answer) for a in answers] == [(q1, "right"), (q2, "left")]
+    assert reasons == {answers[0].id: {"features": [0, 2]}}
+
+
+def test_highlight_keys_save_word_spans_with_the_answer(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    left, right = "The acting was great 🎉 really", "dull 电影 plot, cafe\u0301 bad"
+    with PreferenceStore(path) as store:
+        q1, q2 = store.add_text_queries([TextPair("Which review? 日本", left, right),
+                                         TextPair("second prompt", "one two", "three four")])
+    child = spawn(path)
+    child.expect_exact("left: 2")
+    child.expect_exact("h highlight words")
+    child.send("h")
+    child.expect_exact("Enter keep · Esc cancel")  # highlight mode's keys
+    child.send("\x1b[C\x1b[C\x1b[C")  # → "great"
+    child.send(" ")
+    child.expect_exact("“great” highlighted")
+    child.send("\x1b[C")
+    child.send(" ")
+    child.expect_exact("“🎉” highlighted")
+    child.send("u")  # undo the emoji
+    child.expect_exact("undone: the last change")
+    child.send("\t")  # the right side: a span from "dull" to "电影"
+    child.expect_exact("now on the right response")
+    child.send("v")
+    child.expect_exact("span starts at “dull”")
+    child.send("\x1b[C")
+    child.send("v")
+    child.expect_exact("span highlighted: 2 words")
+    child.send("\r")  # Enter keeps them; the notice line says what waits for the answer
+    child.expect_exact("highlighted: left “great” · right “dull 电影”")
+    out = child.logfile_read.getvalue()
+    assert "\x1b[30;43m" in out  # spans shown in colour
+    child.send("1")
+    child.expect_exact("saved: left for query")  # the next pair is on screen
+    child.send("h")
+    child.expect_exact("Enter keep · Esc cancel")
+    child.send(" ")
+    child.expect_exact("“one” highlighted")
+    child.send("\x1b")  # escape: nothing kept
+    child.expect_exact("highlighting cancelled")
+    child.send("2")
+    assert finish(child) == 0
+
+    answers, reasons = reasons_of(path)
+    assert [(a.query_id, a.answer) for a in answers] == [(q1, "left"), (q2, "right")]
+    great, dull = left.index("great"), right.index("电影") + 2
+    assert reasons == {answers[0].id: {"highlights": {"left": [[great, great + 5]],
+                                                      "right": [[0, dull]]}}}
+    assert right[0:dull] == "dull 电影"
