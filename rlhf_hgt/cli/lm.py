@@ -167,12 +167,31 @@ def run_pair_command(args: argparse.Namespace) -> int:
                      for k, v in asdict(cfg).items()}}
         write_manifest(out, config, {"data": source})
     common.wait_for_everyone()
+    for line in guidance_lines(metrics):
+        console.print(line)
     name, value = headline
     shown = "n/a (no held-out pairs)" if value is None else f"{value:.3f}"
     console.print(f"[bold]done[/bold]: {name} {shown}, train loss "
                   f"{fmt(metrics.get('train_loss'), '.3g')}, {metrics.get('steps')} steps, "
                   f"{fmt(metrics.get('train_samples_per_second'), '.3g')} samples/s → {out}")
     return 0
+
+
+def guidance_lines(metrics: dict[str, Any]) -> list[str]:
+    """What the highlights and response times did (lm reward), one line each."""
+    lines = []
+    if metrics.get("highlight_weight"):
+        lines.append(f"highlights: {metrics.get('highlighted_pairs')} pairs, weight "
+                     f"{metrics['highlight_weight']:g}, outside share "
+                     f"{fmt(metrics.get('highlight_share_first_log'))} → "
+                     f"{fmt(metrics.get('highlight_share_last_log'))} "
+                     f"({metrics.get('highlight_sides_unplaced')} sides not placed)")
+    tw = metrics.get("time_weighting")
+    if tw:
+        lines.append(f"time weighting ({tw['mode']}, floor {tw['floor']:g}): "
+                     f"{tw['timed_pairs']} of {tw['pairs']} pairs timed, confidence mean "
+                     f"{fmt(tw.get('confidence_mean'))}, min {fmt(tw.get('confidence_min'))}")
+    return lines  # warnings are logged by the trainer
 
 
 def fmt(x: Any, spec: str = ".3f") -> str:

@@ -9,6 +9,12 @@ label costs, and a small centring term keeps rewards near zero. TRL's RewardTrai
 the loop (devices, DDP, mixed precision, the schedule); :class:`PreferenceRewardTrainer`
 only swaps its loss and keeps the ``target`` column that its collator would drop.
 
+What people give beside their choice (:mod:`rlhf_hgt.lm.reward_guidance`): highlighted
+words (``chosen_highlights`` / ``rejected_highlights``) add ``highlight_weight`` times the
+share of the reward's input-gradient energy outside them; response times (``seconds``,
+with ``time_weighting``) weigh each comparison, or soften its target, by how fast its
+annotator answered. Pairs without either train as before.
+
 Texts are formatted once, by :func:`encode_response`, for training and for
 :class:`RewardScorer`: ``prompt + response`` then the end token (TRL's convention), or the
 tokenizer's chat template (user turn = prompt, assistant turn = response).
@@ -31,14 +37,17 @@ from typing import Any
 
 import torch
 
+from rlhf_hgt.confidence import DEFAULT_FLOOR, MODES
 from rlhf_hgt.configs import renamed
+from rlhf_hgt.lm import reward_guidance as guidance
 from rlhf_hgt.lm import trl_common as common
 from rlhf_hgt.lm.data import format_conversations
 from rlhf_hgt.lm.models import peft_quietly
 from rlhf_hgt.preference import preference_accuracy, preference_loss
 
-__all__ = ["LMRewardConfig", "RewardScorer", "build_reward_trainer", "encode_response",
-           "evaluate_reward_model", "prepare_reward_model", "train_reward_model"]
+__all__ = ["LMRewardConfig", "RewardScorer", "build_reward_trainer", "encode_marked",
+           "encode_response", "evaluate_reward_model", "prepare_reward_model",
+           "train_reward_model"]
 
 FORMAT = "rlhf_hgt.lm_reward/1"
 META_FILE = "reward_model.json"
@@ -80,6 +89,30 @@ class LMRewardConfig(common.PairTrainingConfig):
                 "al. 2023); keeps rewards centred for PPO; 0 = off"})
     per_device_eval_batch_size: int = field(default=16, metadata={
         "help": "pairs per process and scoring batch"})
+    highlight_weight: float | None = field(default=None, metadata={
+        "help": "weight of the highlight penalty: for a response with highlighted words "
+                "(chosen_highlights / rejected_highlights), the share of the reward's "
+                "input-gradient energy (on the token embeddings) on its other tokens; pairs "
+                "without highlights train as before. Unset: "
+                f"{guidance.DEFAULT_HIGHLIGHT_WEIGHT:g} when the pairs have highlights, else 0. "
+                "PROVISIONAL, measured on the tiny test model only (scripts/"
+                "bench_lm_guidance.py tiny-weights: 64 pairs of 'a'/'b' strings whose chosen "
+                "side always ended in a decoy, 128 held-out pairs with it on a random side, "
+                "3 seeds): accuracy 0.58 without highlights, 0.71/0.82/0.93/0.94/0.89 at "
+                "weights 1/3/10/30/100, decoy-free 0.95; highlights on 10% of the pairs: "
+                "0.86 at 10, 0.95 at 100; 10 is the smallest weight near the best; to be "
+                "re-measured with SmolLM2 on decoy text",
+        "default_text": f"{guidance.DEFAULT_HIGHLIGHT_WEIGHT:g} with highlights, else 0"})
+    time_weighting: bool = field(default=False, metadata={
+        "help": "turn each answer's response time (column seconds) into a confidence for "
+                "its comparison: its rank among the same annotator's times (people differ in "
+                "speed), 1 for the fastest down to --time-floor for the slowest "
+                "(rlhf_hgt.confidence); pairs without a time keep confidence 1"})
+    time_weighting_mode: str = field(default="weight", metadata={
+        "help": "weight: the confidence weighs the comparison's loss; soft: it moves the "
+                "target towards 0.5", "choices": MODES})
+    time_floor: float = field(default=DEFAULT_FLOOR, metadata={
+        "help": "the slowest answer's confidence, in [0, 1]"})
 
     def __post_init__(self) -> None:
         self.check_shared(lr_lora=2e-4, lr_full=1e-5)
@@ -100,6 +133,16 @@ class LMRewardConfig(common.PairTrainingConfig):
         if self.center_rewards_coefficient < 0:
             raise ValueError(f"center_rewards_coefficient must be >= 0 (0.01 is usual), "
                              f"got {self.center_rewards_coefficient}")
+        if self.highlight_weight is not None and not 0 <= self.highlight_weight < math.inf:
+            raise ValueError(f"highlight_weight must be a number >= 0 (0 = off; unset = "
+                             f"{guidance.DEFAULT_HIGHLIGHT_WEIGHT:g} when the pairs have "
+                             f"highlights), got {self.highlight_weight}")
+        if self.time_weighting_mode not in MODES:
+            raise ValueError(f"time_weighting_mode must be one of {', '.join(MODES)}, got "
+                             f"{self.time_weighting_mode!r}")
+        if not 0 <= self.time_floor <= 1:
+            raise ValueError(f"time_floor must lie in [0, 1] (the slowest answer's "
+                             f"confidence; {DEFAULT_FLOOR} is usual), got {self.time_floor}")
 
     def resolved_epochs(self, n_pairs: int, processes: int = 1) -> float:
         """The epoch count for ``n_pairs`` training pairs (see ``num_train_epochs``)."""
@@ -113,9 +156,9 @@ class LMRewardConfig(common.PairTrainingConfig):
 # --------------------------------------------------------------------------- formatting
 
 
-def encode_response(tok: Any, prompt: str, response: str, max_length: int,
-                    chat_template: bool = False) -> list[int]:
-    """Token ids of one (prompt, response), exactly as the reward model is trained on them."""
+def _formatted(tok: Any, prompt: str, response: str, chat_template: bool) -> tuple[str, bool]:
+    """(the text the reward model reads, whether it gets the end token appended): the chat
+    template around (prompt, response), or ``prompt + response``."""
     if chat_template:
         if not getattr(tok, "chat_template", None):
             from rlhf_hgt.feedback.errors import UserInputError
@@ -123,28 +166,81 @@ def encode_response(tok: Any, prompt: str, response: str, max_length: int,
             raise UserInputError("chat template: the model's tokenizer has none; drop "
                                  "--chat-template (chat_template=False)")
         msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-        text = tok.apply_chat_template(msgs, tokenize=False)
-        ids = list(tok(text, add_special_tokens=False)["input_ids"])
-    else:
-        ids = list(tok(prompt + response)["input_ids"])
-        if tok.eos_token_id is not None and (not ids or ids[-1] != tok.eos_token_id):
-            ids.append(tok.eos_token_id)
+        return tok.apply_chat_template(msgs, tokenize=False), False
+    return prompt + response, True
+
+
+def encode_response(tok: Any, prompt: str, response: str, max_length: int,
+                    chat_template: bool = False) -> list[int]:
+    """Token ids of one (prompt, response), exactly as the reward model is trained on them."""
+    text, plain = _formatted(tok, prompt, response, chat_template)
+    ids = list(tok(text, add_special_tokens=plain)["input_ids"])
+    if plain and tok.eos_token_id is not None and (not ids or ids[-1] != tok.eos_token_id):
+        ids.append(tok.eos_token_id)
     if len(ids) > max_length:
         ids = ids[-max_length:]  # keep the end: the reward is read at the last token
     return ids
 
 
-def _encode_pairs(ds: Any, tok: Any, cfg: LMRewardConfig):
+def encode_marked(tok: Any, prompt: str, response: str, spans: Sequence[tuple[int, int]],
+                  max_length: int, chat_template: bool = False
+                  ) -> tuple[list[int], list[int] | None]:
+    """(ids as :func:`encode_response` gives them, per-token highlight marks or None).
+
+    ``spans`` are character offsets into ``response``, which is looked for in the formatted
+    text; marks are ``guidance.NOT_COUNTED`` / ``OUTSIDE`` / ``HIGHLIGHTED`` per token. None
+    when there are no spans, the response is not found, or no highlighted token survives
+    truncation."""
+    ids = encode_response(tok, prompt, response, max_length, chat_template)
+    if not spans:
+        return ids, None
+    if not getattr(tok, "is_fast", False):
+        from rlhf_hgt.feedback.errors import UserInputError
+
+        raise UserInputError("highlights: the model's tokenizer is not a fast tokenizer, so it "
+                             "has no character offsets; use a fast tokenizer or "
+                             "--highlight-weight 0")
+    text, plain = _formatted(tok, prompt, response, chat_template)
+    enc = tok(text, add_special_tokens=plain, return_offsets_mapping=True)
+    start = guidance.locate_response(text, response)
+    if start is None:
+        return ids, None
+    marks = guidance.token_marks(enc["offset_mapping"], start, len(response), spans)
+    full = list(enc["input_ids"])
+    if plain and tok.eos_token_id is not None and (not full or full[-1] != tok.eos_token_id):
+        marks.append(guidance.NOT_COUNTED)  # the end token encode_response appends
+    marks = marks[-len(ids):]  # truncated as the ids are
+    return ids, (marks if guidance.HIGHLIGHTED in marks else None)
+
+
+def _encode_pairs(ds: Any, tok: Any, cfg: LMRewardConfig, highlight_weight: float = 0.0,
+                  weights: Sequence[float] | None = None,
+                  targets: Sequence[float] | None = None) -> tuple[Any, dict[str, int]]:
+    """The encoded pairs (ids, targets, optional weights and highlight marks) and counts of
+    the highlights: sides with spans, and sides whose spans mark tokens."""
     from datasets import Dataset
 
-    targets = common.targets_of(ds)
-    rows = {"chosen_ids": [], "rejected_ids": [], "target": targets}
-    for row in ds:
-        rows["chosen_ids"].append(encode_response(tok, row["prompt"], row["chosen"],
-                                                  cfg.max_length, cfg.chat_template))
-        rows["rejected_ids"].append(encode_response(tok, row["prompt"], row["rejected"],
-                                                    cfg.max_length, cfg.chat_template))
-    return Dataset.from_dict(rows)
+    targets = list(common.targets_of(ds) if targets is None else targets)
+    rows: dict[str, list] = {"chosen_ids": [], "rejected_ids": [], "target": targets}
+    if weights is not None:
+        rows["weight"] = [float(w) for w in weights]
+    use_marks = highlight_weight > 0
+    spans = {side: guidance.spans_of(ds, side) if use_marks else None
+             for side in ("chosen", "rejected")}
+    counts = {"sides": 0, "marked": 0}
+    if use_marks:
+        rows["chosen_marks"], rows["rejected_marks"] = [], []
+    for i, row in enumerate(ds):
+        for side in ("chosen", "rejected"):
+            side_spans = spans[side][i] if use_marks else []
+            ids, marks = encode_marked(tok, row["prompt"], row[side], side_spans,
+                                       cfg.max_length, cfg.chat_template)
+            rows[f"{side}_ids"].append(ids)
+            if use_marks:
+                rows[f"{side}_marks"].append(marks or [])
+                counts["sides"] += bool(side_spans)
+                counts["marked"] += marks is not None
+    return Dataset.from_dict(rows), counts
 
 
 # --------------------------------------------------------------------------- trainer
@@ -162,33 +258,57 @@ def _trainer_classes():
             out = super().torch_call(examples)
             out["target"] = torch.tensor([float(e.get("target", 1.0)) for e in examples],
                                          dtype=torch.float32)
+            if "weight" in examples[0]:  # time weighting
+                out["weight"] = torch.tensor([float(e["weight"]) for e in examples],
+                                             dtype=torch.float32)
+            if "chosen_marks" in examples[0]:  # highlights, padded like input_ids
+                n = len(examples)
+                marks = torch.zeros(out["input_ids"].shape, dtype=torch.long)
+                for j, e in enumerate(examples):
+                    for row, m in ((j, e["chosen_marks"]), (n + j, e["rejected_marks"])):
+                        marks[row, :len(m)] = torch.tensor(m, dtype=torch.long)
+                out["marks"] = marks
             return out
 
     class PreferenceRewardTrainer(RewardTrainer):
         """RewardTrainer with the shared Bradley–Terry loss (ties, label noise) and centring."""
 
-        def __init__(self, *args: Any, pref_config: LMRewardConfig, **kwargs: Any):
+        def __init__(self, *args: Any, pref_config: LMRewardConfig,
+                     highlight_weight: float = 0.0, **kwargs: Any):
             self.pref_config = pref_config
+            self.highlight_weight = highlight_weight
             super().__init__(*args, **kwargs)
 
         def _set_signature_columns_if_needed(self) -> None:
             if self._signature_columns is None:
-                self._signature_columns = ["chosen_ids", "rejected_ids", "target"]
+                self._signature_columns = ["chosen_ids", "rejected_ids", "target", "weight",
+                                           "chosen_marks", "rejected_marks"]
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             mode = "train" if self.model.training else "eval"
             cfg = self.pref_config
             target = inputs.pop("target")
+            weight = inputs.pop("weight", None)
+            marks = inputs.pop("marks", None)
             inputs.pop("margin", None)
-            outputs = model(input_ids=inputs["input_ids"],
-                            attention_mask=inputs["attention_mask"], use_cache=False)
+            penalise = (self.highlight_weight > 0 and marks is not None
+                        and torch.is_grad_enabled()
+                        and bool((marks == guidance.HIGHLIGHTED).any()))
+            with guidance.EmbeddingTap(self.accelerator.unwrap_model(model), penalise) as tap:
+                outputs = model(input_ids=inputs["input_ids"],
+                                attention_mask=inputs["attention_mask"], use_cache=False)
             scores = outputs.logits.squeeze(-1).float()
             chosen, rejected = torch.chunk(scores, 2)
             loss = preference_loss(chosen, rejected, target.to(chosen.device),
-                                   noise=cfg.label_noise, temperature=cfg.temperature)
+                                   noise=cfg.label_noise, temperature=cfg.temperature,
+                                   weight=None if weight is None else weight.to(chosen.device))
             if cfg.center_rewards_coefficient > 0:
                 loss = loss + cfg.center_rewards_coefficient * torch.mean(
                     (chosen + rejected) ** 2)
+            if penalise:  # highlights: attribution outside them (reward_guidance)
+                share, _ = guidance.highlight_share(scores, tap.embeds, marks.to(scores.device))
+                loss = loss + self.highlight_weight * share
+                self._metrics[mode]["highlight_share"].append(share.item())
             with torch.no_grad():  # every process gathers, whatever its batch holds
                 t = target.to(chosen.device)
                 strict, diff = t != 0.5, chosen - rejected
@@ -241,7 +361,18 @@ def build_reward_trainer(model: Any, tok: Any, train_ds: Any, cfg: LMRewardConfi
     """The TRL trainer (with our loss) for a prepared model and raw pairs."""
     from trl import RewardConfig
 
-    train_enc = _encode_pairs(train_ds, tok, cfg)
+    plan = guidance.plan(train_ds, common.targets_of(train_ds), cfg.highlight_weight,
+                         cfg.time_weighting, cfg.time_weighting_mode, cfg.time_floor)
+    if plan["highlight_weight"] > 0 and cfg.activation_checkpointing and common.cuda_available():
+        from rlhf_hgt.feedback.errors import UserInputError
+
+        raise UserInputError("--highlight-weight differentiates through the reward's input "
+                             "gradient, which activation checkpointing cannot replay; use "
+                             "--no-activation-checkpointing, or --highlight-weight 0")
+    train_enc, counts = _encode_pairs(train_ds, tok, cfg, plan["highlight_weight"],
+                                      plan.pop("weights"), plan.pop("targets"))
+    plan.update({"highlighted_sides": counts["sides"], "highlighted_sides_used": counts["marked"],
+                 "highlight_sides_unplaced": counts["sides"] - counts["marked"]})
     epochs = cfg.resolved_epochs(len(train_enc), common.world_size())
     args = RewardConfig(
         **cfg.training_kwargs(out_dir, epochs),
@@ -253,7 +384,8 @@ def build_reward_trainer(model: Any, tok: Any, train_ds: Any, cfg: LMRewardConfi
     trainer = trainer_cls(
         model=model, args=args, train_dataset=train_enc, processing_class=tok,
         data_collator=collator_cls(pad_token_id=tok.pad_token_id), callbacks=callbacks,
-        pref_config=cfg)
+        pref_config=cfg, highlight_weight=plan["highlight_weight"])
+    trainer.guidance = plan  # what the highlights and times did, for metrics.json
     common.quiet_trainer(trainer, cfg.progress)
     return trainer
 
@@ -307,6 +439,7 @@ def train_reward_model(model: Any, train_ds: Any, eval_ds: Any = None,
         "world_size": common.world_size(),
         "base_model": base_name,
         "conversational_pairs": n_conv,
+        **guidance.run_summary(trainer.guidance, trainer.state.log_history),
     }
     if eval_ds is not None and len(eval_ds):
         metrics.update(evaluate_reward_model(trained, tok, eval_ds,
