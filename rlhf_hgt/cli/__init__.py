@@ -31,6 +31,8 @@ GROUPS: dict[str, tuple[str, str]] = {
     "lm": ("rlhf_hgt.cli.lm", "language models: reward model, DPO, PPO, the online loop"),
     "attention": ("rlhf_hgt.cli.attention", "human attention in training: train with "
                                             "guidance, mark images, compare runs"),
+    "report": ("rlhf_hgt.cli.governance", "report.md and a self-contained report.html of a "
+                                          "run: plots, annotators, oversight, model card"),
 }
 
 
