@@ -48,3 +48,34 @@ if ! "$PY" -c "import importlib.util as u, sys; sys.exit(0 if all(u.find_spec(p)
 fi
 "$PY" -c "import rlhf_hgt, torch, trl, peft, stable_baselines3, gymnasium" \
   || { echo "[setup] install failed" >&2; exit 1; }
+# A real browser for the report's tests (tests/test_report.py): Debian's chromium from apt,
+# driven by playwright (a dev extra) through executable_path=/usr/bin/chromium; playwright's
+# own browser download cannot work offline. Installed once, only when missing; without apt
+# (or the rights to use it) the browser tests are skipped and say why.
+ensure_chromium() {
+  if [[ -x /usr/bin/chromium ]]; then return 0; fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] no apt-get here: install Chromium as /usr/bin/chromium to run the report's" \
+      "browser tests (they are skipped without it)" >&2
+    return 0
+  fi
+  local sudo=""
+  if [[ "$(id -u)" -ne 0 ]]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+      echo "[setup] chromium is missing and apt-get needs root: run" \
+        "'sudo apt-get install -y chromium' to run the report's browser tests" \
+        "(they are skipped without it)" >&2
+      return 0
+    fi
+  fi
+  echo "[setup] installing Debian's chromium with apt-get (for the report's browser tests)"
+  local log
+  log="$(mktemp)"
+  if ! { $sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q \
+      chromium; } >"$log" 2>&1; then
+    echo "[setup] apt-get could not install chromium (last lines below); the report's browser" \
+      "tests will be skipped" >&2
+    tail -n 5 "$log" >&2
+  fi
+  rm -f "$log"
+}

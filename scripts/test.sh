@@ -7,6 +7,7 @@
 # Other arguments go to pytest (e.g. -k store, -x).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh" "[dev]"
+ensure_chromium  # Debian's chromium for tests/test_report.py (apt, only when missing)
 args=()
 for a in "$@"; do
   if [[ "$a" == "--quick" ]]; then args+=(-m "not slow"); else args+=("$a"); fi
