@@ -170,6 +170,64 @@ def test_report_writes_markdown_and_a_self_contained_page(reports, kind):
         assert "The marks came from one person (`dana`)" in md
 
 
+def build_lm_run(out: Path, kind: str) -> Path:
+    """A language-model run folder as `rlhf-hgt lm reward|ppo|online` leaves it."""
+    out.mkdir(parents=True)
+    config: dict = {"out": str(out), "model": "smollm2"}
+    if kind == "lm reward":
+        pairs = out.parent / f"{out.name}_pairs.jsonl"
+        pairs.write_text("".join(json.dumps({"prompt": "p", "chosen": f"good {i}", "rejected":
+                                             "bad", "annotator": ["ann", "ben"][i % 2]}) + "\n"
+                                 for i in range(6)))
+        metrics = {"command": "lm reward", "model": "smollm2", "pairs": 6,
+                   "reward_model_accuracy": 0.75, "eval_pairs": 2, "train_loss": 0.6}
+        config |= {"command": "lm reward", "data": str(pairs)}
+        _weights(out / "adapter_model.safetensors")
+    elif kind == "lm ppo":
+        metrics = {"steps": 3, "score_first": 1.0, "score_last": 2.0, "reward": "length",
+                   "final": {"kl_k1": 0.1}, "curve": [{"step": float(i), "score": 1.0 + i / 2,
+                                                       "kl_k1": 0.05 * i} for i in range(1, 4)]}
+        (out / "checkpoints").mkdir()
+        _weights(out / "checkpoints" / "adapter_model.safetensors")
+        _weights(out / "checkpoints" / "value_head.safetensors")
+    else:
+        store = PreferenceStore(out / "feedback.db")
+        ids = store.add_text_queries([TextPair(f"p{i}", "a long answer", "short")
+                                      for i in range(4)])
+        store.record_answers([(q, "left") for q in ids], "teacher:oracle(length)",
+                             synthetic=True)
+        store.close()
+        metrics = {"format": "rlhf_hgt.lm_online/1", "model": "smollm2", "labels": 4,
+                   "history": [{"round": r, "labels": 2 * (r + 1), "sample_score_mean": 2.0 + r,
+                                "eval_score_mean": 2.5 + r, "reward_model_accuracy": 0.5 + r / 4}
+                               for r in range(2)]}
+        config |= {"command": "lm online", "teacher": "length", "teacher_model": "oracle"}
+        (out / "checkpoints" / "round0001").mkdir(parents=True)
+        _weights(out / "checkpoints" / "round0001" / "adapter_model.safetensors")
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    (out / "manifest.json").write_text(json.dumps(_manifest(config)))
+    return out
+
+
+@pytest.mark.parametrize("kind,figures,names", [
+    ("lm reward", 1, ["`ann`", "`ben`", "held-out pairwise accuracy"]),
+    ("lm ppo", 1, ["PPO: score", "score, last updates", "final KL to the reference"]),
+    ("lm online", 3, ["Online loop", "teacher:oracle(length)", "Synthetic teacher only"]),
+])
+def test_report_and_cards_for_language_model_runs(tmp_path, kind, figures, names):
+    run = build_lm_run(tmp_path / "run", kind)
+    assert main(["report", str(run)]) == 0
+    md = (run / "report.md").read_text()
+    assert len(re.findall(r"\]\(report_files/", md)) == figures
+    for name in names:
+        assert name in md, name
+    cards = write_cards(run)
+    assert cards and all(p.name == "README.md" for p in cards)
+    meta = _front_matter(cards[0].read_text())
+    assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert meta["library_name"] == "peft" and "lora" in meta["tags"]
+
+
 def test_lineage_summary_is_used_when_the_module_exists(runs, monkeypatch, tmp_path):
     run = shutil.copytree(runs["control"], tmp_path / "run")
     fake = types.ModuleType("rlhf_hgt.governance.lineage")
@@ -305,13 +363,16 @@ def test_a_card_keeps_other_tools_front_matter_and_works_mid_run(tmp_path):
     _weights(run / "adapter" / "adapter_model.safetensors")
     (run / "adapter" / "README.md").write_text("---\nlibrary_name: peft\npipeline_tag: "
                                                "text-generation\nbase_model: ''\n---\n# x\n")
-    history = [{"round": 0, "labels": 4, "timesteps": 64, "true_return": 9.0}]
+    history = [{"round": 0, "labels": 4, "timesteps": 64, "true_return": 9.0,
+                "reward_holdout_accuracy": 0.75}]
     path = write_card(run / "adapter", run, config={"env_id": "CartPole-v1", "algo": "ppo"},
                       metrics={"history": history})
     meta = _front_matter(path.read_text())
     assert meta["pipeline_tag"] == "text-generation" and "base_model" not in meta
     assert meta["library_name"] == "stable-baselines3"
-    assert "No labels are recorded with this run" in path.read_text()
+    text = path.read_text()
+    assert "No labels are recorded with this run" in text
+    assert "the latest of 1 rounds so far" in text and "0.75" in text
 
 
 # ----------------------------------------------------------------------------- limits
@@ -363,6 +424,12 @@ def test_known_limits_from_the_labels():
                               gold=20, gold_accuracy=0.95,
                               metrics={"reward_model_accuracy": 0.85}))
     assert good == []
+
+    mid_run = known_limits(_info(people={"a": False, "b": False},
+                                 agreement=("cohen_kappa", 0.8), gold=20, gold_accuracy=0.95,
+                                 metrics={"history": [{"labels": 4,
+                                                       "reward_holdout_accuracy": 0.7}]}))
+    assert mid_run == []  # the latest round's held-out accuracy counts before metrics.json
 
     few = known_limits(_info(people={"a": False, "b": False}, agreement=("cohen_kappa", 0.8),
                              gold=20, gold_accuracy=0.95, labels=12))

@@ -117,8 +117,8 @@ def _label_limits(info: RunInfo) -> list[str]:
     elif accuracy is not None and accuracy < LOW_GOLD:
         out.append(f"Answers matched gold on only {accuracy:.0%} of the gold queries.")
     if info.kind in ("control", "lm reward", "lm online") and not _uses_dpo(info):
-        held_out = info.metrics.get("reward_model_accuracy")
-        if held_out is None and info.metrics:
+        held_out = _held_out(info)
+        if held_out is None and (info.metrics or info.history):
             out.append("The reward model had no held-out pairs: its accuracy was never "
                        "measured.")
         elif held_out is not None and not gold.get("queries"):
@@ -129,6 +129,16 @@ def _label_limits(info: RunInfo) -> list[str]:
     if info.stats and info.stats.get("pending"):
         out.append(f"{info.stats['pending']} queries were still waiting for answers.")
     return out
+
+
+def _held_out(info: RunInfo) -> float | None:
+    """The reward model's held-out accuracy: the run's, or mid-run the latest round's."""
+    value = info.metrics.get("reward_model_accuracy")
+    if value is None:
+        value = next((r[k] for r in reversed(info.history) for k in
+                      ("reward_holdout_accuracy", "reward_model_accuracy")
+                      if r.get(k) is not None), None)
+    return value
 
 
 def _uses_dpo(info: RunInfo) -> bool:
@@ -289,8 +299,14 @@ def card_blocks(info: RunInfo, role: str, folder: Path | None = None,
     blocks += S.oversight_blocks(info)
     blocks.append(Heading("Held-out metrics", level))
     rows = S.headline_rows(info)
-    blocks.append(Table(["metric", "value"], rows) if rows else
-                  Para("No held-out numbers yet (the run has not finished)."))
+    latest = info.history[-1] if info.history else None
+    if rows:
+        blocks.append(Table(["metric", "value"], rows))
+    elif latest:  # mid-run: the latest round so far
+        blocks.append(Table(["metric", "value"], S.scalar_rows(latest),
+                            caption=f"the latest of {len(info.history)} rounds so far"))
+    else:
+        blocks.append(Para("No held-out numbers yet (the run has not finished)."))
     blocks.append(Heading("Training", level))
     blocks += S.training_blocks(info, detail=False)
     blocks.append(Heading("Known limits", level))

@@ -190,8 +190,9 @@ def labels_per_annotator(info: RunInfo) -> Figure | None:
     ax.set_yticks(range(len(names)), [_short_name(n) + (" *" if ann[n]["synthetic"] else "")
                                       for n in names], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("answers  (* synthetic teacher)" if colors is ANSWER_COLORS else
-                  "pairs named to each annotator in the data file")
+    synthetic = any(ann[n]["synthetic"] for n in names)
+    ax.set_xlabel("pairs named to each annotator in the data file" if colors is not ANSWER_COLORS
+                  else "answers  (* synthetic teacher)" if synthetic else "answers")
     ax.legend(fontsize=8, frameon=False, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0))
     return _png(fig, "labels_per_annotator", "Labels per annotator, by answer")
 

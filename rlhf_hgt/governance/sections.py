@@ -80,7 +80,7 @@ def annotator_rows(info: RunInfo) -> list[list[Any]]:
     rows = []
     for name, a in info.annotators.items():
         v, g = a["by_value"], a["gold"]
-        gold = f"{fmt(g['accuracy'], 3)} of {g['answers']}" if g["answers"] else "–"
+        gold = f"{g['accuracy']:.2f} on {g['answers']}" if g["answers"] else "–"
         rows.append([f"`{name}`", "synthetic teacher" if a["synthetic"] else "person",
                      a["answers"], v["left"], v["right"], v["tie"], v["skip"],
                      a["median_seconds_per_label"], gold])
