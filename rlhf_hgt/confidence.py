@@ -17,8 +17,9 @@ and training uses it in one of two ways (``mode``):
 - ``soft``: the target becomes 0.5 + (target - 0.5) * c (a tie stays 0.5), so a slow answer
   pulls less towards its choice.
 
-Answers without a time (imported from a file, no ``shown_at``), and annotators with fewer than
-``min_answers`` timed answers (too few to rank), get confidence 1. numpy only; imports
+Answers without a time (imported from a file, no ``shown_at``), annotators with fewer than
+``min_answers`` timed answers (too few to rank), and annotators whose times are all equal (a
+teacher that records none: shown and answered at once) get confidence 1. numpy only; imports
 nothing of ours.
 """
 
@@ -46,8 +47,8 @@ def time_ranks(seconds: Sequence[float], annotators: Sequence[str],
     ranks = np.full(t.shape, np.nan)
     for name in dict.fromkeys(who.tolist()):
         idx = np.flatnonzero((who == name) & np.isfinite(t) & (t >= 0))
-        if len(idx) < max(2, min_answers):
-            continue
+        if len(idx) < max(2, min_answers) or np.ptp(t[idx]) == 0:
+            continue  # too few to rank, or all alike (a source that records no real times)
         order = t[idx].argsort(kind="stable")
         r = np.empty(len(idx))
         r[order] = np.arange(len(idx), dtype=float)

@@ -44,3 +44,11 @@ def test_weight_and_soft_modes():
         time_confidence([1.0], ["a"], floor=1.5)
     with pytest.raises(ValueError, match="equal"):
         time_ranks([1.0, 2.0], ["a"])
+
+
+def test_equal_times_carry_nothing():
+    # a teacher that records no times (shown = answered): every time 0, full confidence
+    c = time_confidence([0.0] * 6, ["t"] * 6)
+    np.testing.assert_array_equal(c, 1.0)
+    y, _ = apply_confidence([1.0] * 6, c, "soft")
+    np.testing.assert_array_equal(y, 1.0)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf_hgt.attention.penalties import feature_gradient_share, outside_share
 from rlhf_hgt.control.config import (
     DEFAULT_MARK_WEIGHT,
     ControlConfig,
@@ -19,6 +18,7 @@ from rlhf_hgt.control.config import (
     parse_feature_marks,
 )
 from rlhf_hgt.feedback.errors import UserInputError
+from rlhf_hgt.penalties import feature_gradient_share, outside_share
 
 TINY = ["--n-envs", "2", "--segment-length", "10", "--eval-episodes", "3",
         "--reward-min-updates", "20", "--reward-epochs", "2"]

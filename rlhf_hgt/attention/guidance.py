@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rlhf_hgt.attention.models import Gated, downsample
-from rlhf_hgt.attention.penalties import outside_share  # (N, H, W) maps; shared with control
+from rlhf_hgt.penalties import outside_share  # (N, H, W) maps; shared with control
 
 METHODS = ("none", "augment", "gate", "rrr", "gradcam", "gaze-kl", "random-mask")
 GUIDED = tuple(m for m in METHODS if m != "none")

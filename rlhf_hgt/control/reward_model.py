@@ -14,7 +14,7 @@ spaces (an MLP for vectors, a small CNN for uint8 images).
 Feature marks (``fit(..., marks=keep, mark_weight=w)``): the features of a vector
 observation that a person says decide what is better. Each member's loss then adds ``w``
 times the share of its input-gradient energy (of the summed predicted reward) on the other
-features (:func:`rlhf_hgt.attention.penalties.feature_gradient_share`: Right for the Right
+features (:func:`rlhf_hgt.penalties.feature_gradient_share`: Right for the Right
 Reasons applied to the Bradley–Terry reward). The gradient is taken with respect to the raw
 observation tensor and scaled by each member's input std, i.e. measured on the normalised
 features, so the share does not depend on the features' units. Without marks (or with
@@ -40,7 +40,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlhf_hgt.attention.penalties import feature_gradient_share
 from rlhf_hgt.control.reward_config import RewardModelConfig, device_missing
 from rlhf_hgt.control.reward_net import (
     RewardNet,
@@ -50,6 +49,7 @@ from rlhf_hgt.control.reward_net import (
 )
 from rlhf_hgt.feedback.errors import UserInputError
 from rlhf_hgt.feedback.files import write_bytes_atomic, write_json_atomic
+from rlhf_hgt.penalties import feature_gradient_share
 from rlhf_hgt.preference import (
     ANSWER_TARGETS,
     preference_accuracy,

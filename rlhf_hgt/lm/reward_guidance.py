@@ -10,7 +10,7 @@ with ``create_graph=True`` so that training differentiates through it (double ba
 through the LoRA model). Its energy per token is the squared gradient summed over the
 embedding dimension. For every side with highlights the penalty is the share of that energy,
 over the response's tokens, that lies on tokens outside the highlights ("Right for the
-Right Reasons", Ross et al. 2017, as a share: :func:`rlhf_hgt.attention.penalties.outside_share`,
+Right Reasons", Ross et al. 2017, as a share: :func:`rlhf_hgt.penalties.outside_share`,
 the core control and image guidance use too); prompt, template, end and padding tokens count
 neither way. The loss adds ``W`` times the mean share over the sides with highlights in the
 batch; a batch without highlights trains exactly as before (no second backward).
@@ -43,9 +43,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlhf_hgt.attention.penalties import outside_share
 from rlhf_hgt.confidence import apply_confidence, time_confidence
 from rlhf_hgt.feedback.errors import UserInputError
+from rlhf_hgt.penalties import outside_share
 
 __all__ = ["DEFAULT_HIGHLIGHT_WEIGHT", "HIGHLIGHTED", "NOT_COUNTED", "OUTSIDE", "EmbeddingTap",
            "attribution_shares", "highlight_share", "locate_response", "parse_spans", "plan",
