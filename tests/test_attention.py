@@ -412,3 +412,5 @@ def test_command_line_reports_unknown_flags_and_unseen_classes(tmp_path, npz, ca
     err = capsys.readouterr().err
     assert "test labels 2 never occur in training" in err
     assert "test accuracy" in err and "epoch 1/2" not in err
+    card = (tmp_path / "b" / "README.md").read_text()  # the model card beside the weights
+    assert card.startswith("---\n") and "library_name" in card

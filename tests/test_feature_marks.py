@@ -362,5 +362,7 @@ def test_a_tiny_run_with_time_weighting_and_the_ddm_teacher(tmp_path: Path, caps
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     tw = metrics["time_weighting"]
+    cards = list(out.rglob("README.md"))  # a model card beside every saved model
+    assert cards and all(c.read_text().startswith("---\n") for c in cards)
     assert tw["mode"] == "weight" and tw["timed_pairs"] == tw["pairs"] == metrics["labels"]
     assert tw["confidence_min"] == pytest.approx(0.2) and 0.2 < tw["confidence_mean"] < 1

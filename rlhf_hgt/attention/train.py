@@ -359,3 +359,6 @@ def save_run(cfg: AttentionConfig, model: nn.Module, data: D.ImageData,
         data_files["marks"] = Path(cfg.marks)
     write_manifest(out, {"command": "attention train", **asdict(cfg),
                          "data_source": data.source}, data_files)
+    from rlhf_hgt.governance.card import write_cards
+
+    write_cards(out)  # the model card beside model.safetensors

@@ -208,6 +208,9 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
     write_json_atomic(out / "metrics.json", metrics)
     checkpoint.write_manifest(out, cfg_dict(cfg), store)
     checkpoint.plot_curve(out, history)
+    from rlhf_hgt.governance.card import write_cards
+
+    write_cards(out, store=store)  # a model card beside every saved policy / reward model
     store.close()
     recorder.close()
     return metrics
