@@ -211,28 +211,13 @@ SMALL = Path("runs/bench_attention/small_bars_{seed}.npz")
 
 
 def small_bars(path: Path, seed: int, n: int = 256, size: int = 10) -> Path:
-    """A small unseen task: two classes told apart by a bar in the middle (vertical or
-    horizontal; the mask its 4x4 square) on faint noise, and in training only by a 3x3 corner
-    that is white for class 1 (random at test)."""
+    """A small unseen task: rlhf_hgt.attention.data.bars_task with a 3x3 corner confound."""
     import numpy as np
 
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for part, count, confound in (("train", n, True), ("test", n // 2, False)):
-        y = rng.integers(0, 2, count)
-        x = rng.random((count, size, size)).astype(np.float32) * 0.2
-        m = np.zeros((count, size, size), np.float32)
-        mid = size // 2
-        for i, label in enumerate(y):
-            if label:
-                x[i, mid - 2:mid + 2, mid] = 1.0
-            else:
-                x[i, mid, mid - 2:mid + 2] = 1.0
-            m[i, mid - 2:mid + 2, mid - 2:mid + 2] = 1.0
-            x[i, :3, :3] = float(label if confound else rng.integers(0, 2))
-        arrays.update({f"x_{part}": x, f"y_{part}": y, f"mask_{part}": m})
+    from rlhf_hgt.attention.data import bars_task
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **arrays)
+    np.savez_compressed(path, **bars_task(n, size, seed, corner=3))
     return path
 
 

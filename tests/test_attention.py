@@ -22,26 +22,7 @@ torch.set_num_threads(1)
 def confounded_npz(path: Path, n: int = 96, size: int = 10, seed: int = 0) -> Path:
     """Two classes told apart by a bar in the middle (the evidence, marked) and, in
     training only, by a corner pixel (the confound, never marked)."""
-    rng = np.random.default_rng(seed)
-
-    def make(count: int, confound: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        y = rng.integers(0, 2, count)
-        x = rng.random((count, size, size)).astype(np.float32) * 0.2
-        mask = np.zeros((count, size, size), np.float32)
-        mid = size // 2
-        for i, label in enumerate(y):
-            if label:
-                x[i, mid - 2:mid + 2, mid] = 1.0
-            else:
-                x[i, mid, mid - 2:mid + 2] = 1.0
-            mask[i, mid - 2:mid + 2, mid - 2:mid + 2] = 1.0
-            x[i, 0, 0] = float(label if confound else rng.integers(0, 2))
-        return x, y, mask
-
-    x_train, y_train, m_train = make(n, True)
-    x_test, y_test, m_test = make(n // 2, False)
-    np.savez(path, x_train=x_train, y_train=y_train, mask_train=m_train, x_test=x_test,
-             y_test=y_test, mask_test=m_test)
+    np.savez(path, **D.bars_task(n, size, seed, corner=1))
     return path
 
 

@@ -282,9 +282,10 @@ def test_the_report_command_imports_no_torch(runs, tmp_path):
 def test_report_page_in_headless_chromium(reports, kind, tmp_path):
     """The page loads in a real browser with no console error and no failed request, and
     the screenshot shows something: not blank, every plot image decoded with its size."""
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api  # the dev extra: a missing browser fails, never skips
+
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} missing: bash scripts/test.sh installs Debian's chromium")
+        pytest.fail(f"{CHROMIUM} missing: bash scripts/test.sh installs Debian's chromium")
     from PIL import Image
 
     page_file = reports[kind] / "report.html"

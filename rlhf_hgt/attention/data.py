@@ -156,6 +156,31 @@ def add_decoy(x: np.ndarray, shade_of: np.ndarray, rng: np.random.Generator
     return x, region
 
 
+def bars_task(n: int = 256, size: int = 10, seed: int = 0, corner: int = 1
+              ) -> dict[str, np.ndarray]:
+    """A tiny confounded task (the arrays of an .npz), for tests, examples and benchmarks:
+    two classes told apart by a bar in the middle, vertical or horizontal (the evidence, its
+    4x4 square marked), on faint noise; in training only a ``corner`` x ``corner`` square in
+    the top-left corner also gives the label away (white for class 1; random at test, never
+    marked). ``n`` training images, ``n // 2`` test images."""
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {}
+    for part, count, confound in (("train", n, True), ("test", n // 2, False)):
+        y = rng.integers(0, 2, count)
+        x = rng.random((count, size, size)).astype(np.float32) * 0.2
+        m = np.zeros((count, size, size), np.float32)
+        mid = size // 2
+        for i, label in enumerate(y):
+            if label:
+                x[i, mid - 2:mid + 2, mid] = 1.0
+            else:
+                x[i, mid, mid - 2:mid + 2] = 1.0
+            m[i, mid - 2:mid + 2, mid - 2:mid + 2] = 1.0
+            x[i, :corner, :corner] = float(label if confound else rng.integers(0, 2))
+        arrays.update({f"x_{part}": x, f"y_{part}": y, f"mask_{part}": m})
+    return arrays
+
+
 def _images(arr: np.ndarray, path: Path, key: str) -> np.ndarray:
     if arr.ndim == 3:
         arr = arr[:, None]
