@@ -184,11 +184,10 @@ def run_attention(cfg: AttentionConfig, progress: Progress = _quiet) -> dict[str
                                 (data.x_train, data.y_train, data.mask_train, data.has_mask))
     x_te, y_te = torch.as_tensor(data.x_test).to(device), torch.as_tensor(data.y_test).to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
-    ramp = _warmup(cfg, len(x_tr), guidance,
-                   cfg.epochs or auto_epochs(len(x_tr), cfg.batch_size))
+    epochs = cfg.epochs or auto_epochs(len(x_tr), cfg.batch_size)
+    ramp = _warmup(cfg, len(x_tr), guidance, epochs)
     curve = []
     step = 0
-    epochs = cfg.epochs or auto_epochs(len(x_tr), cfg.batch_size)
     for epoch in range(epochs):
         model.train()
         losses = []
