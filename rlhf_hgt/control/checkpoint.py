@@ -3,12 +3,15 @@
 Checkpoints hold weights only (safetensors) and JSON: nothing is pickled, so a run
 directory handed over by someone else is safe to resume from. ``checkpoints/`` holds what
 the learner saves (``policy.safetensors``, and ``reward_model/`` for a reward-model
-learner); ``state.json``, written last, points at them.
+learner); ``state.json``, written last, points at them. Every round's checkpoint is also kept
+as ``rounds/round-NNN/`` (its files and its state), so a person can roll the run back to it
+(``rlhf-hgt oversee RUN_DIR rollback --to N``) and lineage can name each one.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from rlhf_hgt.feedback.files import write_atomic, write_json_atomic
 
 STATE = "state.json"
 CHECKPOINTS = "checkpoints"
+ROUNDS = "rounds"
 
 
 def save(out: Path, rnd: int, learner, history: list[dict[str, Any]],
@@ -26,7 +30,46 @@ def save(out: Path, rnd: int, learner, history: list[dict[str, Any]],
     learner.save(ckpt)
     state = {"round": rnd, "num_timesteps": int(learner.timesteps),
              "history": history, "identity": identity or {}}
+    snapshot = round_dir(out, rnd)
+    tmp = snapshot.with_name(snapshot.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(ckpt, tmp / CHECKPOINTS)
+    write_json_atomic(tmp / STATE, state)
+    shutil.rmtree(snapshot, ignore_errors=True)
+    tmp.rename(snapshot)  # a round's snapshot is whole or absent
     write_json_atomic(out / STATE, state)
+
+
+def round_dir(out: Path, rnd: int) -> Path:
+    """Where round ``rnd``'s checkpoint is kept: RUN_DIR/rounds/round-NNN."""
+    return Path(out) / ROUNDS / f"round-{rnd:03d}"
+
+
+def saved_rounds(out: Path) -> list[int]:
+    """The rounds whose checkpoints are kept, oldest first."""
+    found = []
+    for d in (Path(out) / ROUNDS).glob("round-*"):
+        if d.is_dir() and d.name[6:].isdigit() and (d / STATE).is_file():
+            found.append(int(d.name[6:]))
+    return sorted(found)
+
+
+def roll_back(out: Path, rnd: int) -> dict[str, Any]:
+    """Make round ``rnd``'s kept checkpoint the run's current one (its weights into
+    checkpoints/, its state into state.json); the loop then continues with round rnd + 1."""
+    snapshot = round_dir(out, rnd)
+    if not (snapshot / STATE).is_file():
+        raise FileNotFoundError(f"{snapshot}: no checkpoint of round {rnd} is kept "
+                                f"(kept: {saved_rounds(out) or 'none'})")
+    ckpt = Path(out) / CHECKPOINTS
+    tmp = ckpt.with_name(CHECKPOINTS + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(snapshot / CHECKPOINTS, tmp)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    tmp.rename(ckpt)
+    state = json.loads((snapshot / STATE).read_text())
+    write_json_atomic(Path(out) / STATE, state)
+    return state
 
 
 def load_state(out: Path) -> dict[str, Any]:
