@@ -358,6 +358,22 @@ def save_run(cfg: AttentionConfig, model: nn.Module, data: D.ImageData,
         data_files["marks"] = Path(cfg.marks)
     write_manifest(out, {"command": "attention train", **asdict(cfg),
                          "data_source": data.source}, data_files)
+    _record_lineage(cfg, data, out)
     from rlhf_hgt.governance.card import write_cards
 
     write_cards(out)  # the model card beside model.safetensors
+
+
+def _record_lineage(cfg: AttentionConfig, data: D.ImageData, out: Path) -> None:
+    """The model's lineage: the marks it learned from (--marks), else the data file's hash."""
+    from rlhf_hgt.governance import lineage
+    from rlhf_hgt.governance.manifest import file_sha256
+
+    extra: dict[str, Any] = {"answer_ids": None}
+    if cfg.marks:
+        extra["mark_ids"] = lineage.used_mark_ids(cfg.marks, data.dataset_id)
+    if Path(cfg.data).is_file():
+        extra["data"] = {"path": str(Path(cfg.data).resolve()),
+                         "sha256": file_sha256(Path(cfg.data))}
+    lineage.record_checkpoint(out, cfg.marks, "model", [out / "model.safetensors"],
+                              role="model", method=cfg.method, **extra)

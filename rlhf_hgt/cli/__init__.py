@@ -33,6 +33,8 @@ GROUPS: dict[str, tuple[str, str]] = {
                                             "guidance, mark images, compare runs"),
     "report": ("rlhf_hgt.cli.governance", "report.md and a self-contained report.html of a "
                                           "run: plots, annotators, oversight, model card"),
+    "lineage": ("rlhf_hgt.cli.governance", "the answers and annotators behind a run and each "
+                                           "checkpoint; --verify checks them"),
 }
 
 

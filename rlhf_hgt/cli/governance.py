@@ -1,5 +1,5 @@
-"""Records and oversight of a run: ``rlhf-hgt report RUN_DIR [--open]`` (more to come:
-``lineage``, ``oversee``).
+"""Records and oversight of a run: ``rlhf-hgt report RUN_DIR [--open]`` and ``rlhf-hgt
+lineage RUN_DIR [--checkpoint FILE] [--json] [--verify]``.
 
 Each of these is a top-level command (``rlhf-hgt report``, not ``rlhf-hgt governance
 report``), so each has its own entry in :data:`rlhf_hgt.cli.GROUPS` pointing at this one
@@ -49,12 +49,68 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- lineage
+
+
+def _add_lineage(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("The answers that trained a run (or one of its checkpoints): each "
+                          "answer's id, annotator, answer, times, rationale, reasons and the "
+                          "query's source models; counts per annotator and per kind of "
+                          "teacher; the checkpoints in order with the answers each saw and "
+                          "its sha256; oversight acts. --verify checks the record against the "
+                          "files and the store (exit 0 when all holds, 1 naming what differs).")
+    parser.add_argument("run_dir", metavar="RUN_DIR",
+                        help="a run folder (it holds lineage.jsonl, written at each checkpoint)")
+    parser.add_argument("--checkpoint", metavar="FILE", default=None,
+                        help="only the answers the checkpoint holding FILE saw (a file or "
+                             "folder of the run, its sha256, or a checkpoint name)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object (answers, annotators, checkpoints, ...)")
+    parser.add_argument("--verify", action="store_true",
+                        help="check each checkpoint file's sha256 and the hash chain over the "
+                             "store's answers and events; exit 1 listing what differs")
+
+
+def _run_lineage(args: argparse.Namespace) -> int:
+    import json
+
+    from rlhf_hgt.governance.lineage import verify
+    from rlhf_hgt.governance.lineage_view import read_lineage, render
+
+    if args.verify:
+        from pathlib import Path
+
+        if not Path(args.run_dir).is_dir():
+            read_lineage(args.run_dir)  # raises the message for a bad RUN_DIR
+        problems, notes = verify(args.run_dir)
+        if args.json:
+            print(json.dumps({"ok": not problems, "problems": problems, "notes": notes},
+                             indent=2))
+        else:
+            for line in problems:
+                print(f"DIFFERS: {line}")
+            for line in notes:
+                print(f"note: {line}")
+            print(f"{args.run_dir}: " + (f"{len(problems)} difference(s) from the record"
+                                         if problems else "the record holds"))
+        return 1 if problems else 0
+    obj = read_lineage(args.run_dir, args.checkpoint)
+    if args.json:
+        print(json.dumps(obj, indent=2, default=str))
+        return 0
+    from rich.console import Console
+
+    render(obj, Console(soft_wrap=True))
+    return 0
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 #: command -> (add its arguments, run it)
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
                           Callable[[argparse.Namespace], int]]] = {
     "report": (_add_report, _run_report),
+    "lineage": (_add_lineage, _run_lineage),
 }
 
 

@@ -145,6 +145,7 @@ def run_pair_command(args: argparse.Namespace) -> int:
 
         ds = load_pairs(**{kind: source})
         common.check_pairs(ds, str(source))
+        used = _used_answers(kind, source)  # for the lineage record
     console.print(f"lm {args.lm_cmd}: {len(ds)} pairs from {source}, model {model_name}, "
                   f"LoRA r={cfg.lora_r} → {out}")
     if args.lm_cmd == "reward":
@@ -166,6 +167,10 @@ def run_pair_command(args: argparse.Namespace) -> int:
                   **{k: (list(v) if isinstance(v, tuple) else v)
                      for k, v in asdict(cfg).items()}}
         write_manifest(out, config, {"data": source})
+        from rlhf_hgt.governance.lineage import record_checkpoint
+
+        record_checkpoint(out, source if kind == "store" else None, "final", [out],
+                          role="reward model" if args.lm_cmd == "reward" else "policy", **used)
     common.wait_for_everyone()
     for line in guidance_lines(metrics):
         console.print(line)
@@ -175,6 +180,16 @@ def run_pair_command(args: argparse.Namespace) -> int:
                   f"{fmt(metrics.get('train_loss'), '.3g')}, {metrics.get('steps')} steps, "
                   f"{fmt(metrics.get('train_samples_per_second'), '.3g')} samples/s → {out}")
     return 0
+
+
+def _used_answers(kind: str, source: Path) -> dict[str, Any]:
+    """What ``lm reward|dpo`` learns from, for lineage: the store's answer ids, or the data
+    file's labelled lines and its sha256."""
+    from rlhf_hgt.governance import lineage
+
+    if kind == "store":
+        return {"answer_ids": lineage.store_text_answer_ids(source)}
+    return {"answer_ids": None, "data": lineage.jsonl_lines(source)}
 
 
 def guidance_lines(metrics: dict[str, Any]) -> list[str]:

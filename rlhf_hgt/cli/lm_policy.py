@@ -145,10 +145,23 @@ def run_ppo(args: argparse.Namespace) -> int:
                "processes": trainer.world}
         source = args.prompts_file or args.prompt_store
         write_manifest(out, cfg, {"data": source} if source else {})
+        _record_lineage(out, args)
         final = metrics["final"]
         console.print(f"done: score {final['score']:.3f} (first {metrics['score_first']:.3f}), "
                       f"KL {final['kl_k1']:.3f}, {final['tokens_per_s']:.0f} tokens/s → {out}")
     return 0
+
+
+def _record_lineage(out: Any, args: argparse.Namespace) -> None:
+    """The final policy's lineage: the answers behind the reward model it trained against
+    (none for a built-in score)."""
+    from rlhf_hgt.governance.lineage import inherited, record_checkpoint
+
+    extra: dict[str, Any] = {"answer_ids": None, "reward": args.reward}
+    if args.reward_model is not None:
+        extra = inherited(args.reward_model)
+    store = extra.pop("_store", None)
+    record_checkpoint(out, store, "final", [out / CHECKPOINT_DIR], role="policy", **extra)
 
 
 def _given_prompts(texts: list[str], limit: int | None) -> list[str]:

@@ -14,7 +14,7 @@ For each active answer to a segment query of the task: the two clips, the target
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ class StoredLabels:
     marks: np.ndarray | None = None  # (n, F) keep masks (1 = a feature that decides)
     mark_weight: float = 0.0
     summary: dict[str, Any] | None = None  # what the extras did, for metrics.json
+    answer_ids: list[int] = field(default_factory=list)  # the store ids, in the same order
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -67,7 +68,7 @@ def stored_labels(store: PreferenceStore, cfg: ControlConfig,
         who.append(ans.annotator)
         ids.append(ans.id)
     targets = answers_to_targets(answers)[0].numpy().astype(np.float64)
-    labels = StoredLabels(left, right, targets, summary={})
+    labels = StoredLabels(left, right, targets, summary={}, answer_ids=ids)
     if cfg.time_weighting and len(targets):
         conf = time_confidence(seconds, who, floor=cfg.time_floor)
         labels.targets, labels.weights = apply_confidence(targets, conf,

@@ -44,6 +44,7 @@ from rlhf_hgt.envs.wrappers import add_distractors
 from rlhf_hgt.feedback.files import write_json_atomic
 from rlhf_hgt.feedback.store import PreferenceStore
 from rlhf_hgt.feedback.teachers import answer_pending, make_teacher
+from rlhf_hgt.governance import lineage
 
 Progress = Callable[[str, dict[str, Any]], None]
 
@@ -174,7 +175,11 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
                **{f"reward_{k}": v for k, v in _scalars(fit_metrics).items()}}
         history.append(row)
         progress("round", row)
+        lineage.stage(out / checkpoint.CHECKPOINTS, store, labels.answer_ids)  # with the weights
         checkpoint.save(out, rnd, learner, history, run_identity(cfg))
+        snapshot = checkpoint.round_dir(out, rnd)
+        lineage.record_checkpoint(out, store, snapshot.name, [snapshot], round=rnd,
+                                  role=learner_role(cfg))
 
     # -- evaluate on the env's own reward, write metrics and the learning curve
     mean_ret, std_ret = evaluate_true_return(learner.agent, env_fn, cfg.eval_episodes,
@@ -205,6 +210,8 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
         from rlhf_hgt.control.lora import save_adapter
 
         save_adapter(learner.agent, out / "adapter")
+    lineage.record_run_end(out, store, [out / checkpoint.CHECKPOINTS, out / "adapter"],
+                           kept=out / checkpoint.ROUNDS, role=learner_role(cfg))
     write_json_atomic(out / "metrics.json", metrics)
     checkpoint.write_manifest(out, cfg_dict(cfg), store)
     checkpoint.plot_curve(out, history)
@@ -214,6 +221,11 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
     store.close()
     recorder.close()
     return metrics
+
+
+def learner_role(cfg: ControlConfig) -> str:
+    """What a control checkpoint holds, for the lineage record."""
+    return "policy" if cfg.algo == "dpo" else "policy and reward model"
 
 
 def cfg_dict(cfg: ControlConfig) -> dict[str, Any]:

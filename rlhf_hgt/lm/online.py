@@ -55,6 +55,7 @@ from rlhf_hgt.feedback.annotators import default_annotator
 from rlhf_hgt.feedback.errors import UserInputError
 from rlhf_hgt.feedback.files import write_json_atomic
 from rlhf_hgt.feedback.store import PreferenceStore, TextPair
+from rlhf_hgt.governance import lineage
 from rlhf_hgt.lm.online_config import OnlineConfig, default_ppo_config
 from rlhf_hgt.lm.scores import BUILTIN_SCORES, make_score
 
@@ -453,6 +454,10 @@ class _Loop:
         ck, tmp = root / f"round{rnd:04d}", root / f".round{rnd:04d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         self.trainer.save(tmp)  # adapter, value head, optimiser, PPO updates, KL coefficient
+        reward = self.out / REWARD_DIR
+        lineage.stage(tmp, self.store, lineage.store_text_answer_ids(self.store),
+                      reward_model=[str(p.relative_to(self.out)) for p in
+                                    lineage.checkpoint_files([reward])])
         shutil.rmtree(ck, ignore_errors=True)
         os.replace(tmp, ck)
         metrics = self._metrics(history, initial)
@@ -462,6 +467,8 @@ class _Loop:
             "policy_hash": adapter_hash(self.trainer.lm), "kl_coef": self.trainer.kl_ctl.value,
             "ppo_updates": self.trainer.step_count, "eval_score_initial": initial,
             "fingerprint": self._fingerprint(), "history": history})
+        lineage.record_checkpoint(self.out, self.store, ck.name, [ck, reward], round=rnd,
+                                  role="policy and reward model", prunable=True)
         old = sorted(p for p in root.glob("round*") if p.is_dir())
         for p in old[:-self.cfg.keep_checkpoints]:
             shutil.rmtree(p, ignore_errors=True)
@@ -488,6 +495,9 @@ class _Loop:
         }
 
     def _write_outputs(self, metrics: dict[str, Any]) -> None:
+        root = self.out / CHECKPOINTS
+        lineage.backfill(self.out, self.store, {p.name: p for p in sorted(root.glob("round*"))
+                                                if p.is_dir()}, prunable=True)
         write_json_atomic(self.out / METRICS_FILE, metrics)
         self._write_manifest()
 
