@@ -280,6 +280,16 @@ def test_lm_reward_from_a_store_lists_its_active_answers(tmp_path, capsys):
     assert obj["kind"] == "lm reward" and obj["checkpoints"][0]["role"] == "reward model"
     assert any(f.endswith(".safetensors") for f in obj["checkpoints"][0]["files"])
     assert verify(capsys, out)[0] == 0
+    # PPO against that reward model: its policy learned from the reward model's answers
+    ppo = tmp_path / "ppo"
+    assert cli_main(["lm", "ppo", "--prompt", "Say hi", "--out", str(ppo), "--model", "tiny",
+                     "--reward-model", str(out), "--steps", "1", "--batch-size", "2",
+                     "--mini-batch-size", "2", "--max-new-tokens", "4", "--lora-r", "2",
+                     "--device", "cpu", "--quiet"]) == 0
+    policy = lineage_json(capsys, ppo)
+    assert [a["id"] for a in policy["answers"]] == expected
+    assert policy["inherits"]["run"] == str(out.resolve())
+    assert verify(capsys, ppo)[0] == 0
 
 
 @pytest.mark.slow

@@ -132,8 +132,9 @@ def read_lineage(run_dir: str | os.PathLike, checkpoint: str | None = None) -> d
                                           for n in bad]}
     if chosen.get("inherits"):
         out["inherits"] = chosen["inherits"]
-    weighted = bool(config.get("time_weighting")
-                    or (config.get("reward") or {}).get("time_weighting"))
+    reward_cfg = config.get("reward")  # the online loop's reward settings (ppo: a name)
+    weighted = bool(config.get("time_weighting") or (
+        isinstance(reward_cfg, dict) and reward_cfg.get("time_weighting")))
     if store is not None:
         _answers_from_store(out, store, chosen, weighted)
     data = chosen.get("data")
