@@ -49,6 +49,7 @@ from .records import (
     encode_arrays,
     query_uid,
 )
+from .sqlite_files import is_sqlite
 
 SCHEMA_VERSION = 2  # 2: the marks table (a store of schema 1 is migrated on open)
 APP_ID = "rlhf_hgt.feedback"
@@ -167,7 +168,7 @@ class PreferenceStore:
                              "`rlhf-hgt feedback import` or give the right path")
         if not exists:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        elif not _looks_like_sqlite(self.path):
+        elif not is_sqlite(self.path):
             raise StoreError(f"{self.path}: not a preference store (not an SQLite file); "
                              "give the path of a store, or a new path to create one")
         try:
@@ -600,14 +601,6 @@ class PreferenceStore:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _looks_like_sqlite(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(16) == b"SQLite format 3\x00"
-    except OSError:
-        return False
 
 
 def open_store(path: str | os.PathLike, create: bool = True) -> PreferenceStore:

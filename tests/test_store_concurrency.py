@@ -140,3 +140,32 @@ def test_sigkill_import_is_all_or_nothing(tmp_path):
         assert store.integrity_check() == "ok"
         assert len(store.answers()) == 8 * n and store.count_queries() == 8 * n
         assert all(_count_file(store, k) == n for k in range(8))
+
+
+def test_a_second_handle_and_a_hash_in_one_process_keep_seeing_other_processes(tmp_path):
+    """Opening a second handle on a store, hashing it for the manifest and asking what it is
+    all happen in processes that hold the store open (a loop, its oversight, its records).
+    With a plain open() of the file each of these dropped the process's SQLite locks: the
+    next process to close the store removed its write-ahead log, and this process never saw
+    another answer. Every look now goes through SQLite."""
+    from rlhf_hgt.feedback.sqlite_files import is_sqlite, sqlite_sha256
+    from rlhf_hgt.governance.manifest import data_sha256
+
+    path = tmp_path / "s.db"
+    ids = _make_store(path, 3)
+    held = PreferenceStore(path)
+    second = PreferenceStore(path)  # a second handle in the same process
+    assert is_sqlite(path) and not is_sqlite(tmp_path / "none.db")
+    before = data_sha256(path)
+    assert before == sqlite_sha256(path) and len(before) == 64
+    code = ("import sys; from rlhf_hgt.feedback.store import PreferenceStore as P\n"
+            "with P(sys.argv[1]) as s: s.record_answer(int(sys.argv[2]), 'left', 'other')")
+    for qid in ids:
+        subprocess.run([sys.executable, "-c", code, str(path), str(qid)], env=ENV, check=True,
+                       timeout=60)
+        assert qid in {a.query_id for a in held.answers()}, "a committed answer is not seen"
+        assert qid in {a.query_id for a in second.answers()}
+        data_sha256(path)
+    assert data_sha256(path) != before  # the hash covers the new answers (WAL included)
+    second.close()
+    held.close()

@@ -31,6 +31,14 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def data_sha256(path: Path) -> str:
+    """A data file's sha256; a store's is of its content as SQLite reads it (hashing its
+    bytes with open() would break this process's locks on it: feedback.sqlite_files)."""
+    from rlhf_hgt.feedback.sqlite_files import is_sqlite, sqlite_sha256
+
+    return sqlite_sha256(path) if is_sqlite(path) else file_sha256(path)
+
+
 def package_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for name in PACKAGES:
@@ -71,7 +79,7 @@ def write_manifest(out: Path, config: dict[str, Any], data_files: dict[str, Path
         "threads": os.environ.get("OMP_NUM_THREADS"),
         "packages": package_versions(),
         "git": git_revision(),
-        "data": {name: {"path": str(p), "sha256": file_sha256(p)}
+        "data": {name: {"path": str(p), "sha256": data_sha256(Path(p))}
                  for name, p in data_files.items() if Path(p).exists()},
         "checkpoints": {str(p.relative_to(out)): file_sha256(p) for p in ckpts if p.is_file()},
         **(extra or {}),

@@ -22,7 +22,6 @@ from rlhf_hgt.feedback.errors import UserInputError
 
 RUN_KINDS = ("control", "lm reward", "lm dpo", "lm ppo", "lm online", "attention", "unknown")
 STORE_NAME = "feedback.db"
-SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 @dataclass
@@ -133,11 +132,9 @@ def load_run(run_dir: str | Path, *, config: dict[str, Any] | None = None,
 
 
 def _is_sqlite(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(16) == SQLITE_MAGIC
-    except OSError:
-        return False
+    from rlhf_hgt.feedback.sqlite_files import is_sqlite
+
+    return is_sqlite(path)  # never a plain open() of a store (see that module)
 
 
 def _resolve(name: Any, info: RunInfo) -> Path | None:
