@@ -35,6 +35,8 @@ GROUPS: dict[str, tuple[str, str]] = {
                                           "run: plots, annotators, oversight, model card"),
     "lineage": ("rlhf_hgt.cli.governance", "the answers and annotators behind a run and each "
                                            "checkpoint; --verify checks them"),
+    "oversee": ("rlhf_hgt.cli.oversee", "pause, resume, stop, reject or roll back a run, "
+                                        "from any terminal"),
 }
 
 

@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
                   f"{metrics['true_return_std']:.1f} over {metrics['eval_episodes']} episodes "
                   f"(random {metrics['random_return_mean']:.1f}); labels {metrics['labels']}; "
                   f"held-out reward model accuracy {acc_text}")
+    if metrics.get("status"):
+        console.print(metrics["status"])
     console.print(f"wrote {cfg.out}/metrics.json, manifest.json, learning_curve.png")
     return 0
 
@@ -88,6 +90,16 @@ def _progress(console: Any, rounds: int) -> Any:
             console.print(f"note: {info['asked']} timesteps rounded up to {info['steps']}: each "
                           f"of the {info['rounds']} rounds trains on whole PPO rollouts "
                           f"(n_steps x n_envs); use fewer --rounds for a smaller budget")
+        elif event in ("paused", "resumed", "oversight"):
+            what = {"paused": "paused", "resumed": "resumed"}.get(event, info.get("act"))
+            console.print(f"[bold]{what}[/] by {info.get('by')}: {info.get('reason')}"
+                          + (" (`rlhf-hgt oversee RUN_DIR resume --reason ...` continues)"
+                             if event == "paused" else ""))
+        elif event == "rolled_back":
+            console.print(f"continuing from round {info['round'] + 1}'s checkpoint"
+                          if info["round"] >= 0 else "starting again from a fresh policy")
+        elif event == "rejected":
+            console.print("the last checkpoint was rejected: resuming from an earlier one")
         elif event == "waiting":
             console.print(f"waiting for {info['pending']} answers: run "
                           f"`rlhf-hgt label {info['store']}` (Ctrl-C stops; rerun resumes)")

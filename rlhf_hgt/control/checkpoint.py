@@ -23,35 +23,59 @@ ROUNDS = "rounds"
 
 
 def save(out: Path, rnd: int, learner, history: list[dict[str, Any]],
-         identity: dict[str, Any] | None = None) -> None:
+         identity: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> None:
     """The learner's weights first, then the state file that points at them."""
     ckpt = out / CHECKPOINTS
     ckpt.mkdir(exist_ok=True)
     learner.save(ckpt)
     state = {"round": rnd, "num_timesteps": int(learner.timesteps),
-             "history": history, "identity": identity or {}}
-    snapshot = round_dir(out, rnd)
+             "history": history, "identity": identity or {}, **(extra or {})}
+    snapshot = new_round_dir(out, rnd)
+    state["checkpoint"] = snapshot.name  # e.g. round-003, or round-003.1 when trained again
     tmp = snapshot.with_name(snapshot.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(ckpt, tmp / CHECKPOINTS)
     write_json_atomic(tmp / STATE, state)
-    shutil.rmtree(snapshot, ignore_errors=True)
     tmp.rename(snapshot)  # a round's snapshot is whole or absent
     write_json_atomic(out / STATE, state)
 
 
+def _generations(out: Path, rnd: int) -> list[Path]:
+    """Round ``rnd``'s kept snapshots, oldest first: ``round-NNN``, then ``round-NNN.1``,
+    ``.2``... when the round was trained again (after a rollback or a rejection)."""
+    base = Path(out) / ROUNDS / f"round-{rnd:03d}"
+    found = [base] if (base / STATE).is_file() else []
+    k = 1
+    while (p := base.with_name(f"{base.name}.{k}")).exists():
+        if (p / STATE).is_file():
+            found.append(p)
+        k += 1
+    return found
+
+
+def new_round_dir(out: Path, rnd: int) -> Path:
+    """A new folder for round ``rnd``'s snapshot: nothing kept is ever overwritten, so the
+    lineage's hashes of earlier snapshots stay checkable."""
+    base = Path(out) / ROUNDS / f"round-{rnd:03d}"
+    if not base.exists():
+        return base
+    k = 1
+    while base.with_name(f"{base.name}.{k}").exists():
+        k += 1
+    return base.with_name(f"{base.name}.{k}")
+
+
 def round_dir(out: Path, rnd: int) -> Path:
-    """Where round ``rnd``'s checkpoint is kept: RUN_DIR/rounds/round-NNN."""
-    return Path(out) / ROUNDS / f"round-{rnd:03d}"
+    """Where round ``rnd``'s latest checkpoint is kept (RUN_DIR/rounds/round-NNN[.K])."""
+    found = _generations(out, rnd)
+    return found[-1] if found else Path(out) / ROUNDS / f"round-{rnd:03d}"
 
 
 def saved_rounds(out: Path) -> list[int]:
     """The rounds whose checkpoints are kept, oldest first."""
-    found = []
-    for d in (Path(out) / ROUNDS).glob("round-*"):
-        if d.is_dir() and d.name[6:].isdigit() and (d / STATE).is_file():
-            found.append(int(d.name[6:]))
-    return sorted(found)
+    from rlhf_hgt.governance.oversight import kept_rounds
+
+    return kept_rounds(out)
 
 
 def roll_back(out: Path, rnd: int) -> dict[str, Any]:

@@ -7,7 +7,10 @@ asks for answers, and then, each round,
 2. ``train(steps)``: the policy's training for the round (on the learned reward, or nothing
    more when fitting already changed the policy),
 
-and keeps ``save``/``restore`` to resume a killed run. Two learners come with the package,
+and keeps ``save``/``restore`` to resume a killed run. A learner whose ``train`` runs long
+asks :attr:`PreferenceLearner.gate` between policy updates (``training_callback``) and ends
+the round early when it says no: that is how a person's pause, stop or rollback
+(``rlhf-hgt oversee``) reaches a round in progress. Two learners come with the package,
 registered under the ``--algo`` names:
 
 - ``ppo``: :class:`rlhf_hgt.control.reward_learner.RewardModelLearner`, an ensemble of
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +81,8 @@ class PreferenceLearner(ABC):
     agent: BaseAlgorithm
     #: the keep mask (F,) of the task's --feature-marks, for a learner that uses marks
     marks: np.ndarray | None = None
+    #: asked between policy updates: False ends the round's training early (oversight)
+    gate: Callable[[], bool] | None = None
 
     @abstractmethod
     def __init__(self, cfg: ControlConfig, envs: VecEnv) -> None: ...
@@ -112,6 +117,17 @@ class PreferenceLearner(ABC):
     @abstractmethod
     def train(self, steps: int) -> None:
         """The policy's training for one round, ``steps`` env steps at most."""
+
+    def training_callback(self, callback: Any = None) -> Any:
+        """``callback`` (an SB3 callback or None) with :attr:`gate` asked at every env step
+        (it polls the store at most twice a second): SB3 ends ``learn`` when it says no."""
+        if self.gate is None:
+            return callback
+        from stable_baselines3.common.callbacks import CallbackList, ConvertCallback
+
+        gate = self.gate
+        asked = ConvertCallback(lambda _locals, _globals: gate())
+        return asked if callback is None else CallbackList([callback, asked])
 
     @property
     def timesteps(self) -> int:

@@ -45,6 +45,7 @@ from rlhf_hgt.feedback.files import write_json_atomic
 from rlhf_hgt.feedback.store import PreferenceStore
 from rlhf_hgt.feedback.teachers import answer_pending, make_teacher
 from rlhf_hgt.governance import lineage
+from rlhf_hgt.governance.oversight import Overseer, parse_round, round_name
 
 Progress = Callable[[str, dict[str, Any]], None]
 
@@ -122,16 +123,24 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
     if sum(steps_per_round) > cfg.timesteps:
         progress("steps_rounded", {"asked": cfg.timesteps, "steps": sum(steps_per_round),
                                    "rounds": cfg.rounds, "per_round": steps_per_round[0]})
-    state = checkpoint.restore(out, learner)
+    overseer = Overseer(out, progress)  # a person's pause / stop / reject / rollback
+    learner.gate = overseer.gate
+    state = _start_state(out, learner, overseer, progress)
     history: list[dict[str, Any]] = state.get("history", [])
-    if state:
-        progress("resume", {"round": state["round"] + 1})
-    start_round = state.get("round", -1) + 1
+    generation = int(state.get("generation", 0))  # rounds trained again after a rollback
+    rnd = state.get("round", -1) + 1
 
-    for rnd in range(start_round, cfg.rounds):
+    while rnd < cfg.rounds:
+        if not overseer.gate(force=True):  # between rounds: a pause holds here
+            learner, state = _obey(overseer, out, cfg, learner, recorder, progress)
+            if state is None:
+                break  # stopped
+            history, rnd = state.get("history", []), state.get("round", -1) + 1
+            generation += 1
+            continue
         t_round = time.time()
         # 1. gather: clips of the current policy, the most informative pairs, into the store
-        source = f"{cfg.algo}:{cfg.seed}:round{rnd}"
+        source = f"{cfg.algo}:{cfg.seed}:round{rnd}" + (f":g{generation}" if generation else "")
         episodes = _policy_episodes(learner.agent, recorder, env_fn, cfg, rnd, rng,
                                     record_frames)
         if store.query_ids(round=rnd, source=source):
@@ -155,7 +164,7 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
             answer_pending(store, teacher, rng=rng,
                            among=store.query_ids(round=rnd, source=source))
         else:
-            _wait_for_people(store, cfg, ask_human, progress)
+            _wait_for_people(store, cfg, ask_human, progress, overseer)
         if background is not None:
             background.join()
 
@@ -165,9 +174,12 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
                                   **labels.extras()) if len(labels) else {}
         progress("fit", {"round": rnd, **_scalars(fit_metrics)})
 
-        # 4. train the policy (unless it trained while people labelled)
-        if background is None:
+        # 4. train the policy (unless it trained while people labelled); a person's act
+        # ends the training early: a stop keeps this round's checkpoint, the others drop it
+        if background is None and overseer.pending is None:
             learner.train(steps_per_round[rnd])
+        if overseer.pending is not None and overseer.pending.get("act") != "stop":
+            continue  # carried out at the top of the loop
         mean_ret, _ = evaluate_true_return(learner.agent, env_fn,
                                            max(3, cfg.eval_episodes // 2), seed=10_000 + rnd)
         row = {"round": rnd, "labels": len(labels), "timesteps": learner.timesteps,
@@ -176,10 +188,12 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
         history.append(row)
         progress("round", row)
         lineage.stage(out / checkpoint.CHECKPOINTS, store, labels.answer_ids)  # with the weights
-        checkpoint.save(out, rnd, learner, history, run_identity(cfg))
+        checkpoint.save(out, rnd, learner, history, run_identity(cfg),
+                        extra={"generation": generation} if generation else None)
         snapshot = checkpoint.round_dir(out, rnd)
         lineage.record_checkpoint(out, store, snapshot.name, [snapshot], round=rnd,
                                   role=learner_role(cfg))
+        rnd += 1
 
     # -- evaluate on the env's own reward, write metrics and the learning curve
     mean_ret, std_ret = evaluate_true_return(learner.agent, env_fn, cfg.eval_episodes,
@@ -206,6 +220,14 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
                                         if "reward_mark_share" in h), None)}
     if cfg.distractors:
         metrics["distractors"] = cfg.distractors
+    if overseer.pending is not None:  # a stop that came during the last round
+        overseer.done()
+    if overseer.acts:
+        metrics["oversight"] = overseer.summary()
+    if overseer.stopped is not None:
+        who = overseer.stopped
+        metrics["status"] = f"stopped by {who.get('by')}: {who.get('reason')}"
+    overseer.close()
     if cfg.lora_r:
         from rlhf_hgt.control.lora import save_adapter
 
@@ -221,6 +243,55 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
     store.close()
     recorder.close()
     return metrics
+
+
+def _start_state(out: Path, learner: PreferenceLearner, overseer: Overseer,
+                 progress: Progress) -> dict[str, Any]:
+    """Restore the last round's checkpoint, unless a person rejected it: then the last kept
+    one before it that is not rejected (nothing: a fresh start)."""
+    state = checkpoint.load_state(out)
+    rejected = overseer.rejected()
+    if state and state.get("checkpoint", round_name(state["round"])) in rejected:
+        state = _roll_back_past(out, state["round"], rejected)
+        progress("rejected", {"round": state.get("round")})
+        if not state:
+            return {"generation": 1}
+    state = checkpoint.restore(out, learner)
+    if state:
+        progress("resume", {"round": state["round"] + 1})
+    return state
+
+
+def _roll_back_past(out: Path, rnd: int, rejected: set[str]) -> dict[str, Any]:
+    """Roll back to the newest kept round before ``rnd`` that is not rejected ({}: none)."""
+    earlier = [r for r in checkpoint.saved_rounds(out)
+               if r < rnd and checkpoint.round_dir(out, r).name not in rejected]
+    return checkpoint.roll_back(out, earlier[-1]) if earlier else {}
+
+
+def _obey(overseer: Overseer, out: Path, cfg: ControlConfig, learner: PreferenceLearner,
+          recorder: RolloutRecorder, progress: Progress
+          ) -> tuple[PreferenceLearner, dict[str, Any] | None]:
+    """Carry out the act a person asked for: (the learner to go on with, the state to go on
+    from), or (learner, None) to stop."""
+    act = overseer.pending or {}
+    overseer.done()
+    if act.get("act") == "stop":
+        return learner, None
+    if act.get("act") == "rollback":
+        state = checkpoint.roll_back(out, parse_round(act["to"]))
+    else:  # reject: the newest checkpoint before the rejected one, or a fresh learner
+        name = str(act.get("checkpoint") or "")
+        rejected_round = (parse_round(name) if name.startswith("round-")
+                          else checkpoint.load_state(out).get("round", -1) + 1)
+        state = _roll_back_past(out, rejected_round, overseer.rejected())
+    if state:
+        learner.restore(out / checkpoint.CHECKPOINTS, checkpoint.restored_timesteps(state))
+    else:
+        learner = learner_class(cfg.algo)(cfg, recorder)
+        learner.gate = overseer.gate
+    progress("rolled_back", {"round": state.get("round", -1), "act": act.get("act")})
+    return learner, state
 
 
 def learner_role(cfg: ControlConfig) -> str:
@@ -252,13 +323,17 @@ def _policy_episodes(agent, recorder: RolloutRecorder, env_fn, cfg: ControlConfi
 
 
 def _wait_for_people(store: PreferenceStore, cfg: ControlConfig,
-                     ask_human: Callable[[str, int], None] | None, progress: Progress) -> None:
-    """Human teachers: prompt in this terminal, or wait for answers given elsewhere."""
+                     ask_human: Callable[[str, int], None] | None, progress: Progress,
+                     overseer: Overseer | None = None) -> None:
+    """Human teachers: prompt in this terminal, or wait for answers given elsewhere (until
+    a person's stop, reject or rollback says to stop waiting)."""
     if cfg.teacher == "human" and ask_human is not None:
         ask_human(str(store.path), 0)
     while True:
         pending = store.unanswered_ids()
-        if not pending:
+        if not pending or (overseer is not None and overseer.pending is not None):
+            return
+        if overseer is not None and not overseer.gate():
             return
         progress("waiting", {"pending": len(pending), "store": str(store.path)})
         time.sleep(2.0)

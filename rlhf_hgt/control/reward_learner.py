@@ -77,7 +77,7 @@ class RewardModelLearner(PreferenceLearner):
 
     def train(self, steps: int) -> None:
         self.agent.learn(total_timesteps=steps, reset_num_timesteps=False,
-                         callback=self.callback)
+                         callback=self.training_callback(self.callback))
 
     def save(self, folder: Path) -> None:
         super().save(folder)

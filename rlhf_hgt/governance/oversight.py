@@ -1,0 +1,235 @@
+"""A person's hand on a run: pause, resume, stop, reject and roll back, from any terminal.
+
+``rlhf-hgt oversee RUN_DIR ACT --reason TEXT [--by NAME] [--to ROUND]`` writes the act as an
+``oversight`` event in the run's own store, ``RUN_DIR/feedback.db`` (who, when, why; the
+same file a control run keeps its labels in by default, created when the run has none), so
+it is kept with the rest of the run's record and read by ``lineage``, the report and the
+model card. The running loop holds an :class:`Overseer` and asks it at its safe points
+(between rounds, and between policy updates inside a round's training): acts written
+while it runs are obeyed within about a second of a safe point.
+
+The acts:
+
+- ``pause`` holds training at the next safe point until ``resume`` (or ``stop``,
+  ``reject``, ``rollback``); people may go on labelling meanwhile.
+- ``stop`` ends the run cleanly: the round in progress is cut short, its checkpoint
+  written, then the usual final evaluation, metrics (``oversight.stopped`` says who and
+  why), manifest and cards; exit code 0.
+- ``reject`` marks the latest checkpoint rejected: a running loop rolls back to the last
+  checkpoint before it that is not rejected (a fresh start when there is none) and goes on
+  from there; a rejected checkpoint is never resumed from.
+- ``rollback --to N`` makes the loop continue from round N's kept checkpoint
+  (``rounds/round-NNN``): rounds after N are trained again on new clips. Answers given
+  meanwhile stay in the store and are learned from.
+
+Acts written before a run (re)starts are history, except rejections: a run resumed after
+a kill does not start from a rejected checkpoint. Light: no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlhf_hgt.feedback.errors import UserInputError
+
+ACTS = ("pause", "resume", "stop", "reject", "rollback")
+KIND = "oversight"
+STORE_NAME = "feedback.db"
+#: how often a loop's safe point looks at the store (seconds): acts take effect this fast
+POLL_SECONDS = 0.5
+
+
+def run_store(run_dir: str | os.PathLike) -> Path:
+    """Where a run's oversight acts are written: RUN_DIR/feedback.db."""
+    return Path(run_dir) / STORE_NAME
+
+
+def round_name(rnd: int) -> str:
+    return f"round-{rnd:03d}"
+
+
+def parse_round(text: str | int) -> int:
+    """``3``, ``round-003`` or a path ending in ``round-003`` -> 3."""
+    name = Path(str(text)).name
+    name = name.removeprefix("round-").split(".")[0]
+    if not name.isdigit():
+        raise UserInputError(f"--to {text!r}: give a round number (e.g. --to 2) or a kept "
+                             f"checkpoint folder (e.g. RUN_DIR/rounds/round-002)")
+    return int(name)
+
+
+def kept_rounds(run_dir: Path) -> list[int]:
+    """Rounds whose checkpoint a run keeps (``rounds/round-NNN[.K]/state.json``)."""
+    found = set()
+    for d in (Path(run_dir) / "rounds").glob("round-*"):
+        number = d.name.removeprefix("round-").split(".")[0]
+        if number.isdigit() and not d.name.endswith(".tmp") and (d / "state.json").is_file():
+            found.add(int(number))
+    return sorted(found)
+
+
+def current_checkpoint(run_dir: Path) -> str | None:
+    """The name of the run's latest checkpoint (from state.json: ``round-NNN``, or
+    ``round-NNN.K`` for a round trained again after a rollback), if any."""
+    try:
+        state = json.loads((run_dir / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    rnd = state.get("round")
+    return state.get("checkpoint") or (round_name(rnd) if isinstance(rnd, int) else None)
+
+
+def record_act(run_dir: str | os.PathLike, act: str, reason: str, by: str,
+               to: str | int | None = None) -> dict[str, Any]:
+    """Write one act into the run's store and return the event's data. A UserInputError
+    (exit 2 at the CLI) for what the person can fix: an unknown act, no reason, a rollback
+    without ``--to`` or to a round the run does not keep."""
+    from rlhf_hgt.feedback.store import PreferenceStore
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise UserInputError(f"{run}: no such run folder (give the --out of a run)")
+    if act not in ACTS:
+        raise UserInputError(f"act {act!r}: choose one of {', '.join(ACTS)}")
+    if not reason.strip():
+        raise UserInputError("--reason: say why (it is kept in the run's record)")
+    data: dict[str, Any] = {"act": act, "reason": reason.strip(), "by": by,
+                            "run": str(run.resolve())}
+    if act == "rollback":
+        if to is None:
+            raise UserInputError("rollback needs --to ROUND (a round whose checkpoint is kept: "
+                                 f"see {run}/rounds)")
+        rnd = parse_round(to)
+        kept = kept_rounds(run)
+        if rnd not in kept:
+            raise UserInputError(f"--to {to}: {run} keeps no checkpoint of round {rnd} "
+                                 f"(kept: {', '.join(map(str, kept)) or 'none'})")
+        data["to"] = round_name(rnd)
+    elif to is not None:
+        raise UserInputError(f"--to is for rollback only, not {act}")
+    if act == "reject":
+        data["checkpoint"] = current_checkpoint(run) or "final"
+    with PreferenceStore(run_store(run)) as store:
+        store.log_event(KIND, annotator=by, data=data)
+    return data
+
+
+@dataclass
+class Overseer:
+    """What a running loop asks at its safe points (see the module docstring).
+
+    ``pending`` holds the act the loop must carry out (``stop``, ``reject``, ``rollback``)
+    once :meth:`gate` returns False; the loop clears it with :meth:`done`.
+    """
+
+    run_dir: Path
+    progress: Callable[[str, dict[str, Any]], None] = lambda event, info: None
+    poll_seconds: float = POLL_SECONDS
+    pending: dict[str, Any] | None = None
+    stopped: dict[str, Any] | None = None
+    acts: list[dict[str, Any]] = field(default_factory=list)  # obeyed by this process
+    _last_id: int = 0
+    _last_poll: float = 0.0
+    _store: Any = None
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+        self._last_id = max((e["id"] for e in self._events(0)), default=0)
+
+    # -- reading the store
+
+    def _open(self) -> Any:
+        if self._store is None:
+            from rlhf_hgt.feedback.store import PreferenceStore
+
+            self._store = PreferenceStore(run_store(self.run_dir))
+        return self._store
+
+    def _events(self, since: int) -> list[dict[str, Any]]:
+        if not run_store(self.run_dir).exists():
+            return []
+        rows = self._open().conn.execute(
+            "SELECT id, at, annotator, data FROM events WHERE kind = ? AND id > ? ORDER BY id",
+            (KIND, since)).fetchall()
+        mine = str(self.run_dir.resolve())
+        out = []
+        for id_, at, who, data in rows:
+            d = json.loads(data or "{}")
+            if d.get("run") in (None, mine):
+                out.append({"id": id_, "at": at, "annotator": who, **d})
+        return out
+
+    def rejected(self) -> set[str]:
+        """Checkpoint names a person rejected (every act ever written, not only new ones)."""
+        return {e["checkpoint"] for e in self._events(0)
+                if e.get("act") == "reject" and e.get("checkpoint")}
+
+    def poll(self, force: bool = False) -> list[dict[str, Any]]:
+        """Acts written since the last look (at most every ``poll_seconds``)."""
+        now = time.monotonic()
+        if not force and now - self._last_poll < self.poll_seconds:
+            return []
+        self._last_poll = now
+        new = self._events(self._last_id)
+        if new:
+            self._last_id = new[-1]["id"]
+        return new
+
+    # -- the safe point
+
+    def gate(self, force: bool = False) -> bool:
+        """True: go on. False: stop what you are doing and carry out :attr:`pending`. A
+        pause blocks here (polling) until another act ends it."""
+        if self.pending is not None:
+            return False
+        paused: dict[str, Any] | None = None
+        acts = self.poll(force)
+        while True:
+            for act in acts:
+                self.acts.append(act)
+                kind = act.get("act")
+                if kind == "pause":
+                    if paused is None:
+                        self.progress("paused", _who(act))
+                    paused = act
+                elif kind == "resume":
+                    if paused is not None:
+                        self.progress("resumed", _who(act))
+                    paused = None
+                elif kind in ("stop", "reject", "rollback"):
+                    self.pending = act
+                    self.progress("oversight", _who(act))
+                    return False
+            if paused is None:
+                return True
+            time.sleep(self.poll_seconds)
+            acts = self.poll(force=True)
+
+    def done(self) -> None:
+        """The loop carried out :attr:`pending`; a stop is remembered for the metrics."""
+        if self.pending is not None and self.pending.get("act") == "stop":
+            self.stopped = self.pending
+        self.pending = None
+
+    def summary(self) -> dict[str, Any]:
+        """For metrics.json: the acts this process obeyed and who stopped it, if anyone."""
+        out: dict[str, Any] = {"acts": [_who(a) | {"at": a.get("at")} for a in self.acts]}
+        if self.stopped is not None:
+            out["stopped"] = _who(self.stopped) | {"at": self.stopped.get("at")}
+        return out
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+def _who(act: dict[str, Any]) -> dict[str, Any]:
+    return {k: act.get(k) for k in ("act", "by", "reason", "to", "checkpoint")
+            if act.get(k) is not None}
