@@ -477,3 +477,24 @@ def test_report_reads_an_unfinished_store_without_changing_it(runs, tmp_path):
     assert main(["report", str(run)]) == 0
     assert (run / "feedback.db").read_bytes() == before
     assert time.time() - started < 60
+
+
+@pytest.mark.slow
+def test_every_round_checkpoint_of_a_control_run_gets_its_own_card(tmp_path):
+    from rlhf_hgt.control.loop import ControlConfig, run_control
+
+    out = tmp_path / "run"
+    metrics = run_control(ControlConfig(
+        env_id="CartPole-v1", out=str(out), teacher="oracle", labels=12, timesteps=3 * 1024,
+        rounds=3, segment_length=10, eval_episodes=3, agent={"n_envs": 2}))
+    for row in metrics["history"]:
+        folder = out / "rounds" / f"round-{row['round']:03d}" / "checkpoints"
+        for model in (folder, folder / "reward_model"):
+            card = (model / "README.md").read_text()
+            assert _front_matter(card)["library_name"] in ("stable-baselines3", "pytorch")
+            assert "## Human guidance" in card and "## Known limits" in card
+        # the card says what the run had at that round, not at its end
+        labels = re.search(r"\| labels used \| (\d+) \|", (folder / "README.md").read_text())
+        assert labels and int(labels.group(1)) == row["labels"]
+    final = (out / "checkpoints" / "README.md").read_text()
+    assert f"| labels used | {metrics['labels']} |" in final

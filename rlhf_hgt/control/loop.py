@@ -45,6 +45,7 @@ from rlhf_hgt.feedback.files import write_json_atomic
 from rlhf_hgt.feedback.store import PreferenceStore
 from rlhf_hgt.feedback.teachers import answer_pending, make_teacher
 from rlhf_hgt.governance import lineage
+from rlhf_hgt.governance.card import write_checkpoint_cards
 from rlhf_hgt.governance.oversight import Overseer, parse_round, round_name
 
 Progress = Callable[[str, dict[str, Any]], None]
@@ -193,6 +194,8 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
         snapshot = checkpoint.round_dir(out, rnd)
         lineage.record_checkpoint(out, store, snapshot.name, [snapshot], round=rnd,
                                   role=learner_role(cfg))
+        write_checkpoint_cards(out, snapshot, store=store, config=cfg_dict(cfg),
+                               metrics=_so_far(cfg, history, snapshot.name))
         rnd += 1
 
     # -- evaluate on the env's own reward, write metrics and the learning curve
@@ -297,6 +300,15 @@ def _obey(overseer: Overseer, out: Path, cfg: ControlConfig, learner: Preference
 def learner_role(cfg: ControlConfig) -> str:
     """What a control checkpoint holds, for the lineage record."""
     return "policy" if cfg.algo == "dpo" else "policy and reward model"
+
+
+def _so_far(cfg: ControlConfig, history: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """What a checkpoint's card says of the run up to it (metrics.json comes at the end)."""
+    last = history[-1]
+    return {"env_id": cfg.env_id, "algo": cfg.algo, "teacher": cfg.teacher, "seed": cfg.seed,
+            "checkpoint": name, "labels": last["labels"], "timesteps": last["timesteps"],
+            "true_return_mean": last["true_return"],
+            "reward_model_accuracy": last.get("reward_holdout_accuracy"), "history": history}
 
 
 def cfg_dict(cfg: ControlConfig) -> dict[str, Any]:

@@ -31,7 +31,9 @@ from rlhf_hgt.governance.doc import Block, Bullets, Heading, Para, Table, fmt, t
 from rlhf_hgt.governance.run_info import RunInfo, load_run
 
 CARD = "README.md"
-SKIP_DIRS = ("report_files",)
+#: not walked by :func:`write_cards` at a run's end: report pictures, and the kept round
+#: snapshots (each got its card when it was saved, describing the run at that round)
+SKIP_DIRS = ("report_files", "rounds")
 HUB_IDS = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 FEW_LABELS = 50
 LOW_AGREEMENT = 0.4
@@ -373,3 +375,12 @@ def write_cards(run_dir: str | Path, **overrides: Any) -> list[Path]:
     read once. What a loop calls at the end of a run and after each checkpoint."""
     info = load_run(run_dir, need_metrics=False, **overrides)
     return [write_card(folder, run_dir, info=info) for folder in model_folders(run_dir)]
+
+
+def write_checkpoint_cards(run_dir: str | Path, checkpoint: str | Path,
+                           **overrides: Any) -> list[Path]:
+    """Cards for the models of one checkpoint a loop has just saved (``checkpoint``, a folder
+    inside ``run_dir``), from what the run knows so far: a loop passes ``metrics`` (its
+    history up to now), ``config`` and ``store`` (no metrics.json exists yet)."""
+    info = load_run(run_dir, need_metrics=False, **overrides)
+    return [write_card(folder, run_dir, info=info) for folder in model_folders(checkpoint)]
