@@ -23,6 +23,7 @@ from rlhf_hgt.attention import data as D
 from rlhf_hgt.attention.guidance import GUIDED, LOSS_METHODS, METHODS, make_guidance
 from rlhf_hgt.attention.models import ARCHS, build_model
 from rlhf_hgt.feedback.errors import UserInputError
+from rlhf_hgt.governance.oversight import Overseer, announce
 
 DEFAULT_EPOCHS = 20
 MIN_STEPS = 1000  # optimiser steps the default number of passes reaches at least
@@ -174,6 +175,8 @@ def run_attention(cfg: AttentionConfig, progress: Progress = _quiet) -> dict[str
     started = time.time()
     check_out(cfg.out)
     data = prepare_data(cfg)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)  # `rlhf-hgt oversee RUN_DIR` writes there
+    overseer = Overseer(Path(cfg.out), announce(progress))  # a person's pause / stop
     device = _device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, data.image_shape, data.classes,
@@ -192,6 +195,8 @@ def run_attention(cfg: AttentionConfig, progress: Progress = _quiet) -> dict[str
         model.train()
         losses = []
         for idx in torch.randperm(len(x_tr), generator=gen).split(cfg.batch_size):
+            if not overseer.single_run_gate():  # a pause holds here; a stop ends training
+                break
             idx = idx.to(device)
             ramp(step)
             step += 1
@@ -200,13 +205,17 @@ def run_attention(cfg: AttentionConfig, progress: Progress = _quiet) -> dict[str
             loss.backward()
             opt.step()
             losses.append(loss.item())
+        if not losses and curve:
+            break  # stopped before this pass began
         acc = accuracy(model, x_te, y_te)
         curve.append({"epoch": epoch + 1, "test_accuracy": acc,
-                      "train_loss": float(np.mean(losses))})
+                      "train_loss": float(np.mean(losses)) if losses else None})
         progress("epoch", {**curve[-1], "epochs": epochs})
+        if overseer.pending is not None:
+            break  # the model trained so far is saved as the run's model
     metrics = {
         "method": cfg.method, "arch": cfg.arch, "data": data.name, "seed": cfg.seed,
-        "mask_fraction": cfg.mask_fraction, "epochs": epochs,
+        "mask_fraction": cfg.mask_fraction, "epochs": epochs, "epochs_trained": len(curve),
         "guidance_weight": getattr(guidance, "weight", None) if cfg.method != "none" else None,
         "guidance_warmup": cfg.guidance_warmup,
         "mask_noise": cfg.mask_noise,
@@ -216,6 +225,8 @@ def run_attention(cfg: AttentionConfig, progress: Progress = _quiet) -> dict[str
         **alignment(model, data, cfg.eval_images, device),
         "accuracy_per_epoch": [c["test_accuracy"] for c in curve], "curve": curve,
     }
+    metrics |= overseer.outcome()  # status "stopped by NAME: REASON", the acts obeyed
+    overseer.close()
     metrics["warnings"] = warnings_for(cfg, data, metrics)
     for message in metrics["warnings"]:
         progress("warning", {"message": message})

@@ -27,6 +27,7 @@ from typing import Any
 
 from rlhf_hgt.cli.flags import Section, add_sections, add_switch, build, sections
 from rlhf_hgt.feedback.errors import UserInputError
+from rlhf_hgt.governance.oversight import Overseer, announce
 
 INTERRUPTED = "interrupted; rerun the same command to resume where it can"
 
@@ -148,17 +149,22 @@ def run_pair_command(args: argparse.Namespace) -> int:
         used = _used_answers(kind, source)  # for the lineage record
     console.print(f"lm {args.lm_cmd}: {len(ds)} pairs from {source}, model {model_name}, "
                   f"LoRA r={cfg.lora_r} → {out}")
+    out.mkdir(parents=True, exist_ok=True)  # `rlhf-hgt oversee RUN_DIR` writes there
+    overseer = Overseer(out, announce(lambda event, info: None))  # a person's pause / stop
+    gates = [common.oversight_callback(overseer.single_run_gate)]
     if args.lm_cmd == "reward":
         from rlhf_hgt.lm.reward import train_reward_model
 
-        metrics = train_reward_model(model_name, ds, None, cfg, out)
+        metrics = train_reward_model(model_name, ds, None, cfg, out, callbacks=gates)
         headline = ("held-out accuracy", metrics.get("reward_model_accuracy"))
     else:
         from rlhf_hgt.lm.dpo import train_dpo
 
-        metrics = train_dpo(model_name, ds, None, cfg, out)
+        metrics = train_dpo(model_name, ds, None, cfg, out, callbacks=gates)
         headline = ("held-out implicit-reward accuracy", metrics.get("implicit_reward_accuracy"))
-    metrics = {"command": f"lm {args.lm_cmd}", "model": model_name, "pairs": len(ds), **metrics}
+    metrics = {"command": f"lm {args.lm_cmd}", "model": model_name, "pairs": len(ds), **metrics,
+               **overseer.outcome()}  # status "stopped by NAME: REASON", the acts obeyed
+    overseer.close()
     if main:
         from rlhf_hgt.governance.manifest import write_manifest
 
@@ -176,6 +182,8 @@ def run_pair_command(args: argparse.Namespace) -> int:
         console.print(line)
     name, value = headline
     shown = "n/a (no held-out pairs)" if value is None else f"{value:.3f}"
+    if "status" in metrics:
+        console.print(f"[bold]{metrics['status']}[/]", highlight=False)
     console.print(f"[bold]done[/bold]: {name} {shown}, train loss "
                   f"{fmt(metrics.get('train_loss'), '.3g')}, {metrics.get('steps')} steps, "
                   f"{fmt(metrics.get('train_samples_per_second'), '.3g')} samples/s → {out}")

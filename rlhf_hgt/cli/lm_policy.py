@@ -18,6 +18,7 @@ from typing import Any
 from rlhf_hgt.cli.flags import Section, add_sections, add_switch, build, sections
 from rlhf_hgt.cli.lm import add_model_flag, check_out, fmt
 from rlhf_hgt.feedback.errors import UserInputError
+from rlhf_hgt.governance.oversight import Overseer
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -133,13 +134,19 @@ def run_ppo(args: argparse.Namespace) -> int:
         console.quiet = True
     console.print(f"PPO on {args.model} ({trainer.device}, {trainer.world} process(es)): "
                   f"{len(prompts)} prompts, reward {reward_name}, {config.steps} updates")
-    history = _train_with_progress(trainer, prompts, config.steps, console)
+    out.mkdir(parents=True, exist_ok=True)  # `rlhf-hgt oversee RUN_DIR` writes there
+    overseer = Overseer(out, _oversight_lines(console))  # a person's pause / stop
+    history = _train_with_progress(trainer, prompts, config.steps, console,
+                                   overseer.single_run_gate)
+    oversight = overseer.outcome()  # status "stopped by NAME: REASON", the acts obeyed
+    overseer.close()
     trainer.save(out / CHECKPOINT_DIR, optimizer=False)  # a final export: never resumed
     if main:
         from rlhf_hgt.feedback.files import write_json_atomic
         from rlhf_hgt.governance.manifest import write_manifest
 
         metrics = _ppo_metrics(history, trainer, args.model, reward_name, len(prompts))
+        metrics |= oversight
         write_json_atomic(out / "metrics.json", metrics)
         cfg = {**asdict(config), "model": args.model, "reward": reward_name,
                "processes": trainer.world}
@@ -147,9 +154,27 @@ def run_ppo(args: argparse.Namespace) -> int:
         write_manifest(out, cfg, {"data": source} if source else {})
         _record_lineage(out, args)
         final = metrics["final"]
-        console.print(f"done: score {final['score']:.3f} (first {metrics['score_first']:.3f}), "
-                      f"KL {final['kl_k1']:.3f}, {final['tokens_per_s']:.0f} tokens/s → {out}")
+        if "status" in metrics:
+            console.print(f"[bold]{metrics['status']}[/]", highlight=False)
+        if final is None:
+            console.print(f"done: no PPO update → {out}")
+        else:
+            console.print(f"done: score {final['score']:.3f} (first "
+                          f"{metrics['score_first']:.3f}), KL {final['kl_k1']:.3f}, "
+                          f"{final['tokens_per_s']:.0f} tokens/s → {out}")
     return 0
+
+
+def _oversight_lines(console: Any) -> Any:
+    """Progress for the Overseer: its events as lines on the console."""
+    from rlhf_hgt.governance.oversight import say
+
+    def hear(event: str, info: dict[str, Any]) -> None:
+        line = say(event, info)
+        if line is not None:
+            console.print(f"[bold]oversight[/]: {line}", highlight=False)
+
+    return hear
 
 
 def _record_lineage(out: Any, args: argparse.Namespace) -> None:
@@ -211,8 +236,8 @@ def _device(name: str | None) -> Any:
     return pick_device(name)
 
 
-def _train_with_progress(trainer: Any, prompts: list[str], steps: int,
-                         console: Any) -> list[dict[str, float]]:
+def _train_with_progress(trainer: Any, prompts: list[str], steps: int, console: Any,
+                         gate: Any = None) -> list[dict[str, float]]:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -231,11 +256,15 @@ def _train_with_progress(trainer: Any, prompts: list[str], steps: int,
                        f"KL {stats['kl_k1']:.3f}  β {stats['kl_coef']:.3g}  "
                        f"{stats['tokens_per_s']:.0f} tok/s")
 
-        return trainer.train(prompts, steps=steps, callback=update)
+        return trainer.train(prompts, steps=steps, callback=update, gate=gate)
 
 
 def _ppo_metrics(history: list[dict[str, float]], trainer: Any, model: str, reward_name: str,
                  n_prompts: int) -> dict[str, Any]:
+    if not history:  # stopped by a person before the first update
+        return {"final": None, "steps": 0, "model": model, "reward": reward_name,
+                "prompts": n_prompts, "device": str(trainer.device),
+                "processes": trainer.world, "curve": []}
     k = max(1, min(5, len(history) // 4))
     first = sum(h["score"] for h in history[:k]) / k
     last = sum(h["score"] for h in history[-k:]) / k

@@ -55,9 +55,10 @@ def round_name(rnd: int) -> str:
 
 
 def parse_round(text: str | int) -> int:
-    """``3``, ``round-003`` or a path ending in ``round-003`` -> 3."""
+    """``3``, ``round-003`` or a path ending in ``round-003`` -> 3 (``round0003``, lm
+    online's ``checkpoints/round0003[.K]``, too)."""
     name = Path(str(text)).name
-    name = name.removeprefix("round-").split(".")[0]
+    name = name.removeprefix("round-").removeprefix("round").split(".")[0]
     if not name.isdigit():
         raise UserInputError(f"--to {text!r}: give a round number (e.g. --to 2) or a kept "
                              f"checkpoint folder (e.g. RUN_DIR/rounds/round-002)")
@@ -65,10 +66,12 @@ def parse_round(text: str | int) -> int:
 
 
 def kept_rounds(run_dir: Path) -> list[int]:
-    """Rounds whose checkpoint a run keeps (``rounds/round-NNN[.K]/state.json``)."""
+    """Rounds whose checkpoint a run keeps (``rounds/round-NNN[.K]/state.json``; lm online:
+    ``checkpoints/roundNNNN[.K]/state.json``)."""
     found = set()
-    for d in (Path(run_dir) / "rounds").glob("round-*"):
-        number = d.name.removeprefix("round-").split(".")[0]
+    run = Path(run_dir)
+    for d in [*(run / "rounds").glob("round-*"), *(run / "checkpoints").glob("round*")]:
+        number = d.name.removeprefix("round-").removeprefix("round").split(".")[0]
         if number.isdigit() and not d.name.endswith(".tmp") and (d / "state.json").is_file():
             found.add(int(number))
     return sorted(found)
@@ -134,6 +137,7 @@ class Overseer:
     pending: dict[str, Any] | None = None
     stopped: dict[str, Any] | None = None
     acts: list[dict[str, Any]] = field(default_factory=list)  # obeyed by this process
+    refused: list[dict[str, Any]] = field(default_factory=list)  # acts this loop cannot do
     _last_id: int = 0
     _last_poll: float = 0.0
     _store: Any = None
@@ -222,12 +226,81 @@ class Overseer:
         out: dict[str, Any] = {"acts": [_who(a) | {"at": a.get("at")} for a in self.acts]}
         if self.stopped is not None:
             out["stopped"] = _who(self.stopped) | {"at": self.stopped.get("at")}
+        if self.refused:
+            out["refused"] = list(self.refused)
+        return out
+
+    # -- loops that keep no earlier checkpoint (lm ppo, attention train)
+
+    def refuse(self, why: str) -> None:
+        """Do not carry out :attr:`pending` (a reject or rollback this loop cannot do): say
+        so in one line on stderr, keep it for the metrics, and go on."""
+        import sys
+
+        act = self.pending or {}
+        self.pending = None
+        entry = _who(act) | {"at": act.get("at"), "refused": why}
+        self.refused.append(entry)
+        self.progress("refused", entry)
+        print(f"oversight: {act.get('act')} by {act.get('by')} refused: {why} (recorded; "
+              f"`rlhf-hgt oversee RUN_DIR stop` ends the run)", file=sys.stderr, flush=True)
+
+    def single_run_gate(self, force: bool = False) -> bool:
+        """The safe point of a run that keeps no earlier checkpoint to go back to: True go
+        on, False a stop is pending; a pause holds; reject and rollback are refused."""
+        while not self.gate(force):
+            if (self.pending or {}).get("act") == "stop":
+                return False
+            self.refuse("this run keeps no earlier checkpoint to go back to")
+        return True
+
+    def outcome(self) -> dict[str, Any]:
+        """For metrics.json at the end of a run: ``oversight`` (:meth:`summary`) and
+        ``status`` ("stopped by NAME: REASON") when a person acted; carries out a pending
+        stop. Empty when nobody acted."""
+        if (self.pending or {}).get("act") == "stop":
+            self.done()
+        out: dict[str, Any] = {}
+        if self.acts:
+            out["oversight"] = self.summary()
+        if self.stopped is not None:
+            out["status"] = f"stopped by {self.stopped.get('by')}: {self.stopped.get('reason')}"
         return out
 
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+
+def say(event: str, info: dict[str, Any]) -> str | None:
+    """One line for a person about an oversight event of :class:`Overseer` or a loop
+    (paused, resumed, oversight, rolled_back); None for other events."""
+    if event in ("paused", "resumed", "oversight"):
+        what = event if event != "oversight" else info.get("act")
+        hint = " (`rlhf-hgt oversee RUN_DIR resume --reason ...` continues)" \
+            if event == "paused" else ""
+        return f"{what} by {info.get('by')}: {info.get('reason')}{hint}"
+    if event == "rolled_back":
+        rnd = info.get("round", -1)
+        return (f"{info.get('act')}: continuing from round {rnd}'s checkpoint" if rnd >= 0
+                else f"{info.get('act')}: starting again from a fresh policy")
+    return None
+
+
+def announce(progress: Callable[[str, dict[str, Any]], None]
+             ) -> Callable[[str, dict[str, Any]], None]:
+    """``progress`` that also prints the oversight events (:func:`say`) on stderr: for
+    loops whose progress display knows nothing of oversight."""
+    import sys
+
+    def hear(event: str, info: dict[str, Any]) -> None:
+        line = say(event, info)
+        if line is not None:
+            print(f"oversight: {line}", file=sys.stderr, flush=True)
+        progress(event, info)
+
+    return hear
 
 
 def _who(act: dict[str, Any]) -> dict[str, Any]:

@@ -433,15 +433,22 @@ class LMPPOTrainer:
     # ------------------------------------------------------------------ the loop
 
     def train(self, prompts: Any, steps: int | None = None,
-              callback: Callable[[dict[str, float]], Any] | None = None
-              ) -> list[dict[str, float]]:
+              callback: Callable[[dict[str, float]], Any] | None = None,
+              gate: Callable[[], bool] | None = None) -> list[dict[str, float]]:
         """Run ``steps`` updates (default ``config.steps``) over the prompts, reshuffled each
-        pass; ``callback(stats)`` after each update may return False to stop early. Under
-        several processes each takes its own share of every global batch."""
+        pass; ``callback(stats)`` after each update may return False to stop early. ``gate()``
+        is asked before each update (a person's pause holds there, False stops; see
+        :mod:`rlhf_hgt.governance.oversight`); under several processes the main process
+        asks it and all follow. Under several processes each takes its own share of every
+        global batch."""
+        from rlhf_hgt.lm.trl_common import agreed
+
         prompts = prompt_list(prompts)
         stream = self._batches(prompts, self.config.batch_size * self.world)
         history = []
         for _ in range(steps if steps is not None else self.config.steps):
+            if gate is not None and not agreed(gate):
+                break
             batch = next(stream)[self.rank::self.world]
             stats = self.step(batch)
             history.append(stats)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -366,6 +366,41 @@ def quiet_trainer(trainer: Any, progress: bool) -> None:
 
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
+
+
+def agreed(gate: Callable[[], bool] | None) -> bool:
+    """Ask ``gate`` (a person's pause / stop, :mod:`rlhf_hgt.governance.oversight`) on the
+    main process only and give every process its answer, so that all stop at the same
+    update (one process: just the gate's answer; no gate: True)."""
+    if gate is None:
+        return True
+    go = gate() if is_main_process() else True
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return go
+    import torch
+
+    device = (torch.device("cuda", torch.cuda.current_device())
+              if dist.get_backend() == "nccl" else torch.device("cpu"))
+    flag = torch.tensor([int(go)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)  # the others said True: the main one decides
+    return bool(flag.item())
+
+
+def oversight_callback(gate: Callable[[], bool]) -> Any:
+    """A transformers TrainerCallback that asks ``gate`` after every optimiser step: a
+    pause holds there, False ends training (``should_training_stop``); the trainer then
+    saves what it has as usual."""
+    from transformers import TrainerCallback
+
+    class Oversight(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if not agreed(gate):
+                control.should_training_stop = True
+            return control
+
+    return Oversight()
 
 
 def model_device(model: Any):
