@@ -197,3 +197,34 @@ def test_a_rejected_checkpoint_is_neither_resumed_nor_the_result(tmp_path):
     with PreferenceStore(out / "feedback.db", create=False) as store:
         (event,) = store.events("oversight")
     assert event["data"]["checkpoint"] == "round-001"
+
+
+@pytest.mark.slow
+def test_pause_resume_and_stop_keys_at_the_runs_own_terminal(tmp_path):
+    import pexpect
+
+    out = tmp_path / "run"
+    child = pexpect.spawn(sys.executable, ["-m", "rlhf_hgt.cli", "control", "CartPole-v1",
+                                           "--labels", "120", "--timesteps", str(30 * 1024),
+                                           "--rounds", "30", "--out", str(out), *TINY],
+                          env=ENV | {"TERM": "dumb"}, encoding="utf-8", timeout=180,
+                          dimensions=(40, 160))
+    child.expect("keys: p pause, r resume, s stop")
+    deadline = time.time() + 120
+    while _state(out).get("round") is None and time.time() < deadline:
+        time.sleep(0.1)
+    child.send("p")
+    child.expect("paused by")
+    held = _state(out)["round"]
+    time.sleep(3.0)
+    assert _state(out)["round"] == held
+    child.send("r")
+    child.expect("resumed by")
+    child.send("s")
+    child.expect("stopped by")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    acts = json.loads((out / "metrics.json").read_text())["oversight"]["acts"]
+    assert [a["act"] for a in acts] == ["pause", "resume", "stop"]
+    assert acts[0]["reason"] == "key 'p' at the run's terminal"

@@ -55,8 +55,11 @@ def run(args: argparse.Namespace) -> int:
         raise
     except ValueError as exc:
         raise UserInputError(str(exc)) from None
-    metrics = run_control(cfg, progress=_progress(console, cfg.rounds),
-                          ask_human=_ask_human if cfg.teacher == "human" else None)
+    from rlhf_hgt.cli.run_keys import oversight_keys
+
+    with oversight_keys(cfg.out, console, enabled=not cfg.human):  # p, r, s at this terminal
+        metrics = run_control(cfg, progress=_progress(console, cfg.rounds),
+                              ask_human=_ask_human if cfg.teacher == "human" else None)
     acc = metrics["reward_model_accuracy"]
     acc_text = f"{acc:.2f}" if acc is not None else "n/a"
     console.print(f"true return {metrics['true_return_mean']:.1f} ± "
