@@ -84,8 +84,13 @@ def main() -> int:
                   f"reward model held-out accuracy {metrics['reward_model_accuracy']}")
     write_json_atomic(out / "demo_summary.json", {
         "preferences": metrics, "true_reward_ppo": base, "normalised_score": frac})
+    from rlhf_hgt.governance.report import write_report
+
+    report = write_report(out)  # what a person reads: plots, annotators, lineage, the card
     console.print(f"run directory: {out} (metrics.json, manifest.json, learning_curve.png, "
-                  f"feedback.db)")
+                  f"feedback.db, lineage.jsonl)")
+    console.print(f"report: {report.html} (open it in a browser; `rlhf-hgt report {out} "
+                  f"--open` writes it again and opens it)")
     return 0
 
 

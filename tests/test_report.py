@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -278,17 +279,13 @@ def test_the_report_command_imports_no_torch(runs, tmp_path):
 # ----------------------------------------------------------------------------- the browser
 
 
-@pytest.mark.parametrize("kind", ["control", "attention"])
-def test_report_page_in_headless_chromium(reports, kind, tmp_path):
-    """The page loads in a real browser with no console error and no failed request, and
-    the screenshot shows something: not blank, every plot image decoded with its size."""
+def _load_in_chromium(page_file: Path) -> tuple[list[str], list, bytes]:
+    """Open a report page in Debian's chromium: (problems seen, images' [complete, width,
+    height], a full-page screenshot)."""
     from playwright import sync_api  # the dev extra: a missing browser fails, never skips
 
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} missing: bash scripts/test.sh installs Debian's chromium")
-    from PIL import Image
-
-    page_file = reports[kind] / "report.html"
     problems: list[str] = []
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
@@ -306,14 +303,41 @@ def test_report_page_in_headless_chromium(reports, kind, tmp_path):
             shot = page.screenshot(full_page=True)
         finally:
             browser.close()
+    return problems, sizes, shot
+
+
+def _check_page(page_file: Path, min_images: int, tmp_path: Path) -> None:
+    """No console error, no failed or outside request; the screenshot shows something: not
+    blank, every plot image decoded with its size."""
+    from PIL import Image
+
+    problems, sizes, shot = _load_in_chromium(page_file)
     assert not problems, problems
-    assert len(sizes) >= (4 if kind == "control" else 2), sizes
+    assert len(sizes) >= min_images, sizes
     assert all(done and w > 0 and h > 0 for done, w, h in sizes), sizes
     (tmp_path / "shot.png").write_bytes(shot)
     pixels = np.asarray(Image.open(io.BytesIO(shot)).convert("L"), dtype=np.float32)
     assert pixels.shape[0] > 900 and pixels.shape[1] >= 1200  # the full page, past one screen
     assert pixels.std() > 10  # not blank
     assert (pixels < 128).mean() > 0.005  # some dark text and lines on the white page
+
+
+@pytest.mark.parametrize("kind", ["control", "attention"])
+def test_report_page_in_headless_chromium(reports, kind, tmp_path):
+    _check_page(reports[kind] / "report.html", 4 if kind == "control" else 2, tmp_path)
+
+
+@pytest.mark.slow
+def test_the_demo_writes_a_report_that_opens_in_headless_chromium(tmp_path):
+    """The README's main job (scripts/demo.py, small budget): its report loads cleanly."""
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "scripts/demo.py", "--labels", "20", "--timesteps",
+                           "4096", "--out", str(out)], capture_output=True, text=True,
+                          timeout=600, cwd=Path(__file__).parent.parent,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "report:" in done.stdout and (out / "report.html").is_file()
+    _check_page(out / "report.html", 3, tmp_path)
 
 
 # ----------------------------------------------------------------------------- cards
