@@ -308,14 +308,20 @@ def run_online(args: argparse.Namespace) -> int:
     from rlhf_hgt.cli.lm_online_report import Reporter
     from rlhf_hgt.lm.online import run_online as loop
 
-    reporter = Reporter(console)
+    reporter, lines = Reporter(console), _oversight_lines(console)
+
+    def progress(event: str, info: dict[str, Any]) -> None:
+        reporter(event, info)
+        lines(event, info)  # a person's pause, stop, reject, rollback
     console.print(f"lm online: {cfg.model}, {cfg.algo}, teacher {cfg.teacher}, "
                   f"{cfg.rounds} rounds of {cfg.prompts_per_round} prompts → {cfg.out}",
                   highlight=False)
     try:
-        metrics = loop(cfg, reporter)
+        metrics = loop(cfg, progress)
     finally:
         reporter.close()
+    if "status" in metrics:
+        console.print(f"[bold]{metrics['status']}[/]", highlight=False)
     console.print(f"labels {metrics['labels']}, reward-model accuracy "
                   f"{fmt(metrics['reward_model_accuracy'])}, sample score "
                   f"{fmt(metrics['sample_score_first'])} → {fmt(metrics['sample_score_last'])}",

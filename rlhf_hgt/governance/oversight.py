@@ -285,6 +285,8 @@ def say(event: str, info: dict[str, Any]) -> str | None:
         rnd = info.get("round", -1)
         return (f"{info.get('act')}: continuing from round {rnd}'s checkpoint" if rnd >= 0
                 else f"{info.get('act')}: starting again from a fresh policy")
+    if event == "rejected":
+        return "the last checkpoint was rejected: resuming from an earlier one"
     return None
 
 

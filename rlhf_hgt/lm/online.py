@@ -30,7 +30,17 @@ moments as safetensors, PPO updates and KL coefficient), then
 metrics.json, then state.json (atomically, the commit point) are written; a killed run
 resumes after its last finished round, and the queries a round already asked are reused,
 never asked again. Randomness is seeded per round, so a resumed run samples what an
-unbroken one would have.
+unbroken one would have. Each round's folder ``checkpoints/roundNNNN`` also holds the loop's
+state as it was then (``state.json``), so a person can roll the run back to it.
+
+A person's hand (``rlhf-hgt oversee RUN_DIR pause|resume|stop|reject|rollback``,
+:mod:`rlhf_hgt.governance.oversight`) is obeyed between rounds, while the loop waits for
+answers, and between updates of the reward model, DPO and PPO: ``pause`` holds; ``stop`` ends
+the round in progress early, writes its checkpoint and ends the run (metrics ``status``);
+``reject`` drops the round in progress and goes back to the checkpoint the rejected one
+started from (a fresh policy when there is none); ``rollback --to N`` drops it and goes
+on from round N's kept checkpoint. Rounds trained again are kept as ``roundNNNN.G`` (G: how
+many times the run went back), their queries asked anew; no checkpoint is overwritten.
 """
 
 from __future__ import annotations
@@ -56,6 +66,7 @@ from rlhf_hgt.feedback.errors import UserInputError
 from rlhf_hgt.feedback.files import write_json_atomic
 from rlhf_hgt.feedback.store import PreferenceStore, TextPair
 from rlhf_hgt.governance import lineage
+from rlhf_hgt.governance.oversight import Overseer, parse_round
 from rlhf_hgt.lm.online_config import OnlineConfig, default_ppo_config
 from rlhf_hgt.lm.scores import BUILTIN_SCORES, make_score
 
@@ -174,10 +185,15 @@ class _Loop:
         self.store: Any = None  # opened once the policy is built: a bad setting writes nothing
         self.trainer: Any = None
         self.scorer: Any = None
+        self.overseer: Any = None  # a person's pause / stop / reject / rollback
+        self.generation = int(self.state.get("generation", 0))  # times the run went back
+        self.current: str | None = self.state.get("checkpoint")  # the policy's checkpoint
 
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
+        if self.overseer is not None:
+            self.overseer.close()
 
     # -- set-up and resume
 
@@ -227,9 +243,10 @@ class _Loop:
         if adapter_hash(self.trainer.lm) != state["policy_hash"]:
             raise UserInputError(f"{ck}: the adapter does not match the state file; give a "
                                  "new --out")
+        self.current = state["checkpoint"]
 
     def _seed(self, rnd: int, salt: int) -> None:
-        s = (self.cfg.seed * 1_000_003 + rnd * 101 + salt) % (2**63)
+        s = (self.cfg.seed * 1_000_003 + rnd * 101 + salt + self.generation * 7919) % (2**63)
         torch.manual_seed(s)
         self.trainer.rng.manual_seed(s)
 
@@ -238,43 +255,131 @@ class _Loop:
     def run(self) -> dict[str, Any]:
         from rlhf_hgt.lm.trl_common import quiet_libraries
 
-        cfg, state = self.cfg, self.state
+        cfg = self.cfg
         quiet_libraries()
         self._build_trainer()
         self.out.mkdir(parents=True, exist_ok=True)
         self.store = PreferenceStore(cfg.store_path)
+        self.overseer = Overseer(self.out, self.progress)
+        state = self._unrejected(self.state)  # never resume from a checkpoint a person rejected
         history: list[dict[str, Any]] = list(state.get("history", []))
-        start = int(state["round"]) + 1 if state else 0
-        if state:
+        rnd = int(state.get("round", -1)) + 1
+        if state.get("checkpoint"):
             self._restore(state)
-            self.progress("resume", {"round": start, "rounds": cfg.rounds})
-            initial = state.get("eval_score_initial")
-        else:
-            initial = self._eval_score()
-        for rnd in range(start, cfg.rounds):
+            self.progress("resume", {"round": rnd, "rounds": cfg.rounds})
+        initial = state["eval_score_initial"] if "eval_score_initial" in state \
+            else self._eval_score()
+        while rnd < cfg.rounds:
+            if not self.overseer.gate(force=True):  # between rounds: a pause holds here
+                state = self._obey(initial)
+                if state is None:
+                    break  # stopped
+                history, rnd = list(state["history"]), int(state["round"]) + 1
+                continue
             t0 = time.time()
             prompts = round_prompts(self.prompts, cfg.prompts_per_round, rnd, cfg.seed)
             row: dict[str, Any] = {"round": rnd}
             ids, gathered = self._gather(rnd, prompts)
             row.update(gathered)
             row.update(self._answer(rnd, ids))
+            if self.overseer.pending is not None:
+                continue  # a person acted while the loop waited for answers: obeyed above
             row["sample_score_mean"] = self._sample_score(ids)
             row.update(self._fit(rnd))
             row.update(self._train(rnd, prompts))
-            row["eval_score_mean"] = self._eval_score()
+            if (self.overseer.pending or {}).get("act") in ("reject", "rollback"):
+                continue  # reject / rollback: this round is dropped, the act obeyed above
+            row["eval_score_mean"] = self._eval_score()  # a stop keeps the round, cut short
             row["seconds"] = time.time() - t0
             history.append(row)
             self._checkpoint(rnd, history, initial)
             self.progress("round", dict(row))
-        metrics = self._metrics(history, initial)
+            rnd += 1
+        metrics = self._metrics(history, initial) | self.overseer.outcome()
         self._write_outputs(metrics)
         self.progress("done", {"rounds": len(history), "out": str(self.out)})
         return metrics
 
+    # -- a person's reject and rollback (rlhf_hgt.governance.oversight)
+
+    def _unrejected(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The state to resume from: ``state``, unless a person rejected its checkpoint."""
+        if not state.get("checkpoint") or state["checkpoint"] not in self.overseer.rejected():
+            return state
+        self.progress("rejected", {"checkpoint": state["checkpoint"]})
+        return self._go_back(self._before(state["checkpoint"]), state.get("eval_score_initial"))
+
+    def _obey(self, initial: float | None) -> dict[str, Any] | None:
+        """Carry out a person's stop (None), reject or rollback: the state to go on from."""
+        act = self.overseer.pending or {}
+        if act.get("act") == "rollback" and self._kept(parse_round(act["to"])) is None:
+            self.overseer.refuse(f"{act['to']}'s checkpoint is no longer kept")
+            act = {"act": "refused", "to": self.current}  # the round in progress is dropped
+        self.overseer.done()
+        if act.get("act") == "stop":
+            return None
+        if act.get("act") == "refused":
+            folder = self.out / self.current if self.current else None
+        elif act.get("act") == "rollback":
+            folder = self._kept(parse_round(act["to"]))
+        else:  # reject: back to the checkpoint the rejected one started from
+            folder = self._before(str(act.get("checkpoint") or self.current or ""))
+        state = self._go_back(folder, initial)
+        self.progress("rolled_back", {"round": state["round"], "act": act.get("act")})
+        return state
+
+    def _kept(self, rnd: int) -> Path | None:
+        """Round ``rnd``'s newest kept checkpoint folder (None: none kept)."""
+        found = [d for d in self._folders() if parse_round(d.name) == rnd]
+        return found[-1] if found else None
+
+    def _folders(self) -> list[Path]:
+        """The kept round checkpoints that hold the loop's state, oldest written first."""
+        found = [d for d in (self.out / CHECKPOINTS).glob("round*")
+                 if d.is_dir() and (d / STATE_FILE).is_file()]
+        return sorted(found, key=lambda d: ((d / STATE_FILE).stat().st_mtime_ns, d.name))
+
+    def _before(self, name: str) -> Path | None:
+        """Where to go back to when checkpoint ``name`` is rejected: the checkpoint its round
+        started from (or that one's, when it is rejected or no longer kept); when ``name``
+        is gone, the newest kept one of an earlier round; None: a fresh start."""
+        rejected = self.overseer.rejected()
+        folder = self.out / name if name else None
+        while folder is not None and (folder / STATE_FILE).is_file():
+            parent = json.loads((folder / STATE_FILE).read_text()).get("parent")
+            folder = self.out / parent if parent else None
+            if folder is not None and parent not in rejected and (folder / STATE_FILE).is_file():
+                return folder
+        if folder is None:
+            return None
+        rnd = _round_of(name)
+        earlier = [d for d in self._folders() if parse_round(d.name) < rnd
+                   and str(d.relative_to(self.out)) not in rejected]
+        return max(earlier, key=lambda d: parse_round(d.name)) if earlier else None
+
+    def _go_back(self, folder: Path | None, initial: float | None) -> dict[str, Any]:
+        """Make ``folder`` (None: a fresh policy) the run's current checkpoint; the rounds
+        after it are trained again (kept as roundNNNN.G, G = the times the run went back)."""
+        self.generation += 1
+        if folder is None:
+            self.scorer = self.trainer = None
+            _free_memory()
+            self._build_trainer()
+            self.current = None
+            state = {"round": -1, "history": []}
+        else:
+            state = json.loads((folder / STATE_FILE).read_text())
+            self._restore(state)
+        state = {**state, "format": FORMAT, "generation": self.generation,
+                 "fingerprint": self._fingerprint(), "eval_score_initial": initial}
+        write_json_atomic(self.out / STATE_FILE, state)  # a kill now resumes from here
+        return state
+
     # -- 1. gather
 
     def _gather(self, rnd: int, prompts: list[str]) -> tuple[list[int], dict[str, Any]]:
-        source = f"{self.cfg.run_id}:round{rnd}:{adapter_hash(self.trainer.lm)}"
+        source = f"{self.cfg.run_id}:round{rnd}:{adapter_hash(self.trainer.lm)}" + (
+            f":g{self.generation}" if self.generation else "")  # trained again: new queries
         ids = self.store.query_ids(round=rnd, source=source)
         if ids:  # a run killed after asking keeps the questions it asked
             info = {"policy": source, "queries": len(ids), "queries_added": 0,
@@ -346,6 +451,8 @@ class _Loop:
                 self.progress("waiting", {"round": rnd, "pending": len(still),
                                           "store": str(self.store.path)})
                 told = len(still)
+            if not self.overseer.gate():  # a person's stop, reject or rollback
+                return
             time.sleep(self.cfg.poll_seconds)
 
     def _sample_score(self, ids: list[int]) -> float | None:
@@ -379,7 +486,8 @@ class _Loop:
         self.trainer.score_fn = as_batch_scorer(_no_reward)
         _free_memory()
         rm_cfg = replace(self.cfg.reward, seed=self.cfg.seed + rnd)
-        m = train_reward_model(self.cfg.model, ds, None, rm_cfg, self.out / REWARD_DIR)
+        m = train_reward_model(self.cfg.model, ds, None, rm_cfg, self.out / REWARD_DIR,
+                               callbacks=self._gates())
         _free_memory()
         self.scorer = RewardScorer.load(str(self.out / REWARD_DIR),
                                         device=str(self.trainer.device))
@@ -403,7 +511,8 @@ class _Loop:
             hf_logging.disable_progress_bar()  # the scratch save's bar, too
         try:
             with tempfile.TemporaryDirectory(dir=self.out, prefix=".dpo-") as tmp:
-                m = train_dpo((self.trainer.lm, self.trainer.tokenizer), ds, None, dcfg, tmp)
+                m = train_dpo((self.trainer.lm, self.trainer.tokenizer), ds, None, dcfg, tmp,
+                              callbacks=self._gates())
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
@@ -413,6 +522,12 @@ class _Loop:
                 "implicit_reward_accuracy": m.get("implicit_reward_accuracy"),
                 "dpo_eval_pairs": m.get("eval_pairs"), "dpo_train_loss": m.get("train_loss"),
                 "dpo_steps": m.get("steps"), "dpo_ties_dropped": m.get("train_ties_dropped")}
+
+    def _gates(self) -> list[Any]:
+        """The TRL callback that asks for a person's pause or stop after each update."""
+        from rlhf_hgt.lm.trl_common import oversight_callback
+
+        return [oversight_callback(self.overseer.gate)]
 
     # -- 4. train
 
@@ -426,7 +541,9 @@ class _Loop:
         def hear(stats: dict[str, float]) -> None:
             self.progress("ppo_step", {"round": rnd, **stats})
 
-        hist = self.trainer.train(prompts, steps=steps, callback=hear)
+        hist = self.trainer.train(prompts, steps=steps, callback=hear, gate=self.overseer.gate)
+        if not hist:  # a person acted before the first update
+            return {"ppo_updates": 0}
         last = hist[-1]
         return {"ppo_updates": len(hist),
                 "ppo_score_mean": _mean([h["score"] for h in hist]),
@@ -451,26 +568,32 @@ class _Loop:
     def _checkpoint(self, rnd: int, history: list[dict[str, Any]],
                     initial: float | None) -> None:
         root = self.out / CHECKPOINTS
-        ck, tmp = root / f"round{rnd:04d}", root / f".round{rnd:04d}.tmp"
+        name = f"round{rnd:04d}" + (f".{self.generation}" if self.generation else "")
+        ck, tmp = root / name, root / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         self.trainer.save(tmp)  # adapter, value head, optimiser, PPO updates, KL coefficient
         reward = self.out / REWARD_DIR
         lineage.stage(tmp, self.store, lineage.store_text_answer_ids(self.store),
                       reward_model=[str(p.relative_to(self.out)) for p in
                                     lineage.checkpoint_files([reward])])
+        state = {"format": FORMAT, "round": rnd, "checkpoint": str(ck.relative_to(self.out)),
+                 "parent": self.current, "generation": self.generation,
+                 "policy_hash": adapter_hash(self.trainer.lm),
+                 "kl_coef": self.trainer.kl_ctl.value, "ppo_updates": self.trainer.step_count,
+                 "eval_score_initial": initial, "fingerprint": self._fingerprint(),
+                 "history": history}
+        write_json_atomic(tmp / STATE_FILE, state)  # the loop as it was: for a rollback
         shutil.rmtree(ck, ignore_errors=True)
         os.replace(tmp, ck)
+        self.current = state["checkpoint"]
         metrics = self._metrics(history, initial)
         write_json_atomic(self.out / METRICS_FILE, metrics)
-        write_json_atomic(self.out / STATE_FILE, {  # the commit point of the round: written last
-            "format": FORMAT, "round": rnd, "checkpoint": str(ck.relative_to(self.out)),
-            "policy_hash": adapter_hash(self.trainer.lm), "kl_coef": self.trainer.kl_ctl.value,
-            "ppo_updates": self.trainer.step_count, "eval_score_initial": initial,
-            "fingerprint": self._fingerprint(), "history": history})
+        write_json_atomic(self.out / STATE_FILE, state)  # the commit point of the round: last
         lineage.record_checkpoint(self.out, self.store, ck.name, [ck, reward], round=rnd,
                                   role="policy and reward model", prunable=True)
-        old = sorted(p for p in root.glob("round*") if p.is_dir())
-        for p in old[:-self.cfg.keep_checkpoints]:
+        kept = self._folders()  # oldest written first (older layouts without state first)
+        legacy = sorted(d for d in root.glob("round*") if d.is_dir() and d not in kept)
+        for p in [*legacy, *kept][:-self.cfg.keep_checkpoints]:
             shutil.rmtree(p, ignore_errors=True)
         self._write_manifest()
 
@@ -478,7 +601,6 @@ class _Loop:
         def last(key: str) -> Any:
             return next((h[key] for h in reversed(history) if h.get(key) is not None), None)
 
-        state_ck = sorted(p.name for p in (self.out / CHECKPOINTS).glob("round*") if p.is_dir())
         return {
             "format": FORMAT, "model": self.cfg.model, "algo": self.cfg.algo,
             "teacher": self.cfg.teacher, "teacher_model": self.cfg.teacher_model,
@@ -490,7 +612,7 @@ class _Loop:
             "sample_score_first": history[0].get("sample_score_mean") if history else None,
             "sample_score_last": last("sample_score_mean"),
             "eval_score_initial": initial, "eval_score_final": last("eval_score_mean"),
-            "policy_checkpoint": f"{CHECKPOINTS}/{state_ck[-1]}" if state_ck else None,
+            "policy_checkpoint": self.current,
             "history": history,
         }
 
@@ -513,3 +635,11 @@ def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _round_of(name: str) -> int:
+    """The round of a checkpoint's name (0 for a name that has none, e.g. "final")."""
+    try:
+        return parse_round(name)
+    except UserInputError:
+        return 0
