@@ -399,6 +399,37 @@ def _diffuse(rates: np.ndarray, bound: float, rng: np.random.Generator,
 
 # ----------------------------------------------------------------------------- factory
 
+@dataclass
+class SyntheticMarker:
+    """Marks, with each answer a teacher gives, the observation features that decided it:
+    what a person does with the ``m`` key at the prompt, for tests and benchmarks.
+    ``features`` are the ones it knows to matter (naming others makes it the wrong marker
+    of a break condition); ``noise`` flips each of the ``n_features`` in or out of a mark
+    with that probability, independently per pair (a mark left empty by the noise keeps
+    the true features). Its own random stream (``seed``): marking changes nothing else a
+    run draws."""
+
+    features: tuple[int, ...]
+    n_features: int
+    noise: float = 0.0
+    seed: int = 0
+    _rng: np.random.Generator = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_fraction("noise", self.noise)
+        bad = [f for f in self.features if not 0 <= f < self.n_features]
+        if not self.features or bad:
+            raise ValueError(f"marker features {list(self.features)} must be among the "
+                             f"{self.n_features} observation features (0-{self.n_features - 1})")
+        self._rng = np.random.default_rng(self.seed)
+
+    def mark(self) -> list[int]:
+        keep = np.zeros(self.n_features, bool)
+        keep[list(self.features)] = True
+        flipped = keep ^ (self._rng.random(self.n_features) < self.noise)
+        return [int(i) for i in np.flatnonzero(flipped if flipped.any() else keep)]
+
+
 TEACHERS: dict[str, type] = {
     "oracle": OracleTeacher,
     "stochastic": StochasticTeacher,
@@ -463,7 +494,8 @@ def make_teacher(spec: str) -> Teacher:
 def answer_pending(store: PreferenceStore | str | Path, teacher: Teacher,
                    annotator: str | None = None, score_fn: ScoreFn | None = None,
                    rng: np.random.Generator | None = None, limit: int | None = None,
-                   per_query: int | None = None, among: Iterable[int] | None = None) -> int:
+                   per_query: int | None = None, among: Iterable[int] | None = None,
+                   marker: SyntheticMarker | None = None) -> int:
     """Answer the store's pending queries with a synthetic teacher; return how many it answered.
 
     Segment queries are judged on the ``true_rewards`` stored with each side; text queries on
@@ -473,7 +505,8 @@ def answer_pending(store: PreferenceStore | str | Path, teacher: Teacher,
     synthetic, annotator ``teacher:<name>`` unless given, interface ``teacher/1``. A query
     that filled up meanwhile (another annotator answered it) is left alone and not counted.
     ``among`` limits the teacher to those query ids (a shared store may hold other people's
-    pending pairs).
+    pending pairs). ``marker`` stores, with each answer, the features that decided it (a
+    ``reasons`` event, as the prompt's ``m`` key does).
     """
     if limit is not None and limit < 0:
         raise UserInputError(f"limit must be >= 0 (or unset for all), got {limit}")
@@ -485,7 +518,7 @@ def answer_pending(store: PreferenceStore | str | Path, teacher: Teacher,
     try:
         return _answer_pending(st, teacher, annotator or f"teacher:{teacher.name}", score_fn,
                                rng if rng is not None else np.random.default_rng(), limit,
-                               per_query, among)
+                               per_query, among, marker)
     finally:
         if own:
             st.close()
@@ -493,7 +526,8 @@ def answer_pending(store: PreferenceStore | str | Path, teacher: Teacher,
 
 def _answer_pending(store: PreferenceStore, teacher: Teacher, annotator: str,
                     score_fn: ScoreFn | None, rng: np.random.Generator, limit: int | None,
-                    per_query: int | None, among: Iterable[int] | None) -> int:
+                    per_query: int | None, among: Iterable[int] | None,
+                    marker: SyntheticMarker | None = None) -> int:
     ids = store.pending_ids(annotator, per_query, among=among)
     if limit is not None:
         ids = ids[:limit]
@@ -536,6 +570,9 @@ def _answer_pending(store: PreferenceStore, teacher: Teacher, annotator: str,
         saved = store.record_answers(chunk, annotator, synthetic=True, interface=INTERFACE,
                                      per_query=per_query, seconds=times)
         written += sum(a is not None for a in saved)
+        for answer_id, answer in zip(saved, answers[start:start + _WRITE_BATCH], strict=True):
+            if marker is not None and answer_id is not None and answer in ("left", "right"):
+                store.record_reasons(answer_id, {"features": marker.mark()}, annotator)
     store.log_event("teacher", annotator=annotator,
                     data={"teacher": teacher.name, "answered": written, "taken": len(ids)})
     return written

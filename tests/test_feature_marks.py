@@ -276,6 +276,9 @@ def test_a_tiny_run_with_feature_marks_records_them(tmp_path: Path, capsys):
     (["--feature-marks", "0", "--algo", "dpo"], "--algo dpo has none"),
     (["--mark-weight", "2"], "give --feature-marks too"),
     (["--distractors", "gaze:2"], "--distractors gaze:2"),
+    (["--marker", "0-9"], "--marker 0-9: feature 4 is out of range"),
+    (["--marker", "0-1:noise=2"], "noise=P with P in [0, 1]"),
+    (["--marker", "0-1", "--teacher", "human"], "give a synthetic --teacher"),
 ])
 def test_bad_marks_exit_2_naming_the_flag(tmp_path, capsys, args, message):
     out = tmp_path / "bad"
@@ -366,3 +369,37 @@ def test_a_tiny_run_with_time_weighting_and_the_ddm_teacher(tmp_path: Path, caps
     assert cards and all(c.read_text().startswith("---\n") for c in cards)
     assert tw["mode"] == "weight" and tw["timed_pairs"] == tw["pairs"] == metrics["labels"]
     assert tw["confidence_min"] == pytest.approx(0.2) and 0.2 < tw["confidence_mean"] < 1
+
+
+def test_the_synthetic_marker_marks_the_features_with_noise_of_its_own():
+    from rlhf_hgt.feedback.teachers import SyntheticMarker
+
+    exact = SyntheticMarker((0, 2), 6)
+    assert [exact.mark() for _ in range(3)] == [[0, 2]] * 3
+    noisy = SyntheticMarker((0, 1, 2, 3), 6, noise=0.25, seed=1)
+    marks = [noisy.mark() for _ in range(2000)]
+    flipped = np.mean([(0 not in m) + (4 in m) for m in marks]) / 2
+    assert 0.2 < flipped < 0.3  # each feature flipped with probability 0.25
+    assert all(m for m in marks)  # never an empty mark
+    again = SyntheticMarker((0, 1, 2, 3), 6, noise=0.25, seed=1)
+    assert [again.mark() for _ in range(2000)] == marks  # its own stream, repeatable
+    with pytest.raises(ValueError):
+        SyntheticMarker((7,), 6)
+
+
+def test_a_tiny_run_with_the_synthetic_marker_stores_and_uses_its_marks(tmp_path, capsys):
+    from rlhf_hgt.feedback.store import PreferenceStore
+
+    out = tmp_path / "marker"
+    code, err = _control_here(capsys, "CartPole-v1", "--distractors", "noise:2",
+                              "--marker", "0-3:noise=0.1", "--labels", "12",
+                              "--timesteps", "512", "--rounds", "1", "--out", str(out), *TINY)
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    with PreferenceStore(out / "feedback.db", create=False) as store:
+        reasons = store.reasons()
+        answered = [a.id for a in store.answers() if a.answer in ("left", "right")]
+    assert answered and sorted(reasons) == sorted(answered)  # one mark per left/right answer
+    assert all(set(r["features"]) <= set(range(6)) for r in reasons.values())
+    assert metrics["marked_pairs"] == len(answered)  # the fit used them
+    assert 0 <= metrics["mark_share"] <= 1

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ALGOS", "DEFAULT_MARK_WEIGHT", "HUMAN_TEACHERS", "AgentConfig", "ControlConfig",
            "PolicyDPOConfig", "RewardModelConfig", "config_from_dict", "parse_distractors",
-           "parse_feature_marks"]
+           "parse_feature_marks", "parse_marker"]
 
 ALGOS = ("ppo", "sac")  # RL agents trained on the learned reward
 HUMAN_TEACHERS = ("human", "external")
@@ -44,6 +44,27 @@ C = TypeVar("C")
 #: image RRR default, rlhf_hgt.attention.guidance.DEFAULT_WEIGHTS)
 DEFAULT_MARK_WEIGHT = 10.0
 DEFAULT_TIME_FLOOR = 0.2  # rlhf_hgt.confidence.DEFAULT_FLOOR (this module stays light)
+
+
+def parse_marker(spec: str, n_features: int | None = None) -> tuple[tuple[int, ...], float]:
+    """``"0-3:noise=0.2"`` -> ((0, 1, 2, 3), 0.2): the features a synthetic marker marks and
+    its noise (``--marker``)."""
+    features, _, rest = str(spec).partition(":")
+    noise = 0.0
+    if rest:
+        key, eq, value = rest.partition("=")
+        try:
+            noise = float(value) if key.strip() == "noise" and eq else math.nan
+        except ValueError:
+            noise = math.nan
+        if not 0 <= noise <= 1:
+            raise UserInputError(f"--marker {spec}: after the features give noise=P with P in "
+                                 "[0, 1], e.g. 0-3:noise=0.2")
+    try:
+        picked = parse_feature_marks(features, n_features)
+    except UserInputError as exc:
+        raise UserInputError(str(exc).replace("--feature-marks", "--marker", 1)) from None
+    return picked, noise
 
 
 def parse_feature_marks(spec: str, n_features: int | None = None,
@@ -313,6 +334,12 @@ class ControlConfig:
                 "the distractors' share from 0.67 to 0.01 and from 0.51 to 0.006; weights 3 "
                 "to 30 were within 0.03 of the best on both, 1 and 100 fell to 0.73 and "
                 "0.78 on Pendulum-v1)"})
+    marker: str | None = field(default=None, metadata={
+        "help": "a synthetic marker beside the synthetic teacher: with each answer it marks "
+                "the features that decided, as a person does with the m key: FEATURES"
+                "[:noise=P], e.g. 0-3 or 0-3:noise=0.2 (each feature's mark flipped with "
+                "probability P per pair); marking other features is the wrong-marks break "
+                "condition (tests and benchmarks; --algo ppo)"})
     time_weighting: bool = field(default=False, metadata={
         "help": "turn each answer's response time into a confidence for its comparison: its "
                 "rank among the same annotator's times (people differ in speed), 1 for the "
@@ -372,6 +399,12 @@ class ControlConfig:
             raise UserInputError("--mark-weight weighs the feature-mark penalty: give "
                                  "--feature-marks too, or leave --mark-weight out (marks "
                                  f"given per pair at the prompt weigh {DEFAULT_MARK_WEIGHT:g})")
+        if self.marker is not None:
+            parse_marker(self.marker)
+            if self.human or self.algo != "ppo":
+                raise UserInputError("--marker marks for a synthetic teacher's answers and "
+                                     "shapes the learned reward: give a synthetic --teacher "
+                                     "and --algo ppo (people mark with the m key)")
         if self.time_weighting and self.algo != "ppo":
             raise UserInputError(f"--time-weighting weighs the reward model's comparisons; "
                                  f"--algo {self.algo} has none (use --algo ppo, or leave "

@@ -33,6 +33,7 @@ from rlhf_hgt.control.config import (  # noqa: F401 - their old home: ``from ..l
     PolicyDPOConfig,
     RewardModelConfig,
     parse_feature_marks,
+    parse_marker,
 )
 from rlhf_hgt.control.fragments import cut_segments
 from rlhf_hgt.control.labels import stored_labels
@@ -41,9 +42,10 @@ from rlhf_hgt.control.queries import query_schedule, select_pairs
 from rlhf_hgt.control.rollouts import RolloutRecorder
 from rlhf_hgt.envs import HiddenRewardWrapper, make_env
 from rlhf_hgt.envs.wrappers import add_distractors
+from rlhf_hgt.feedback.errors import UserInputError
 from rlhf_hgt.feedback.files import write_json_atomic
 from rlhf_hgt.feedback.store import PreferenceStore
-from rlhf_hgt.feedback.teachers import answer_pending, make_teacher
+from rlhf_hgt.feedback.teachers import SyntheticMarker, answer_pending, make_teacher
 from rlhf_hgt.governance import lineage
 from rlhf_hgt.governance.card import write_checkpoint_cards
 from rlhf_hgt.governance.oversight import Overseer, parse_round, round_name
@@ -80,10 +82,23 @@ def validate(cfg: ControlConfig) -> None:
     env = task_env(cfg)
     try:
         learner_class(cfg.algo).check(cfg, env)
+        make_marker(cfg, env.observation_space)
     finally:
         env.close()
     if not cfg.human:
         make_teacher(cfg.teacher)
+
+
+def make_marker(cfg: ControlConfig, space: gym.Space) -> SyntheticMarker | None:
+    """The run's synthetic marker (``--marker``), checked against the observation size."""
+    if cfg.marker is None:
+        return None
+    shape = getattr(space, "shape", None)
+    if not shape or len(shape) != 1:
+        raise UserInputError(f"--marker marks vector observation features; {cfg.env_id} "
+                             f"observes {space}")
+    features, noise = parse_marker(cfg.marker, int(shape[0]))
+    return SyntheticMarker(features, int(shape[0]), noise, seed=cfg.seed)
 
 
 def task_env(cfg: ControlConfig, **kwargs: Any) -> gym.Env:
@@ -110,6 +125,7 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
 
     probe = env_fn()
     act_space = probe.action_space
+    marker = make_marker(cfg, probe.observation_space)  # marks with the teacher's answers
     probe.close()
     store = PreferenceStore(cfg.store or out / "feedback.db")
     teacher = None if cfg.human else make_teacher(cfg.teacher)
@@ -162,7 +178,7 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
             background = threading.Thread(target=learner.train, args=(steps_per_round[rnd],))
             background.start()
         if teacher is not None:
-            answer_pending(store, teacher, rng=rng,
+            answer_pending(store, teacher, rng=rng, marker=marker,
                            among=store.query_ids(round=rnd, source=source))
         else:
             _wait_for_people(store, cfg, ask_human, progress, overseer)
