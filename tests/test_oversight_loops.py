@@ -70,12 +70,19 @@ def test_single_run_gate_refuses_reject_and_stops_on_stop(tmp_path, capsys):
     _act(tmp_path, "reject", "bad samples")
     assert overseer.single_run_gate(force=True)  # refused: the run goes on
     assert "reject by ana refused" in capsys.readouterr().err
+    _act(tmp_path, "pause", "a look")
+    _act(tmp_path, "rollback" if kept_rounds(tmp_path) else "reject", "go back")
+    threading.Timer(0.5, lambda: _act(tmp_path, "resume", "fine")).start()
+    t0 = time.time()
+    assert overseer.single_run_gate(force=True)  # the refused act does not end the pause
+    assert time.time() - t0 >= 0.4
     _act(tmp_path, "stop", "enough")
     assert not overseer.single_run_gate(force=True)
     out = overseer.outcome()
     assert out["status"] == "stopped by ana: enough"
-    assert out["oversight"]["refused"][0]["act"] == "reject"
-    assert [a["act"] for a in out["oversight"]["acts"]] == ["reject", "stop"]
+    assert [r["act"] for r in out["oversight"]["refused"]] == ["reject", "reject"]
+    assert [a["act"] for a in out["oversight"]["acts"]] == ["reject", "pause", "reject",
+                                                           "resume", "stop"]
     assert "refused" in seen and "oversight" in seen
     overseer.close()
 
@@ -115,6 +122,53 @@ def test_ppo_trainer_asks_the_gate_between_updates():
     hist = trainer.train(PROMPTS, gate=lambda: asked.append(1) or len(asked) < 3)
     assert len(hist) == 2 and len(asked) == 3 and trainer.step_count == 2
     assert len(trainer.train(PROMPTS, steps=2)) == 2  # no gate: as before
+
+
+@pytest.mark.slow
+def test_ppo_trainer_holds_on_a_pause_until_resumed(tmp_path):
+    from rlhf_hgt.lm.models import load_causal_lm
+    from rlhf_hgt.lm.ppo import LMPPOConfig, LMPPOTrainer
+
+    model, tok = load_causal_lm("tiny")
+    cfg = LMPPOConfig(steps=2, batch_size=2, mini_batch_size=2, num_ppo_epochs=1,
+                      response_length=4)
+    trainer = LMPPOTrainer(model, tok, lambda p, r: float(len(r)), cfg)
+    overseer = Overseer(tmp_path, poll_seconds=0.05)
+    _act(tmp_path, "pause", "a look")
+    threading.Timer(1.5, lambda: _act(tmp_path, "resume", "fine")).start()
+    t0 = time.time()
+    assert len(trainer.train(PROMPTS, gate=overseer.single_run_gate)) == 2
+    assert time.time() - t0 >= 1.4
+    overseer.close()
+
+
+@pytest.mark.slow
+def test_lm_ppo_cli_paused_then_stopped_from_another_process(tmp_path):
+    run = tmp_path / "run"
+    args = ["--model", "tiny", "--reward", "length", "--steps", "100000", "--batch-size", "2",
+            "--mini-batch-size", "2", "--max-new-tokens", "4", "--prompt", "hello there",
+            "--prompt", "abc", "--out", str(run)]
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf_hgt.cli", "lm", "ppo", *args],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(run.is_dir, proc)
+        time.sleep(1.0)
+        _act(run, "pause", "a look")
+        _wait_for(lambda: "paused by ana" in _peek(proc), proc, limit=30)
+        _act(run, "rollback" if kept_rounds(run) else "reject", "not this one")
+        time.sleep(2.0)
+        assert proc.poll() is None  # still paused: a refused reject does not end the pause
+        _act(run, "stop", "enough", by="eve")
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    m = _metrics(run)
+    assert m["status"] == "stopped by eve: enough" and m["steps"] < 100000
+    assert [a["act"] for a in m["oversight"]["acts"]] == ["pause", "reject", "stop"]
+    assert m["oversight"]["refused"][0]["act"] == "reject"
+    assert (run / "checkpoints" / "adapter_model.safetensors").is_file()
 
 
 # ----------------------------------------------------------------------------- lm online

@@ -194,8 +194,10 @@ def run_attention(cfg: AttentionConfig, progress: Progress = _quiet) -> dict[str
     for epoch in range(epochs):
         model.train()
         losses = []
-        for idx in torch.randperm(len(x_tr), generator=gen).split(cfg.batch_size):
-            if not overseer.single_run_gate():  # a pause holds here; a stop ends training
+        for i, idx in enumerate(torch.randperm(len(x_tr), generator=gen).split(cfg.batch_size)):
+            # a person's pause holds here, a stop ends training: asked at each pass's start
+            # and then about every half second
+            if not overseer.single_run_gate(force=i == 0):
                 break
             idx = idx.to(device)
             ramp(step)

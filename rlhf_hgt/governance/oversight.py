@@ -141,6 +141,8 @@ class Overseer:
     _last_id: int = 0
     _last_poll: float = 0.0
     _store: Any = None
+    _paused: dict[str, Any] | None = None  # the pause a stop/reject/rollback came in
+    _hold: dict[str, Any] | None = None  # a pause gate() goes on holding (a refused act's)
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -192,7 +194,7 @@ class Overseer:
         pause blocks here (polling) until another act ends it."""
         if self.pending is not None:
             return False
-        paused: dict[str, Any] | None = None
+        paused, self._hold = self._hold, None
         acts = self.poll(force)
         while True:
             for act in acts:
@@ -207,7 +209,7 @@ class Overseer:
                         self.progress("resumed", _who(act))
                     paused = None
                 elif kind in ("stop", "reject", "rollback"):
-                    self.pending = act
+                    self.pending, self._paused = act, paused
                     self.progress("oversight", _who(act))
                     return False
             if paused is None:
@@ -238,7 +240,7 @@ class Overseer:
         import sys
 
         act = self.pending or {}
-        self.pending = None
+        self.pending, self._hold = None, self._paused  # a pause it came in goes on
         entry = _who(act) | {"at": act.get("at"), "refused": why}
         self.refused.append(entry)
         self.progress("refused", entry)
