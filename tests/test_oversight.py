@@ -197,6 +197,12 @@ def test_a_rejected_checkpoint_is_neither_resumed_nor_the_result(tmp_path):
     with PreferenceStore(out / "feedback.db", create=False) as store:
         (event,) = store.events("oversight")
     assert event["data"]["checkpoint"] == "round-001"
+    # lineage marks the rejected checkpoint, not the round trained again in its place
+    shown = _cli("lineage", str(out), "--json")
+    assert shown.returncode == 0, shown.stderr
+    marked = {c["checkpoint"]: c["rejected"] for c in json.loads(shown.stdout)["checkpoints"]}
+    assert marked["round-001"] is True and marked["round-001.1"] is False
+    assert [o["act"] for o in json.loads(shown.stdout)["oversight"]] == ["reject"]
 
 
 @pytest.mark.slow

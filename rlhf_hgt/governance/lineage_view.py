@@ -117,7 +117,7 @@ def read_lineage(run_dir: str | os.PathLike, checkpoint: str | None = None) -> d
     rejected = {str(o["checkpoint"]) for o in oversight
                 if o["act"] == "reject" and o["checkpoint"] is not None}
     chosen = _match(run, entries, checkpoint) if checkpoint else next(
-        (e for e in reversed(entries) if not _names(e) & rejected), entries[-1])
+        (e for e in reversed(entries) if str(e["checkpoint"]) not in rejected), entries[-1])
     store = resolve_store(run, chosen.get("store"))
     if chosen.get("store") and (store is None or not store.is_file()):
         raise UserInputError(f"{store}: the store {chosen['checkpoint']} learned from is "
@@ -150,7 +150,7 @@ def read_lineage(run_dir: str | os.PathLike, checkpoint: str | None = None) -> d
             "answers": len(e.get("answer_ids") or (e.get("data") or {}).get("lines") or []),
             "answer_ids": e.get("answer_ids"), "marks": len(e.get("mark_ids") or []),
             "sha256": checkpoint_sha256(files), "files": files,
-            "rejected": bool(_names(e) & rejected),
+            "rejected": str(e["checkpoint"]) in rejected,  # by name: round-001.1 is not round-001
             **({"recorded_late": True} if e.get("recorded_late") else {})})
     if chosen.get("answer_ids") is None and not out["answers"] and not out["marks"]:
         out["notes"].append(f"{chosen['checkpoint']} learned from no stored answer "
