@@ -277,7 +277,7 @@ def test_online_cli_stopped_from_another_process_and_a_pause_that_holds(tmp_path
     run = tmp_path / "run"
     from test_lm_online import SMALL
 
-    args = [*SMALL, "--prompt", "hello there", "--prompt", "abc", "--prompt", "why?",
+    args = [*(a for a in SMALL if a != "--quiet"), "--prompt", "hello there", "--prompt", "abc", "--prompt", "why?",
             "--prompt", "zz top", "--rounds", "20", "--out", str(run)]
     proc = subprocess.Popen([sys.executable, "-m", "rlhf_hgt.cli", "lm", "online", *args],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
