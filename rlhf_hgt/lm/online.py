@@ -67,6 +67,7 @@ from rlhf_hgt.feedback.files import write_json_atomic
 from rlhf_hgt.feedback.store import PreferenceStore, TextPair
 from rlhf_hgt.governance import lineage
 from rlhf_hgt.governance.oversight import Overseer, parse_round
+from rlhf_hgt.lm import online_checkpoints as kept
 from rlhf_hgt.lm.online_config import OnlineConfig, default_ppo_config
 from rlhf_hgt.lm.scores import BUILTIN_SCORES, make_score
 
@@ -307,12 +308,14 @@ class _Loop:
         if not state.get("checkpoint") or state["checkpoint"] not in self.overseer.rejected():
             return state
         self.progress("rejected", {"checkpoint": state["checkpoint"]})
-        return self._go_back(self._before(state["checkpoint"]), state.get("eval_score_initial"))
+        back = kept.before(self.out, state["checkpoint"], self.overseer.rejected())
+        return self._go_back(back, state.get("eval_score_initial"))
 
     def _obey(self, initial: float | None) -> dict[str, Any] | None:
         """Carry out a person's stop (None), reject or rollback: the state to go on from."""
         act = self.overseer.pending or {}
-        if act.get("act") == "rollback" and self._kept(parse_round(act["to"])) is None:
+        if act.get("act") == "rollback" and kept.newest_of_round(self.out, parse_round(
+                act["to"])) is None:
             self.overseer.refuse(f"{act['to']}'s checkpoint is no longer kept")
             act = {"act": "refused", "to": self.current}  # the round in progress is dropped
         self.overseer.done()
@@ -321,41 +324,13 @@ class _Loop:
         if act.get("act") == "refused":
             folder = self.out / self.current if self.current else None
         elif act.get("act") == "rollback":
-            folder = self._kept(parse_round(act["to"]))
+            folder = kept.newest_of_round(self.out, parse_round(act["to"]))
         else:  # reject: back to the checkpoint the rejected one started from
-            folder = self._before(str(act.get("checkpoint") or self.current or ""))
+            folder = kept.before(self.out, str(act.get("checkpoint") or self.current or ""),
+                                 self.overseer.rejected())
         state = self._go_back(folder, initial)
         self.progress("rolled_back", {"round": state["round"], "act": act.get("act")})
         return state
-
-    def _kept(self, rnd: int) -> Path | None:
-        """Round ``rnd``'s newest kept checkpoint folder (None: none kept)."""
-        found = [d for d in self._folders() if parse_round(d.name) == rnd]
-        return found[-1] if found else None
-
-    def _folders(self) -> list[Path]:
-        """The kept round checkpoints that hold the loop's state, oldest written first."""
-        found = [d for d in (self.out / CHECKPOINTS).glob("round*")
-                 if d.is_dir() and (d / STATE_FILE).is_file()]
-        return sorted(found, key=lambda d: ((d / STATE_FILE).stat().st_mtime_ns, d.name))
-
-    def _before(self, name: str) -> Path | None:
-        """Where to go back to when checkpoint ``name`` is rejected: the checkpoint its round
-        started from (or that one's, when it is rejected or no longer kept); when ``name``
-        is gone, the newest kept one of an earlier round; None: a fresh start."""
-        rejected = self.overseer.rejected()
-        folder = self.out / name if name else None
-        while folder is not None and (folder / STATE_FILE).is_file():
-            parent = json.loads((folder / STATE_FILE).read_text()).get("parent")
-            folder = self.out / parent if parent else None
-            if folder is not None and parent not in rejected and (folder / STATE_FILE).is_file():
-                return folder
-        if folder is None:
-            return None
-        rnd = _round_of(name)
-        earlier = [d for d in self._folders() if parse_round(d.name) < rnd
-                   and str(d.relative_to(self.out)) not in rejected]
-        return max(earlier, key=lambda d: parse_round(d.name)) if earlier else None
 
     def _go_back(self, folder: Path | None, initial: float | None) -> dict[str, Any]:
         """Make ``folder`` (None: a fresh policy) the run's current checkpoint; the rounds
@@ -568,7 +543,7 @@ class _Loop:
     def _checkpoint(self, rnd: int, history: list[dict[str, Any]],
                     initial: float | None) -> None:
         root = self.out / CHECKPOINTS
-        name = f"round{rnd:04d}" + (f".{self.generation}" if self.generation else "")
+        name = kept.folder_name(rnd, self.generation)
         ck, tmp = root / name, root / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         self.trainer.save(tmp)  # adapter, value head, optimiser, PPO updates, KL coefficient
@@ -591,9 +566,7 @@ class _Loop:
         write_json_atomic(self.out / STATE_FILE, state)  # the commit point of the round: last
         lineage.record_checkpoint(self.out, self.store, ck.name, [ck, reward], round=rnd,
                                   role="policy and reward model", prunable=True)
-        kept = self._folders()  # oldest written first (older layouts without state first)
-        legacy = sorted(d for d in root.glob("round*") if d.is_dir() and d not in kept)
-        for p in [*legacy, *kept][:-self.cfg.keep_checkpoints]:
+        for p in kept.to_prune(self.out, self.cfg.keep_checkpoints):
             shutil.rmtree(p, ignore_errors=True)
         self._write_manifest()
 
@@ -635,11 +608,3 @@ def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _round_of(name: str) -> int:
-    """The round of a checkpoint's name (0 for a name that has none, e.g. "final")."""
-    try:
-        return parse_round(name)
-    except UserInputError:
-        return 0
