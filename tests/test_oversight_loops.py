@@ -106,6 +106,20 @@ def test_trl_callback_stops_training_and_pause_holds(tmp_path):
     overseer.close()
 
 
+@pytest.mark.slow
+def test_reward_training_ends_early_on_a_stop(tmp_path):
+    from test_lm_reward_dpo import ab_pairs
+
+    from rlhf_hgt.lm.reward import LMRewardConfig, train_reward_model
+    from rlhf_hgt.lm.trl_common import oversight_callback
+
+    asked = []
+    gate = oversight_callback(lambda: asked.append(1) or len(asked) < 2)
+    cfg = LMRewardConfig(max_steps=20, per_device_train_batch_size=4, progress=False)
+    m = train_reward_model("tiny", ab_pairs(32), None, cfg, tmp_path / "rm", callbacks=[gate])
+    assert m["steps"] == 2 and (tmp_path / "rm" / "adapter_model.safetensors").is_file()
+
+
 # ----------------------------------------------------------------------------- lm ppo trainer
 
 
@@ -277,8 +291,8 @@ def test_online_cli_stopped_from_another_process_and_a_pause_that_holds(tmp_path
     run = tmp_path / "run"
     from test_lm_online import SMALL
 
-    args = [*(a for a in SMALL if a != "--quiet"), "--prompt", "hello there", "--prompt", "abc", "--prompt", "why?",
-            "--prompt", "zz top", "--rounds", "20", "--out", str(run)]
+    args = [*(a for a in SMALL if a != "--quiet"), "--prompt", "hello there", "--prompt",
+            "abc", "--prompt", "why?", "--prompt", "zz top", "--rounds", "20", "--out", str(run)]
     proc = subprocess.Popen([sys.executable, "-m", "rlhf_hgt.cli", "lm", "online", *args],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -311,6 +325,40 @@ def test_online_cli_stopped_from_another_process_and_a_pause_that_holds(tmp_path
     assert m["status"] == "stopped by cy: enough for today" and m["rounds"] < 20
     assert [a["act"] for a in m["oversight"]["acts"]] == ["pause", "resume", "stop"]
     assert "paused by cy: a look" in err and "stopped by cy: enough for today" in err
+
+
+@pytest.mark.slow
+def test_online_cli_rollback_from_another_process_continues_from_that_round(tmp_path):
+    run = tmp_path / "run"
+    from test_lm_online import SMALL
+
+    args = [*SMALL, "--prompt", "hello there", "--prompt", "abc", "--prompt", "why?",
+            "--prompt", "zz top", "--rounds", "30", "--keep-checkpoints", "30", "--out",
+            str(run)]
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf_hgt.cli", "lm", "online", *args],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cli = [sys.executable, "-m", "rlhf_hgt.cli", "oversee", str(run)]
+    ck = run / "checkpoints"
+    try:
+        _wait_for(lambda: (ck / "round0002" / "state.json").is_file(), proc)
+        subprocess.run([*cli, "rollback", "--to", "1", "--reason", "drifted", "--by", "fay"],
+                       env=ENV, check=True, capture_output=True)
+        _wait_for(lambda: list(ck.glob("round*.1/state.json")), proc)
+        subprocess.run([*cli, "stop", "--reason", "seen enough", "--by", "fay"], env=ENV,
+                       check=True, capture_output=True)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    first = min(ck.glob("round*.1"), key=lambda d: d.name)
+    state = json.loads((first / "state.json").read_text())
+    assert first.name == "round0002.1" and state["parent"] == "checkpoints/round0001"
+    assert [h["round"] for h in state["history"]] == [0, 1, 2]
+    m = _metrics(run)
+    assert [a["act"] for a in m["oversight"]["acts"]] == ["rollback", "stop"]
+    assert m["status"] == "stopped by fay: seen enough"
+    assert [h["round"] for h in m["history"]] == list(range(m["rounds"]))
 
 
 # ----------------------------------------------------------------------------- attention
