@@ -107,6 +107,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .db import DatabaseError
 from .errors import UserInputError
 from .files import write_bytes_atomic
 from .highlights import highlight_reasons, oriented
@@ -188,7 +189,7 @@ def import_jsonl(store_path: str | os.PathLike, file_path: str | os.PathLike,
     try:
         with store.transaction() as cur:
             _import_records(store, cur, parsed, default, summary)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, DatabaseError) as exc:
         raise StoreError(f"{store.path}: could not write to the store ({exc}); nothing was "
                          "imported; check the disk and that no other program locks it, "
                          "then run the import again") from None

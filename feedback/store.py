@@ -1,4 +1,5 @@
-"""The preference store: one embedded SQLite file (WAL mode), append-only, schema-versioned.
+"""The preference store: one embedded SQLite file (WAL mode), or a PostgreSQL database for a
+team (a ``postgresql://user@host:port/db`` URL); append-only, schema-versioned.
 
 What it holds
 - ``queries``: a pair to compare. Either text (a prompt and two responses) or two trajectory
@@ -17,10 +18,14 @@ What it holds
   a row of kind ``undo`` that names the row it supersedes (:mod:`.marks` reads and writes
   them). A store of schema 1 gains the table when it is opened.
 
-Concurrency: every write is one ``BEGIN IMMEDIATE`` transaction; SQLite serialises writers
-across processes and WAL lets readers go on. Each answer carries a unique token, so a retry
-after a crash never duplicates it. ``synchronous=FULL`` makes an acknowledged answer
-survive a crash of the process (and of the machine).
+Concurrency: every write is one transaction. SQLite: ``BEGIN IMMEDIATE`` serialises writers
+across processes and WAL lets readers go on; ``synchronous=FULL`` makes an acknowledged
+answer survive a crash of the process (and of the machine). PostgreSQL: an answer locks its
+query's row (``FOR UPDATE``), so two annotators never both fill its last place, and a claim
+skips rows another annotator is claiming (``FOR UPDATE SKIP LOCKED``); a commit is durable
+when it returns. Each answer carries a unique token, so a retry after a crash (or a lost
+connection) never duplicates it. Answers, events and marks cannot be changed or removed:
+triggers in the database refuse it (:mod:`.schema`). :mod:`.db` holds the two connections.
 
 This module imports nothing of ours and no torch: the store knows no trainer.
 """
@@ -38,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from . import schema
+from .db import Database, DatabaseError, StoreURL, is_url, open_postgres, open_sqlite
 from .records import (
     Answer,
     Query,
@@ -51,96 +58,20 @@ from .records import (
 )
 from .sqlite_files import is_sqlite
 
-SCHEMA_VERSION = 2  # 2: the marks table (a store of schema 1 is migrated on open)
-APP_ID = "rlhf_hgt.feedback"
+SCHEMA_VERSION = schema.SCHEMA_VERSION  # 2: marks; 3: append-only triggers (see .schema)
+APP_ID = schema.APP_ID
 DEFAULT_STORE = Path("feedback") / "preferences.db"
 ANSWERS = ("left", "right", "tie", "skip")
 KINDS = ("text", "segment")
 CLAIM_SECONDS = 15 * 60.0
 REASON_KEYS = {"features", "highlights"}  # what a reasons event may carry (record_reasons)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS queries (
-    id INTEGER PRIMARY KEY,
-    uid TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL CHECK (kind IN ('text', 'segment')),
-    prompt TEXT,
-    left_payload BLOB NOT NULL,
-    right_payload BLOB NOT NULL,
-    left_hash TEXT NOT NULL,
-    right_hash TEXT NOT NULL,
-    left_source TEXT,
-    right_source TEXT,
-    env_id TEXT,
-    round INTEGER,
-    gold TEXT CHECK (gold IS NULL OR gold IN ('left', 'right', 'tie')),
-    meta TEXT NOT NULL DEFAULT '{}',
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS answers (
-    id INTEGER PRIMARY KEY,
-    query_id INTEGER NOT NULL REFERENCES queries(id),
-    annotator TEXT NOT NULL,
-    synthetic INTEGER NOT NULL DEFAULT 0,
-    answer TEXT NOT NULL CHECK (answer IN ('left', 'right', 'tie', 'skip')),
-    shown_at REAL,
-    answered_at REAL NOT NULL,
-    rationale TEXT,
-    interface TEXT NOT NULL,
-    token TEXT NOT NULL UNIQUE
-);
-CREATE INDEX IF NOT EXISTS answers_query ON answers(query_id);
-CREATE INDEX IF NOT EXISTS answers_annotator ON answers(annotator);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
-    at REAL NOT NULL,
-    kind TEXT NOT NULL,
-    annotator TEXT,
-    answer_id INTEGER REFERENCES answers(id),
-    token TEXT UNIQUE,
-    data TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS events_answer ON events(answer_id);
-CREATE TABLE IF NOT EXISTS claims (
-    query_id INTEGER NOT NULL REFERENCES queries(id),
-    annotator TEXT NOT NULL,
-    expires_at REAL NOT NULL,
-    PRIMARY KEY (query_id, annotator)
-);
-CREATE VIEW IF NOT EXISTS active_answers AS
-    SELECT a.* FROM answers a
-    WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.kind = 'undo' AND e.answer_id = a.id);
-"""
+_SCHEMA = schema.TABLES  # the tables of schema 1 (tests build old stores from it)
 
-# schema 2. cells: a JSON list of [row, col] pairs (0-based); '[]' for a skip or an undo.
-_MARKS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS marks (
-    id INTEGER PRIMARY KEY,
-    dataset TEXT NOT NULL,
-    image INTEGER NOT NULL,
-    grid_rows INTEGER NOT NULL CHECK (grid_rows > 0),
-    grid_cols INTEGER NOT NULL CHECK (grid_cols > 0),
-    kind TEXT NOT NULL CHECK (kind IN ('mark', 'skip', 'undo')),
-    cells TEXT NOT NULL DEFAULT '[]',
-    undoes INTEGER REFERENCES marks(id),
-    annotator TEXT NOT NULL,
-    synthetic INTEGER NOT NULL DEFAULT 0,
-    shown_at REAL,
-    answered_at REAL NOT NULL,
-    interface TEXT NOT NULL,
-    image_hash TEXT,
-    token TEXT NOT NULL UNIQUE,
-    CHECK ((kind = 'undo') = (undoes IS NOT NULL))
-);
-CREATE INDEX IF NOT EXISTS marks_image ON marks(dataset, image);
-CREATE INDEX IF NOT EXISTS marks_undoes ON marks(undoes);
-CREATE VIEW IF NOT EXISTS active_marks AS
-    SELECT m.* FROM marks m
-    WHERE m.kind IN ('mark', 'skip')
-      AND NOT EXISTS (SELECT 1 FROM marks u WHERE u.kind = 'undo' AND u.undoes = m.id);
-"""
 
+# a claim taken or renewed (the same words on both: SQLite 3.24+ and PostgreSQL upsert)
+_CLAIM = ("INSERT INTO claims VALUES (?, ?, ?) ON CONFLICT (query_id, annotator) "
+          "DO UPDATE SET expires_at = excluded.expires_at")
 
 # ----------------------------------------------------------------------------- the store
 
@@ -158,7 +89,11 @@ class PreferenceStore:
     """
 
     def __init__(self, path: str | os.PathLike, create: bool = True, timeout: float = 60.0):
-        self.path = Path(path)
+        if is_url(path):
+            self._open_postgres(StoreURL(str(path) if not isinstance(path, StoreURL)
+                                         else path), create, timeout)
+            return
+        self.path: Path | StoreURL = Path(path)
         if self.path.is_dir():
             raise StoreError(f"{self.path}: is a folder; give the path of a store file, "
                              f"e.g. {self.path / 'preferences.db'}")
@@ -172,29 +107,45 @@ class PreferenceStore:
             raise StoreError(f"{self.path}: not a preference store (not an SQLite file); "
                              "give the path of a store, or a new path to create one")
         try:
-            self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+            self.conn: Database = open_sqlite(str(self.path), timeout)
             self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             if not exists:
                 self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = FULL")
             self.conn.execute("PRAGMA foreign_keys = ON")
-            self._init_schema(exists)
+            self._init_schema(exists, create, "an SQLite file")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot be opened as a preference store ({exc})") \
                 from None
 
+    def _open_postgres(self, url: StoreURL, create: bool, timeout: float) -> None:
+        self.path = url  # prints with the password masked; reopens with it
+        self.conn = open_postgres(url, timeout)
+        try:
+            self._init_schema(True, create, "a PostgreSQL database")
+        except DatabaseError as exc:
+            self.conn.close()
+            raise StoreError(f"{exc}: the database cannot be used as a preference store; "
+                             "check that this user may create tables in it") from None
+        except BaseException:
+            self.conn.close()
+            raise
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.conn.is_postgres
+
     # -- schema
 
-    def _init_schema(self, exists: bool) -> None:
-        tables = {r[0] for r in self.conn.execute(
-            "SELECT name FROM sqlite_master WHERE type='table'")}
+    def _init_schema(self, exists: bool, create: bool, what: str) -> None:
+        tables = self.conn.tables()
         if exists and tables and "meta" not in tables:
-            raise StoreError(f"{self.path}: an SQLite file, but not a preference store "
+            raise StoreError(f"{self.path}: {what}, but not a preference store "
                              "(no meta table); give the path of a store")
         if "meta" in tables:
-            meta = dict(self.conn.execute("SELECT key, value FROM meta"))
+            meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
             if meta.get("app") != APP_ID:
-                raise StoreError(f"{self.path}: an SQLite file made by something else "
+                raise StoreError(f"{self.path}: {what} made by something else "
                                  f"(app={meta.get('app')!r}); give the path of a store")
             version = int(meta.get("schema_version", "0"))
             if version > SCHEMA_VERSION:
@@ -204,31 +155,25 @@ class PreferenceStore:
             if version < SCHEMA_VERSION:
                 self._migrate()
             return
-        with self.transaction() as cur:
-            for statement in (_SCHEMA + _MARKS_SCHEMA).split(";"):
-                if statement.strip():
-                    cur.execute(statement)
-            cur.execute("INSERT OR IGNORE INTO meta VALUES ('app', ?)", (APP_ID,))
-            cur.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                        (str(SCHEMA_VERSION),))
-            cur.execute("INSERT OR IGNORE INTO meta VALUES ('created_at', ?)", (str(time.time()),))
-            cur.execute("INSERT OR IGNORE INTO meta VALUES ('annotators_per_query', '1')")
+        if not create:  # an empty database (a file is refused before it is opened)
+            raise StoreError(f"{self.path}: holds no store yet; create one with "
+                             "`rlhf-hgt feedback import` or give the right URL")
+        self._migrate()
 
     def _migrate(self) -> None:
-        """Bring a store of an older schema up to this one, in one transaction (two processes
-        opening the same old store at once migrate it once). Only adds: nothing is changed
-        or removed, so every answer stays as it was."""
+        """Create the store or bring one of an older schema up to this one, in one
+        transaction (two processes opening the same store at once do it once). Only adds:
+        nothing is changed or removed, so every answer stays as it was."""
         with self.transaction() as cur:
-            row = cur.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if self.is_postgres:  # DDL does not wait on row locks: one process at a time
+                cur.execute("SELECT pg_advisory_xact_lock(7291001)")
+            row = None
+            if "meta" in self.conn.tables():
+                row = cur.execute("SELECT value FROM meta WHERE key = 'schema_version'"
+                                  ).fetchone()
             version = int(row[0]) if row else 0
-            if version < 2:
-                for statement in _MARKS_SCHEMA.split(";"):
-                    if statement.strip():
-                        cur.execute(statement)
-            cur.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
-                        (str(SCHEMA_VERSION),))
-            cur.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                        (f"migrated_to_{SCHEMA_VERSION}_at", str(time.time())))
+            if version < SCHEMA_VERSION:
+                schema.upgrade(cur, self.conn.dialect, version)
 
     def close(self) -> None:
         self.conn.close()
@@ -242,19 +187,19 @@ class PreferenceStore:
     # -- transactions
 
     class _Tx:
-        def __init__(self, conn: sqlite3.Connection):
+        def __init__(self, conn: Database):
             self.conn = conn
 
-        def __enter__(self) -> sqlite3.Cursor:
-            self.conn.execute("BEGIN IMMEDIATE")
+        def __enter__(self) -> Any:
+            self.conn.begin_write()
             self.cur = self.conn.cursor()
             return self.cur
 
         def __exit__(self, exc_type, exc, tb) -> None:
             if exc_type is None:
-                self.conn.execute("COMMIT")
+                self.conn.commit()
             else:
-                self.conn.execute("ROLLBACK")
+                self.conn.rollback()
 
     def transaction(self) -> PreferenceStore._Tx:
         """One write transaction: everything inside lands together or not at all."""
@@ -268,7 +213,7 @@ class PreferenceStore:
 
     def set_setting(self, key: str, value: str) -> None:
         with self.transaction() as cur:
-            cur.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+            cur.execute(f"INSERT INTO meta VALUES (?, ?) {schema.UPSERT}", (key, value))
 
     @property
     def annotators_per_query(self) -> int:
@@ -276,7 +221,7 @@ class PreferenceStore:
 
     # -- adding queries
 
-    def add_text_queries(self, pairs: Iterable[TextPair], cur: sqlite3.Cursor | None = None,
+    def add_text_queries(self, pairs: Iterable[TextPair], cur: Any | None = None,
                          round: int | None = None) -> list[int]:
         """Add pending text comparisons; a pair already in the store is reused, not duplicated."""
         rows = []
@@ -290,7 +235,7 @@ class PreferenceStore:
     def add_segment_query(self, left: Mapping[str, np.ndarray], right: Mapping[str, np.ndarray],
                           env_id: str | None = None, left_source: str | None = None,
                           right_source: str | None = None, round: int | None = None,
-                          meta: dict | None = None, cur: sqlite3.Cursor | None = None) -> int:
+                          meta: dict | None = None, cur: Any | None = None) -> int:
         """Add a pair of trajectory segments (each a dict of arrays, e.g. obs, actions,
         true_rewards, frames)."""
         return self.add_segment_queries([(left, right)], env_id, left_source, right_source,
@@ -300,7 +245,7 @@ class PreferenceStore:
                             env_id: str | None = None, left_source: str | None = None,
                             right_source: str | None = None, round: int | None = None,
                             meta: dict | None = None,
-                            cur: sqlite3.Cursor | None = None) -> list[int]:
+                            cur: Any | None = None) -> list[int]:
         rows = []
         for left, right in pairs:
             lb, rb = encode_arrays(left), encode_arrays(right)
@@ -310,15 +255,16 @@ class PreferenceStore:
                          env_id, round, None, json.dumps(meta or {})))
         return self._insert_queries(rows, cur)
 
-    def _insert_queries(self, rows: list[tuple], cur: sqlite3.Cursor | None) -> list[int]:
-        def run(c: sqlite3.Cursor) -> list[int]:
+    def _insert_queries(self, rows: list[tuple], cur: Any | None) -> list[int]:
+        def run(c: Any) -> list[int]:
             ids = []
             now = time.time()
             for row in rows:
-                c.execute("INSERT OR IGNORE INTO queries (uid, kind, prompt, left_payload, "
+                c.execute("INSERT INTO queries (uid, kind, prompt, left_payload, "
                           "right_payload, left_hash, right_hash, left_source, right_source, "
                           "env_id, round, gold, meta, created_at) "
-                          "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", (*row, now))
+                          "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                          (*row, now))
                 ids.append(c.execute("SELECT id FROM queries WHERE uid = ?",
                                      (row[0],)).fetchone()[0])
             return ids
@@ -380,8 +326,15 @@ class PreferenceStore:
         only those in ``among`` when given (e.g. one round's queries in a shared store).
 
         Claimed by someone else (a live lease) counts as taken."""
-        need = per_query or self.annotators_per_query
-        now = time.time()
+        sql, args = self._pending_sql(annotator, per_query or self.annotators_per_query, kind)
+        ids = [r[0] for r in self.conn.execute(sql + " ORDER BY q.id", args)]
+        if among is not None:
+            wanted = set(among)
+            ids = [i for i in ids if i in wanted]
+        return ids
+
+    @staticmethod
+    def _pending_sql(annotator: str, need: int, kind: str | None) -> tuple[str, list[Any]]:
         sql = """
             SELECT q.id FROM queries q
             WHERE NOT EXISTS (SELECT 1 FROM active_answers a
@@ -390,15 +343,11 @@ class PreferenceStore:
                 + (SELECT COUNT(*) FROM claims c WHERE c.query_id = q.id
                    AND c.annotator != ? AND c.expires_at > ?) < ?
         """
-        args: list[Any] = [annotator, annotator, now, need]
+        args: list[Any] = [annotator, annotator, time.time(), need]
         if kind:
             sql += " AND q.kind = ?"
             args.append(kind)
-        ids = [r[0] for r in self.conn.execute(sql + " ORDER BY q.id", args)]
-        if among is not None:
-            wanted = set(among)
-            ids = [i for i in ids if i in wanted]
-        return ids
+        return sql, args
 
     def count_pending(self, annotator: str, per_query: int | None = None) -> int:
         return len(self.pending_ids(annotator, per_query))
@@ -409,13 +358,35 @@ class PreferenceStore:
         """Take a lease on the next pending query for this annotator (or None when done)."""
         excluded = set(exclude)
         with self.transaction() as cur:
+            if self.is_postgres:
+                qid = self._pg_next(cur, annotator, per_query or self.annotators_per_query,
+                                    kind, excluded)
+                if qid is not None:
+                    cur.execute(_CLAIM, (qid, annotator, time.time() + lease_seconds))
+                return qid
+            # SQLite: BEGIN IMMEDIATE made this the only writer; the first pending is ours
             for qid in self.pending_ids(annotator, per_query, kind):
                 if qid in excluded:
                     continue
-                cur.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)",
-                            (qid, annotator, time.time() + lease_seconds))
+                cur.execute(_CLAIM, (qid, annotator, time.time() + lease_seconds))
                 return qid
         return None
+
+    def _pg_next(self, cur: Any, annotator: str, need: int, kind: str | None,
+                 excluded: set[int]) -> int | None:
+        """PostgreSQL: the next pending query, its row locked. SKIP LOCKED passes over a
+        query another annotator is claiming at this moment; once locked, the query is asked
+        again (READ COMMITTED: a new statement sees a claim committed while we looked)."""
+        sql, args = self._pending_sql(annotator, need, kind)
+        while True:
+            row = cur.execute(sql + " AND NOT (q.id = ANY(?)) ORDER BY q.id LIMIT 1 "
+                              "FOR UPDATE OF q SKIP LOCKED", [*args, sorted(excluded)]
+                              ).fetchone()
+            if row is None:
+                return None
+            if cur.execute(sql + " AND q.id = ?", [*args, row[0]]).fetchone() is not None:
+                return int(row[0])
+            excluded.add(row[0])
 
     def unanswered_ids(self, per_query: int | None = None) -> list[int]:
         """Queries with fewer active answers than wanted, claimed or not."""
@@ -428,8 +399,7 @@ class PreferenceStore:
               lease_seconds: float = CLAIM_SECONDS) -> None:
         """Take (or renew) a lease on one query, e.g. one shown again after an undo."""
         with self.transaction() as cur:
-            cur.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)",
-                        (query_id, annotator, time.time() + lease_seconds))
+            cur.execute(_CLAIM, (query_id, annotator, time.time() + lease_seconds))
 
     def release_claims(self, annotator: str, query_ids: Iterable[int] | None = None) -> None:
         with self.transaction() as cur:
@@ -480,7 +450,7 @@ class PreferenceStore:
                                         interface, uuid.uuid4().hex, need)
                     for (qid, answer), at in zip(items, shown, strict=True)]
 
-    def _insert_answer(self, cur: sqlite3.Cursor, query_id: int, answer: str, annotator: str,
+    def _insert_answer(self, cur: Any, query_id: int, answer: str, annotator: str,
                        synthetic: bool, shown_at: float | None, answered_at: float | None,
                        rationale: str | None, interface: str, token: str,
                        need: int) -> int | None:
@@ -488,7 +458,11 @@ class PreferenceStore:
         row = cur.execute("SELECT id FROM answers WHERE token = ?", (token,)).fetchone()
         if row:
             return row[0]
-        if cur.execute("SELECT 1 FROM queries WHERE id = ?", (query_id,)).fetchone() is None:
+        # PostgreSQL: lock the query's row, so the count below holds until this commits
+        # (SQLite's BEGIN IMMEDIATE already made this the only writer)
+        lock = " FOR UPDATE" if self.is_postgres else ""
+        if cur.execute(f"SELECT 1 FROM queries WHERE id = ?{lock}",
+                       (query_id,)).fetchone() is None:
             raise StoreError(f"{self.path}: no query with id {query_id}")
         if need:
             mine = cur.execute("SELECT COUNT(*) FROM active_answers WHERE query_id = ? "
@@ -541,13 +515,13 @@ class PreferenceStore:
     # -- events
 
     def log_event(self, kind: str, annotator: str | None = None, data: dict | None = None,
-                  token: str | None = None, cur: sqlite3.Cursor | None = None,
+                  token: str | None = None, cur: Any | None = None,
                   answer_id: int | None = None) -> None:
         """Append an event; ``answer_id`` ties it to one answer (e.g. the fields an imported
         line carried with that answer). A repeated ``token`` adds nothing."""
         args = (time.time(), kind, annotator, answer_id, token, json.dumps(data or {}))
-        sql = ("INSERT OR IGNORE INTO events (at, kind, annotator, answer_id, token, data) "
-               "VALUES (?,?,?,?,?,?)")
+        sql = ("INSERT INTO events (at, kind, annotator, answer_id, token, data) "
+               "VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING")
         if cur is not None:
             cur.execute(sql, args)
             return
@@ -593,10 +567,14 @@ class PreferenceStore:
 
     def flush(self) -> None:
         """Write the WAL into the main file, so the file alone (its hash, a copy) holds every
-        answer recorded so far."""
-        self.conn.execute("PRAGMA wal_checkpoint(FULL)")
+        answer recorded so far. (PostgreSQL: nothing to do, a commit is in the database.)"""
+        if not self.is_postgres:
+            self.conn.execute("PRAGMA wal_checkpoint(FULL)")
 
     def integrity_check(self) -> str:
+        """SQLite's integrity check; "ok" on PostgreSQL, whose server checks its own pages."""
+        if self.is_postgres:
+            return "ok"
         return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
 
 

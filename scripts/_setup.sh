@@ -52,6 +52,11 @@ fi
 # driven by playwright (a dev extra) through executable_path=/usr/bin/chromium; playwright's
 # own browser download cannot work offline. Installed once, only when missing; without apt
 # (or the rights to use it) the browser tests are skipped and say why.
+# apt-get update once per set-up, however many packages are missing
+APT_UPDATED=""
+apt_update_once() {
+  if [[ -z "$APT_UPDATED" ]]; then "$@" apt-get update -q && APT_UPDATED=1; fi
+}
 ensure_chromium() {
   if [[ -x /usr/bin/chromium ]]; then return 0; fi
   if ! command -v apt-get >/dev/null 2>&1; then
@@ -71,10 +76,39 @@ ensure_chromium() {
   echo "[setup] installing Debian's chromium with apt-get (for the report's browser tests)"
   local log
   log="$(mktemp)"
-  if ! { $sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q \
+  if ! { apt_update_once $sudo && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q \
       chromium; } >"$log" 2>&1; then
     echo "[setup] apt-get could not install chromium (last lines below); the report's browser" \
       "tests will be skipped" >&2
+    tail -n 5 "$log" >&2
+  fi
+  rm -f "$log"
+}
+# A real PostgreSQL 15 server for the team store's tests (tests/helpers/pg_server.py starts
+# one per test process on 127.0.0.1): Debian's postgresql-15 from apt, only when missing.
+# Without it those tests fail (they never skip), and the message says how to install it.
+ensure_postgresql() {
+  if [[ -x /usr/lib/postgresql/15/bin/initdb ]]; then return 0; fi
+  local sudo=""
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] no apt-get here: install PostgreSQL 15 (/usr/lib/postgresql/15/bin) for the" \
+      "team store's tests, or set RLHF_HGT_PG_BIN to its bin folder" >&2
+    return 0
+  fi
+  if [[ "$(id -u)" -ne 0 ]]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+      echo "[setup] postgresql-15 is missing and apt-get needs root: run" \
+        "'sudo apt-get install -y postgresql-15' (the team store's tests need it)" >&2
+      return 0
+    fi
+  fi
+  echo "[setup] installing Debian's postgresql-15 with apt-get (for the team store's tests)"
+  local log
+  log="$(mktemp)"
+  if ! { apt_update_once $sudo && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q \
+      --no-install-recommends postgresql-15; } >"$log" 2>&1; then
+    echo "[setup] apt-get could not install postgresql-15 (last lines below); the team" \
+      "store's tests will fail" >&2
     tail -n 5 "$log" >&2
   fi
   rm -f "$log"

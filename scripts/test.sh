@@ -8,6 +8,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh" "[dev]"
 ensure_chromium  # Debian's chromium for tests/test_report.py (apt, only when missing)
+ensure_postgresql  # Debian's PostgreSQL 15 for the team store's tests (apt, only when missing)
 args=()
 for a in "$@"; do
   if [[ "$a" == "--quick" ]]; then args+=(-m "not slow"); else args+=("$a"); fi

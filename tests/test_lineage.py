@@ -19,6 +19,15 @@ from rlhf_hgt.governance import lineage
 from rlhf_hgt.governance.manifest import file_sha256
 
 
+def _tampered(path: Path) -> sqlite3.Connection:
+    """A raw connection to change a store behind its back: the database refuses to change or
+    remove an answer, event or mark, so the tamperer first drops its append-only triggers."""
+    db = sqlite3.connect(path)
+    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        db.execute(f"DROP TRIGGER {name}")
+    return db
+
+
 def lineage_json(capsys: pytest.CaptureFixture, run: Path, *more: str) -> dict:
     capsys.readouterr()
     assert cli_main(["lineage", str(run), "--json", *more]) == 0
@@ -80,14 +89,14 @@ def test_record_and_verify_name_a_changed_answer_a_removed_one_and_a_changed_fil
     assert verify(capsys, run)[0] == 0
 
     altered = shutil.copytree(run, tmp_path / "altered")
-    with sqlite3.connect(altered / "feedback.db") as db:
+    with _tampered(altered / "feedback.db") as db:
         db.execute("UPDATE answers SET answer = 'right' WHERE id = 4")
     code, out = verify(capsys, altered)
     assert code == 1 and "answer 4 changed" in out
     assert "answer 1 " not in out and "answer 2 " not in out
 
     removed = shutil.copytree(run, tmp_path / "removed")
-    with sqlite3.connect(removed / "feedback.db") as db:
+    with _tampered(removed / "feedback.db") as db:
         db.execute("PRAGMA foreign_keys = OFF")
         db.execute("DELETE FROM events WHERE answer_id = 5")
         db.execute("DELETE FROM answers WHERE id = 5")
@@ -95,7 +104,7 @@ def test_record_and_verify_name_a_changed_answer_a_removed_one_and_a_changed_fil
     assert code == 1 and "answer 5 removed" in out
 
     reasons = shutil.copytree(run, tmp_path / "reasons")
-    with sqlite3.connect(reasons / "feedback.db") as db:
+    with _tampered(reasons / "feedback.db") as db:
         db.execute("UPDATE events SET data = '{\"highlights\": {\"left\": [], \"right\": "
                    "[[0, 1]]}}' WHERE kind = 'reasons'")
     code, out = verify(capsys, reasons)
@@ -218,7 +227,7 @@ def test_control_verify_holds_then_names_the_altered_answer_and_file(
     assert code == 0, out
     assert "note: round-000: learned from answer(s) 1, undone afterwards" in out
     run = shutil.copytree(control_run, tmp_path / "run")
-    with sqlite3.connect(run / "feedback.db") as db:
+    with _tampered(run / "feedback.db") as db:
         db.execute("UPDATE answers SET annotator = 'mallory' WHERE id = 3")
     code, out = verify(capsys, run)
     assert code == 1 and "answer 3 changed" in out
@@ -314,7 +323,7 @@ def test_attention_marks_are_the_labels_of_an_attention_run(tmp_path, capsys):
     assert obj["guidance"]["attention_marks"] == len(used)
     assert obj["checkpoints"][0]["sha256"] == file_sha256(out / "model.safetensors")
     assert verify(capsys, out)[0] == 0
-    with sqlite3.connect(store) as db:
+    with _tampered(store) as db:
         db.execute(f"UPDATE marks SET cells = '[]' WHERE id = {used[0]}")
     code, text = verify(capsys, out)
     assert code == 1 and f"mark {used[0]} changed" in text

@@ -157,7 +157,7 @@ def test_a_schema_1_store_is_migrated_on_open_and_keeps_its_answers(tmp_path):
     con.commit()
     con.close()
     with PreferenceStore(path) as st:
-        assert st.get_setting("schema_version") == str(SCHEMA_VERSION) == "2"
+        assert st.get_setting("schema_version") == str(SCHEMA_VERSION) == "3"
         qid = st.add_text_queries([TextPair("p", "a", "b")])[0]
         st.record_answer(qid, "left", "alice")
         record_mark(st, "ds", 0, 4, ["A1"], "alice")

@@ -17,22 +17,55 @@ from rlhf_hgt.feedback.store import (
 
 
 @pytest.fixture
-def store(tmp_path):
+def store(store_at):
+    """A new store on each back end (an SQLite file, a PostgreSQL database)."""
+    s = PreferenceStore(store_at)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
     s = PreferenceStore(tmp_path / "s.db")
     yield s
     s.close()
 
 
-def test_new_store_is_wal_and_versioned(store):
+def test_new_store_is_wal_and_versioned(sqlite_store):
+    store = sqlite_store
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.get_setting("schema_version") == str(SCHEMA_VERSION)
     assert store.integrity_check() == "ok"
 
 
-def test_flush_puts_every_answer_in_the_main_file(store, tmp_path):
+def test_a_new_store_is_versioned_on_both_back_ends(store):
+    assert store.get_setting("schema_version") == str(SCHEMA_VERSION)
+    assert store.get_setting("app") == "rlhf_hgt.feedback"
+    assert store.integrity_check() == "ok"
+
+
+@pytest.mark.parametrize("table", ["answers", "events"])
+def test_the_database_refuses_to_change_or_remove_an_answer_or_event(store, table):
+    """Append-only is the database's rule, not only the store's: a stray client's UPDATE or
+    DELETE is refused on both back ends (triggers), and the row stays as it was."""
+    (qid,) = store.add_text_queries([TextPair("p", "a", "b")])
+    aid = store.record_answer(qid, "left", "ann")
+    store.undo(aid, "ann")
+    column = "answer" if table == "answers" else "kind"
+    for sql in (f"UPDATE {table} SET {column} = 'right'", f"DELETE FROM {table}"):
+        with pytest.raises(Exception, match="append-only") as err:
+            store.conn.execute(sql)
+        assert "StoreError" not in type(err.value).__name__
+    assert [a.answer for a in store.answers(include_undone=True)] == ["left"]
+    assert [e["answer_id"] for e in store.events("undo")] == [aid]
+    store.release_claims("ann")  # claims are coordination: they may still be removed
+
+
+def test_flush_puts_every_answer_in_the_main_file(sqlite_store, tmp_path):
     """A manifest hashes the store's main file: after flush() it alone holds the answers."""
     import shutil
 
+    store = sqlite_store
     ids = store.add_text_queries([TextPair("p", "a", "b"), TextPair("p", "c", "d")])
     store.record_answers([(ids[0], "left"), (ids[1], "right")], "ann")
     store.flush()

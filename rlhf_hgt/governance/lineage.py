@@ -97,11 +97,10 @@ class _Reader:
             self.store.close()
 
     def has(self, table: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
-                                 (table,)).fetchone() is not None
+        return table in self.conn.tables()  # SQLite or PostgreSQL (feedback.db)
 
     def columns(self, table: str) -> list[str]:
-        return [r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")]
+        return self.conn.columns(table)
 
     def rows(self, table: str, columns: list[str], upto: int | None = None
              ) -> Iterable[tuple[int, str]]:
