@@ -256,7 +256,7 @@ def test_online_rollback_and_reject_continue_from_the_right_checkpoint(tmp_path)
 
     # a reject after the run: a resumed run never starts from the rejected checkpoint
     data = _act(run, "reject", "round 3 is unsafe")
-    assert data["checkpoint"] == "checkpoints/round0003.1"
+    assert data["checkpoint"] == "round0003.1"  # named as lineage names it
     events = []
     cfg = _small(tmp_path, rounds=4, keep_checkpoints=5)
     m = run_online(cfg, progress=lambda e, i: events.append((e, i)))

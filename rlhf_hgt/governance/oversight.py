@@ -85,7 +85,8 @@ def current_checkpoint(run_dir: Path) -> str | None:
     except (OSError, ValueError):
         return None
     rnd = state.get("round")
-    return state.get("checkpoint") or (round_name(rnd) if isinstance(rnd, int) else None)
+    name = state.get("checkpoint")  # lm online: checkpoints/roundNNNN[.G], named as lineage does
+    return Path(name).name if name else (round_name(rnd) if isinstance(rnd, int) else None)
 
 
 def record_act(run_dir: str | os.PathLike, act: str, reason: str, by: str,

@@ -305,10 +305,11 @@ class _Loop:
 
     def _unrejected(self, state: dict[str, Any]) -> dict[str, Any]:
         """The state to resume from: ``state``, unless a person rejected its checkpoint."""
-        if not state.get("checkpoint") or state["checkpoint"] not in self.overseer.rejected():
+        rejected = self.overseer.rejected()  # names as lineage writes them: roundNNNN[.G]
+        if not state.get("checkpoint") or Path(state["checkpoint"]).name not in rejected:
             return state
         self.progress("rejected", {"checkpoint": state["checkpoint"]})
-        back = kept.before(self.out, state["checkpoint"], self.overseer.rejected())
+        back = kept.before(self.out, state["checkpoint"], rejected)
         return self._go_back(back, state.get("eval_score_initial"))
 
     def _obey(self, initial: float | None) -> dict[str, Any] | None:

@@ -46,22 +46,23 @@ def newest_of_round(out: Path, rnd: int) -> Path | None:
 
 
 def before(out: Path, name: str, rejected: set[str]) -> Path | None:
-    """Where to go back to when checkpoint ``name`` (``checkpoints/roundNNNN[.G]``) is
-    rejected: the checkpoint its round started from (or that one's, when it is rejected or
-    no longer kept); when ``name`` is gone, the newest kept one of an earlier round that is
-    not rejected; None: a fresh start."""
+    """Where to go back to when checkpoint ``name`` (``roundNNNN[.G]``, as lineage names it;
+    rejected: such names) is rejected: the checkpoint its round started from (or that
+    one's, when it is rejected or no longer kept); when ``name`` is gone, the newest kept one
+    of an earlier round that is not rejected; None: a fresh start."""
     out = Path(out)
-    folder = out / name if name else None
+    folder = out / CHECKPOINTS / Path(name).name if name else None
     while folder is not None and (folder / STATE_FILE).is_file():
         parent = json.loads((folder / STATE_FILE).read_text()).get("parent")
         folder = out / parent if parent else None
-        if folder is not None and parent not in rejected and (folder / STATE_FILE).is_file():
+        if folder is not None and folder.name not in rejected \
+                and (folder / STATE_FILE).is_file():
             return folder
     if folder is None:
         return None
     rnd = round_of(name)
     earlier = [d for d in kept(out) if parse_round(d.name) < rnd
-               and str(d.relative_to(out)) not in rejected]
+               and d.name not in rejected]
     return max(earlier, key=lambda d: parse_round(d.name)) if earlier else None
 
 
