@@ -63,6 +63,28 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def mask_secrets(value: Any) -> Any:
+    """A copy of a JSON-like value (a config, a command line) with every URL's password
+    masked: what a manifest, a report or a card may keep."""
+    if isinstance(value, str):
+        return mask_url(value) if "://" in value and "@" in value else value
+    if isinstance(value, dict):
+        return {k: mask_secrets(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(mask_secrets(v) for v in value)
+    return value
+
+
+def _unmasked(url: str) -> str:
+    """A URL as written in a manifest (password masked) connects without that password, so
+    that PGPASSWORD or ~/.pgpass can give it."""
+    parts = urlsplit(url)
+    if parts.password != MASK:
+        return url
+    netloc = f"{parts.username}@{parts.netloc.rsplit('@', 1)[1]}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 class StoreURL(str):
     """A store's URL as it is shown (its password masked) that still connects: ``str()``,
     printing, JSON and f-strings give the masked text; :attr:`secret` is the URL to connect
@@ -71,7 +93,7 @@ class StoreURL(str):
     secret: str
 
     def __new__(cls, url: str) -> StoreURL:
-        url = url.secret if isinstance(url, StoreURL) else str(url)
+        url = url.secret if isinstance(url, StoreURL) else _unmasked(str(url))
         obj = super().__new__(cls, mask_url(url))
         obj.secret = url
         return obj

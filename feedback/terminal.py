@@ -38,6 +38,7 @@ from typing import Any
 from rich.console import Console
 
 from .annotators import default_annotator
+from .db import is_url
 from .errors import UserInputError
 from .reasons_prompt import (
     ask_features,
@@ -570,7 +571,7 @@ def run_labelling(store_path: str | os.PathLike, opts: LabelOptions) -> int:
     """Label the pending queries of a store at this terminal; returns the exit code
     (0 done, quit or limit; 128+N after signal N). Raises UserInputError (exit 2) for a
     missing store or when stdin is not a terminal."""
-    path = Path(store_path)
+    path: Any = store_path if is_url(store_path) else Path(store_path)  # a team store's URL
     store = PreferenceStore(path, create=False)
     try:
         for name, stream in (("stdin", sys.stdin), ("stdout", sys.stdout)):
@@ -580,8 +581,10 @@ def run_labelling(store_path: str | os.PathLike, opts: LabelOptions) -> int:
                     "not one (a pipe or a file); run it in an interactive terminal, or use "
                     "`rlhf-hgt feedback import` to add labels from a file")
         console = Console(file=sys.stdout, force_terminal=True, color_system="truecolor")
-        gif_dir = Path(opts.gif_dir) if opts.gif_dir else path.parent / "gifs"
+        gif_dir = Path(opts.gif_dir) if opts.gif_dir else (
+            Path("gifs") if is_url(path) else path.parent / "gifs")
         term = Terminal(sys.stdin.fileno(), console.file)
-        return _Session(store, path, opts, gif_dir, term, console).run()
+        # store.path: the file, or the URL (password masked, reopens; .name the database)
+        return _Session(store, store.path, opts, gif_dir, term, console).run()
     finally:
         store.close()

@@ -36,8 +36,8 @@ def _spawn(path: Path, annotator: str, per_query: int = 1, delay: float = 0.0,
 
 
 @pytest.mark.parametrize("per_query", [1, 2])
-def test_four_processes_lose_nothing_and_answer_once(tmp_path, per_query):
-    path = tmp_path / "s.db"
+def test_four_processes_lose_nothing_and_answer_once(tmp_path, per_query, store_at):
+    path = store_at  # an SQLite file, or a PostgreSQL database
     ids = _make_store(path, 120)
     gate = tmp_path / "go"
     procs = [_spawn(path, f"worker{i}", per_query, 0.001, gate) for i in range(4)]
@@ -62,8 +62,8 @@ def test_four_processes_lose_nothing_and_answer_once(tmp_path, per_query):
 
 
 @pytest.mark.slow
-def test_sigkill_labelling_loses_no_acknowledged_answer(tmp_path):
-    path = tmp_path / "s.db"
+def test_sigkill_labelling_loses_no_acknowledged_answer(tmp_path, store_at):
+    path = store_at
     _make_store(path, 400)
     rng = random.Random(0)
     acked: dict[int, tuple[int, str]] = {}
@@ -98,9 +98,10 @@ def _count_file(store: PreferenceStore, k: int) -> int:
 
 
 @pytest.mark.slow
-def test_sigkill_import_is_all_or_nothing(tmp_path):
-    path = tmp_path / "s.db"
-    n, files = 10_000, []
+def test_sigkill_import_is_all_or_nothing(tmp_path, store_at, request):
+    path = store_at
+    team = isinstance(path, str)  # PostgreSQL: one round trip a statement, so fewer lines
+    n, files = (1_000 if team else 10_000), []
     for k in range(8):
         data = tmp_path / f"pairs{k}.jsonl"
         with open(data, "w") as fh:
@@ -114,7 +115,8 @@ def test_sigkill_import_is_all_or_nothing(tmp_path):
 
     # how long one whole import takes on this machine, so the kills land inside it
     scratch = [sys.executable, "-m", "rlhf_hgt.cli", "feedback", "import",
-               str(tmp_path / "scratch.db"), str(files[0])]
+               request.getfixturevalue("pg_server").new_database() if team
+               else str(tmp_path / "scratch.db"), str(files[0])]
     t0 = time.perf_counter()
     subprocess.run(scratch, env=ENV, capture_output=True, timeout=300, check=True)
     whole = time.perf_counter() - t0
@@ -126,7 +128,7 @@ def test_sigkill_import_is_all_or_nothing(tmp_path):
         time.sleep(rng.uniform(0.2, 0.9) * whole)
         proc.send_signal(signal.SIGKILL)
         killed += proc.wait() == -signal.SIGKILL
-        if path.exists():
+        if isinstance(path, str) or path.exists():
             with PreferenceStore(path) as store:
                 assert store.integrity_check() == "ok"
                 for j in range(k + 1):

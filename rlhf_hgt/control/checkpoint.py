@@ -125,7 +125,9 @@ def write_manifest(out: Path, config: dict[str, Any], store) -> None:
     from rlhf_hgt.governance.manifest import write_manifest as _write
 
     store.flush()  # the data hash then covers every answer
-    _write(out, config, {"preference_store": Path(store.path)})
+    # a PostgreSQL store's path is its URL (password masked), not a file
+    _write(out, config, {"preference_store": store.path if store.is_postgres
+                         else Path(store.path)})
 
 
 def plot_curve(out: Path, history: list[dict[str, Any]]) -> Path | None:

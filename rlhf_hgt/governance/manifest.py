@@ -67,12 +67,14 @@ def write_manifest(out: Path, config: dict[str, Any], data_files: dict[str, Path
                    extra: dict[str, Any] | None = None) -> Path:
     """Write RUN_DIR/manifest.json; checkpoints are every file under RUN_DIR/checkpoints and
     every *.safetensors file in RUN_DIR."""
+    from rlhf_hgt.feedback.db import is_url, mask_secrets, mask_url
+
     out = Path(out)
     ckpts = sorted({*out.glob("checkpoints/**/*"), *out.glob("*.safetensors")})
     manifest = {
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": sys.argv,
-        "config": config,
+        "command": mask_secrets(sys.argv),  # a store URL's password never lands here
+        "config": mask_secrets(config),
         "seed": config.get("seed"),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -80,7 +82,9 @@ def write_manifest(out: Path, config: dict[str, Any], data_files: dict[str, Path
         "packages": package_versions(),
         "git": git_revision(),
         "data": {name: {"path": str(p), "sha256": data_sha256(Path(p))}
-                 for name, p in data_files.items() if Path(p).exists()},
+                 for name, p in data_files.items() if not is_url(p) and Path(p).exists()}
+        | {name: {"path": mask_url(str(p)), "sha256": None}  # a team store: no file to hash
+           for name, p in data_files.items() if is_url(p)},
         "checkpoints": {str(p.relative_to(out)): file_sha256(p) for p in ckpts if p.is_file()},
         **(extra or {}),
     }
