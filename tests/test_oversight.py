@@ -99,6 +99,19 @@ def test_a_pause_holds_the_gate_until_resume_and_old_acts_are_history(tmp_path):
     overseer.close()
 
 
+def test_acts_that_arrive_together_are_all_obeyed_in_order(tmp_path):
+    overseer = Overseer(tmp_path, poll_seconds=0.05)
+    record_act(tmp_path, "reject", "bad round", "ana")
+    record_act(tmp_path, "stop", "and stop", "bo")  # in the same poll window
+    assert overseer.gate(force=True) is False and overseer.pending["act"] == "reject"
+    overseer.done()
+    assert overseer.gate() is False and overseer.pending["act"] == "stop"
+    overseer.done()
+    assert overseer.stopped["by"] == "bo"
+    assert [a["act"] for a in overseer.acts] == ["reject", "stop"]
+    overseer.close()
+
+
 # ----------------------------------------------------------------------------- real processes
 
 

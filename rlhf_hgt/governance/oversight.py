@@ -140,6 +140,7 @@ class Overseer:
     acts: list[dict[str, Any]] = field(default_factory=list)  # obeyed by this process
     refused: list[dict[str, Any]] = field(default_factory=list)  # acts this loop cannot do
     _last_id: int = 0
+    _queue: list[dict[str, Any]] = field(default_factory=list)  # read, not yet obeyed
     _last_poll: float = 0.0
     _store: Any = None
     _paused: dict[str, Any] | None = None  # the pause a stop/reject/rollback came in
@@ -196,9 +197,9 @@ class Overseer:
         if self.pending is not None:
             return False
         paused, self._hold = self._hold, None
-        acts = self.poll(force)
+        acts, self._queue = self._queue + self.poll(force), []
         while True:
-            for act in acts:
+            for i, act in enumerate(acts):
                 self.acts.append(act)
                 kind = act.get("act")
                 if kind == "pause":
@@ -211,6 +212,7 @@ class Overseer:
                     paused = None
                 elif kind in ("stop", "reject", "rollback"):
                     self.pending, self._paused = act, paused
+                    self._queue = acts[i + 1:]  # acts that came with it: the next call's
                     self.progress("oversight", _who(act))
                     return False
             if paused is None:
