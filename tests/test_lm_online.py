@@ -160,6 +160,11 @@ def test_ppo_loop_two_rounds_with_resume(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"]["preference_store"]["path"] == str(out / "feedback.db")
     assert any(k.endswith("adapter_model.safetensors") for k in manifest["checkpoints"])
+    # a card beside every round's checkpoint, written when it was saved, and the reward model's
+    for row in metrics["history"]:
+        round_card = out / "checkpoints" / f"round{row['round']:04d}" / "README.md"
+        assert round_card.is_file() and "## Human guidance" in round_card.read_text()
+    assert (out / "checkpoints" / "reward" / "README.md").is_file()
 
     # a finished run asked again does nothing new; other settings are refused
     again = run_online(small(tmp_path))

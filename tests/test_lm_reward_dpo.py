@@ -445,6 +445,9 @@ def test_cli_runs_write_metrics_adapter_and_manifest(tmp_path, cmd):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["seed"] == 3 and manifest["data"]["data"]["sha256"]
     assert "adapter_model.safetensors" in manifest["checkpoints"]
+    card = (out / "README.md").read_text()  # the model card beside the adapter
+    assert card.startswith("---\n") and "library_name: \"peft\"" in card
+    assert "## Human guidance" in card and ("Reward model" if cmd == "reward" else "DPO") in card
 
 
 def conversation_rows(n: int) -> list[dict]:

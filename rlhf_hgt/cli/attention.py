@@ -101,7 +101,10 @@ def run_train(args: argparse.Namespace) -> int:
         elif event == "warning":
             Console(stderr=True).print(f"[yellow]warning[/]: {info['message']}")
 
-    m = run_attention(cfg, progress)
+    from rlhf_hgt.cli.run_keys import oversight_keys
+
+    with oversight_keys(cfg.out, console):  # p, r, s at this terminal
+        m = run_attention(cfg, progress)
     # the result is shown with --quiet too (it hides progress only)
     Console(stderr=True).print(
         f"[bold]{cfg.method}[/] ({cfg.arch}) on {m['data']}: test accuracy "

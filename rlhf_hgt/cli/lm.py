@@ -152,16 +152,20 @@ def run_pair_command(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)  # `rlhf-hgt oversee RUN_DIR` writes there
     overseer = Overseer(out, announce(lambda event, info: None))  # a person's pause / stop
     gates = [common.oversight_callback(overseer.single_run_gate)]
-    if args.lm_cmd == "reward":
-        from rlhf_hgt.lm.reward import train_reward_model
+    from rlhf_hgt.cli.run_keys import oversight_keys
 
-        metrics = train_reward_model(model_name, ds, None, cfg, out, callbacks=gates)
-        headline = ("held-out accuracy", metrics.get("reward_model_accuracy"))
-    else:
-        from rlhf_hgt.lm.dpo import train_dpo
+    with oversight_keys(out, console, enabled=main):  # p, r, s at this terminal
+        if args.lm_cmd == "reward":
+            from rlhf_hgt.lm.reward import train_reward_model
 
-        metrics = train_dpo(model_name, ds, None, cfg, out, callbacks=gates)
-        headline = ("held-out implicit-reward accuracy", metrics.get("implicit_reward_accuracy"))
+            metrics = train_reward_model(model_name, ds, None, cfg, out, callbacks=gates)
+            headline = ("held-out accuracy", metrics.get("reward_model_accuracy"))
+        else:
+            from rlhf_hgt.lm.dpo import train_dpo
+
+            metrics = train_dpo(model_name, ds, None, cfg, out, callbacks=gates)
+            headline = ("held-out implicit-reward accuracy",
+                        metrics.get("implicit_reward_accuracy"))
     metrics = {"command": f"lm {args.lm_cmd}", "model": model_name, "pairs": len(ds), **metrics,
                **overseer.outcome()}  # status "stopped by NAME: REASON", the acts obeyed
     overseer.close()
@@ -177,6 +181,9 @@ def run_pair_command(args: argparse.Namespace) -> int:
 
         record_checkpoint(out, source if kind == "store" else None, "final", [out],
                           role="reward model" if args.lm_cmd == "reward" else "policy", **used)
+        from rlhf_hgt.governance.card import write_cards
+
+        write_cards(out)  # a model card beside the adapter
     common.wait_for_everyone()
     for line in guidance_lines(metrics):
         console.print(line)

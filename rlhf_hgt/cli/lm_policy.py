@@ -136,8 +136,11 @@ def run_ppo(args: argparse.Namespace) -> int:
                   f"{len(prompts)} prompts, reward {reward_name}, {config.steps} updates")
     out.mkdir(parents=True, exist_ok=True)  # `rlhf-hgt oversee RUN_DIR` writes there
     overseer = Overseer(out, _oversight_lines(console))  # a person's pause / stop
-    history = _train_with_progress(trainer, prompts, config.steps, console,
-                                   overseer.single_run_gate)
+    from rlhf_hgt.cli.run_keys import oversight_keys
+
+    with oversight_keys(out, console, enabled=main):  # p, r, s at this terminal
+        history = _train_with_progress(trainer, prompts, config.steps, console,
+                                       overseer.single_run_gate)
     oversight = overseer.outcome()  # status "stopped by NAME: REASON", the acts obeyed
     overseer.close()
     trainer.save(out / CHECKPOINT_DIR, optimizer=False)  # a final export: never resumed
@@ -153,6 +156,9 @@ def run_ppo(args: argparse.Namespace) -> int:
         source = args.prompts_file or args.prompt_store
         write_manifest(out, cfg, {"data": source} if source else {})
         _record_lineage(out, args)
+        from rlhf_hgt.governance.card import write_cards
+
+        write_cards(out)  # a model card beside the saved policy
         final = metrics["final"]
         if "status" in metrics:
             console.print(f"[bold]{metrics['status']}[/]", highlight=False)
@@ -316,8 +322,11 @@ def run_online(args: argparse.Namespace) -> int:
     console.print(f"lm online: {cfg.model}, {cfg.algo}, teacher {cfg.teacher}, "
                   f"{cfg.rounds} rounds of {cfg.prompts_per_round} prompts → {cfg.out}",
                   highlight=False)
-    try:
-        metrics = loop(cfg, progress)
+    from rlhf_hgt.cli.run_keys import oversight_keys
+
+    try:  # p, r, s at this terminal, unless a person labels in it
+        with oversight_keys(cfg.out, console, enabled=cfg.teacher != "human"):
+            metrics = loop(cfg, progress)
     finally:
         reporter.close()
     if "status" in metrics:

@@ -34,6 +34,9 @@ CARD = "README.md"
 #: not walked by :func:`write_cards` at a run's end: report pictures, and the kept round
 #: snapshots (each got its card when it was saved, describing the run at that round)
 SKIP_DIRS = ("report_files", "rounds")
+#: a kept round checkpoint inside a run (lm online's checkpoints/round0003[.1]): its card was
+#: written when it was saved (write_checkpoint_cards); at the end only the current one's is
+ROUND_DIR = re.compile(r"round-?[0-9]+(\.[0-9]+)?")
 HUB_IDS = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 FEW_LABELS = 50
 LOW_AGREEMENT = 0.4
@@ -349,8 +352,12 @@ def write_card(folder: str | Path, run_dir: str | Path | None = None, *, role: s
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def model_folders(run_dir: str | Path, depth: int = 3) -> list[Path]:
-    """The run folder and its sub-folders (to ``depth``) that hold saved weights directly."""
+def model_folders(run_dir: str | Path, depth: int = 3,
+                  current: set[str] | None = None) -> list[Path]:
+    """The run folder and its sub-folders (to ``depth``) that hold saved weights directly.
+    Of the kept round checkpoints (:data:`ROUND_DIR`) only the run's current one is walked
+    (named in ``current``; without a name, the newest): the others' cards were written when
+    they were saved and stay as they were."""
     root = Path(run_dir)
     found: list[Path] = []
 
@@ -361,10 +368,16 @@ def model_folders(run_dir: str | Path, depth: int = 3) -> list[Path]:
             return
         if any(p.suffix == ".safetensors" and p.is_file() for p in entries):
             found.append(folder)
-        if level < depth:
-            for p in entries:
-                if p.is_dir() and not p.name.startswith(".") and p.name not in SKIP_DIRS:
-                    walk(p, level + 1)
+        if level >= depth:
+            return
+        dirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")
+                and p.name not in SKIP_DIRS]
+        rounds = [p for p in dirs if ROUND_DIR.fullmatch(p.name)]
+        keep = [p for p in rounds if p.name in (current or set())] or \
+            sorted(rounds, key=lambda p: p.stat().st_mtime)[-1:]
+        for p in dirs:
+            if p not in rounds or p in keep:
+                walk(p, level + 1)
 
     walk(root, 0)
     return found
@@ -374,7 +387,10 @@ def write_cards(run_dir: str | Path, **overrides: Any) -> list[Path]:
     """A card beside every saved model of the run (see :func:`model_folders`); the run is
     read once. What a loop calls at the end of a run and after each checkpoint."""
     info = load_run(run_dir, need_metrics=False, **overrides)
-    return [write_card(folder, run_dir, info=info) for folder in model_folders(run_dir)]
+    current = {Path(str(name)).name for name in (info.metrics.get("policy_checkpoint"),
+                                                 info.state.get("checkpoint")) if name}
+    return [write_card(folder, run_dir, info=info)
+            for folder in model_folders(run_dir, current=current)]
 
 
 def write_checkpoint_cards(run_dir: str | Path, checkpoint: str | Path,

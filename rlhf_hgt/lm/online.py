@@ -66,6 +66,7 @@ from rlhf_hgt.feedback.errors import UserInputError
 from rlhf_hgt.feedback.files import write_json_atomic
 from rlhf_hgt.feedback.store import PreferenceStore, TextPair
 from rlhf_hgt.governance import lineage
+from rlhf_hgt.governance.card import write_cards, write_checkpoint_cards
 from rlhf_hgt.governance.oversight import Overseer, parse_round
 from rlhf_hgt.lm import online_checkpoints as kept
 from rlhf_hgt.lm.online_config import OnlineConfig, default_ppo_config
@@ -570,6 +571,8 @@ class _Loop:
         for p in kept.to_prune(self.out, self.cfg.keep_checkpoints):
             shutil.rmtree(p, ignore_errors=True)
         self._write_manifest()
+        write_checkpoint_cards(self.out, ck, store=self.store)  # this round's, as it is now
+        write_cards(self.out, store=self.store)  # the reward model's
 
     def _metrics(self, history: list[dict[str, Any]], initial: float | None) -> dict[str, Any]:
         def last(key: str) -> Any:
@@ -596,6 +599,7 @@ class _Loop:
                                                 if p.is_dir()}, prunable=True)
         write_json_atomic(self.out / METRICS_FILE, metrics)
         self._write_manifest()
+        write_cards(self.out, store=self.store)
 
     def _write_manifest(self) -> None:
         from rlhf_hgt.governance.manifest import write_manifest
