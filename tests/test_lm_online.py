@@ -294,3 +294,31 @@ def test_human_teacher_labels_at_this_terminal(tmp_path):
     assert all(a.answer == "left" and not a.synthetic for a in answers)
     assert json.loads((out / "metrics.json").read_text())["history"][0]["answers_added"] \
         == len(qs)
+
+
+@pytest.mark.slow
+def test_lineage_of_an_online_run_lists_the_answers_each_round_saw(tmp_path):
+    """Lineage of an `lm online` run (DPO rounds here; PPO rounds share the recording):
+    each round's checkpoint lists exactly the store's active answers up to it, an answer
+    undone later is not used by the rounds after, and --verify holds."""
+    out = tmp_path / "run"
+    run_online(small(tmp_path, algo="dpo", rounds=1))
+    _, first = stored(out / "feedback.db")
+    with PreferenceStore(out / "feedback.db") as st:
+        st.undo(first[0].id, reason="a wrong click")
+    run_online(small(tmp_path, algo="dpo", rounds=2))  # the same run, one round more
+    _, active = stored(out / "feedback.db")
+    import subprocess
+
+    got = subprocess.run([sys.executable, "-m", "rlhf_hgt.cli", "lineage", str(out), "--json"],
+                         capture_output=True, text=True, timeout=120, env=env())
+    record = json.loads(got.stdout)
+    by_name = {c["checkpoint"]: c for c in record["checkpoints"]}
+    assert sorted(by_name) == ["round0000", "round0001"]
+    assert sorted(by_name["round0000"]["answer_ids"]) == sorted(a.id for a in first)
+    assert sorted(by_name["round0001"]["answer_ids"]) == sorted(a.id for a in active)
+    assert first[0].id not in by_name["round0001"]["answer_ids"]
+    assert sorted(a["id"] for a in record["answers"]) == sorted(a.id for a in active)
+    verify = subprocess.run([sys.executable, "-m", "rlhf_hgt.cli", "lineage", str(out),
+                             "--verify"], capture_output=True, text=True, timeout=120, env=env())
+    assert verify.returncode == 0, verify.stdout + verify.stderr
