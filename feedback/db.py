@@ -16,7 +16,15 @@ differ, the difference lives here or in :mod:`.schema`, each one said next to it
   them (:mod:`.store`). A bare ``BEGIN`` (a read snapshot, as lineage takes) is
   ``BEGIN ISOLATION LEVEL REPEATABLE READ`` on PostgreSQL: one snapshot for every read, as
   a deferred SQLite transaction gives.
-- errors: a psycopg error becomes :class:`DatabaseError`; sqlite3's errors stay as they are.
+- errors: a psycopg error becomes :class:`DatabaseError` (:class:`ConnectionLost` when the
+  connection broke); sqlite3's errors stay as they are.
+- a lost connection (PostgreSQL only: a server restarted, a network cut): the next statement
+  reconnects, waiting up to :data:`RETRY_SECONDS` with backoff and saying so (``notify``). A
+  read outside a transaction is sent again at once; a write transaction is run again whole
+  by :meth:`Database.transact`, so each one run that way must be idempotent (the store's
+  answers, events and marks carry unique tokens, checked first: a retry after a lost COMMIT
+  acknowledgement finds the row and writes nothing twice). A server still away after the
+  wait is a :class:`UserInputError` (exit 2): start it and run the command again.
 
 Passwords: a URL's password is used to connect and never shown. ``StoreURL`` is the URL as
 printed (password masked) that still connects; PGPASSWORD and ~/.pgpass work as in libpq.
@@ -24,10 +32,13 @@ printed (password masked) that still connects; PGPASSWORD and ~/.pgpass work as 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -38,10 +49,25 @@ URL_SCHEMES = ("postgresql://", "postgres://")
 MASK = "***"
 ID_TABLES = ("queries", "answers", "events", "marks")
 _INSERT = re.compile(r"^\s*INSERT\s+INTO\s+(\w+)", re.IGNORECASE)
+_READ = ("SELECT", "BEGIN", "SHOW")  # statements sent again after a reconnect (no tx open)
+RETRY_SECONDS = 30.0  # how long a lost PostgreSQL connection is tried again
+LOST = "the connection to the server was lost"
+RETRY_TRANSACTIONS = 3  # how often one write transaction is run again after a lost connection
 
 
 class DatabaseError(Exception):
     """An error from the PostgreSQL server or the connection to it (not the user's to fix)."""
+
+
+class ConnectionLost(DatabaseError):
+    """The connection to the server broke: an open transaction is gone (rolled back, or, when
+    it broke during COMMIT, perhaps committed: hence the tokens)."""
+
+
+def say_on_stderr(message: str) -> None:
+    """The default ``Database.notify``: one line on stderr."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"rlhf-hgt: {message}", file=sys.stderr, flush=True)
 
 
 def is_url(location: object) -> bool:
@@ -158,8 +184,14 @@ def _translate(sql: str, params: Sequence[Any] | None, ids: bool = True) -> tupl
 class Database:
     """One connection, SQLite or PostgreSQL (``dialect``); used by one thread."""
 
-    def __init__(self, raw: Any, dialect: str, label: str):
+    def __init__(self, raw: Any, dialect: str, label: str,
+                 connect: Callable[[], Any] | None = None):
         self.raw, self.dialect, self.label = raw, dialect, label
+        self._connect = connect  # PostgreSQL: a new raw connection (for reconnect)
+        self._tx = False  # inside an explicit transaction (BEGIN ... COMMIT/ROLLBACK)
+        self._gave_up = False  # the last reconnect ran out of time: the next tries once
+        self.notify: Callable[[str], None] = say_on_stderr  # what tells the person
+        self.retry_seconds = RETRY_SECONDS
 
     @property
     def is_postgres(self) -> bool:
@@ -170,9 +202,24 @@ class Database:
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> Any:
         if not self.is_postgres:
             return self.raw.execute(sql, params or ())
+        word = sql.lstrip()[:8].upper()
         if sql.strip().upper() == "BEGIN":  # a read snapshot (see the module docstring)
             sql = "BEGIN ISOLATION LEVEL REPEATABLE READ"
-        return _PgCursor(self).execute(sql, params)
+        in_tx = self._tx
+        if not in_tx and self.broken and self._connect is not None:
+            self.reconnect(LOST)  # reconnect on the next call
+        try:
+            cur = _PgCursor(self).execute(sql, params)
+        except ConnectionLost:
+            if in_tx or self._connect is None or not word.startswith(_READ):
+                raise
+            self.reconnect(LOST)
+            cur = _PgCursor(self).execute(sql, params)
+        if word.startswith("BEGIN"):
+            self._tx = True
+        elif word.startswith(("COMMIT", "ROLLBACK")):
+            self._tx = False
+        return cur
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> Any:
         if not self.is_postgres:
@@ -190,7 +237,52 @@ class Database:
             return call(self.raw)
         except psycopg.Error as exc:
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if self.raw.closed or self.raw.broken:
+                self._tx = False
+                raise ConnectionLost(f"{self.label}: lost the connection: {text}") from exc
             raise DatabaseError(f"{self.label}: {text}") from exc
+
+    def reconnect(self, why: str) -> None:
+        """A new connection after a lost one, tried with backoff for up to
+        :attr:`retry_seconds` (once only, when the last wait ran out), telling the person
+        through :attr:`notify`; a :class:`UserInputError` when the server stays away."""
+        assert self._connect is not None
+        with contextlib.suppress(Exception):
+            self.raw.close()
+        self._tx = False
+        wait = 0.0 if self._gave_up else self.retry_seconds
+        self.notify(f"{self.label}: {why}; reconnecting (trying for up to {wait:.0f} s)")
+        deadline, delay = time.monotonic() + wait, 0.1
+        while True:
+            try:
+                self.raw = self._connect()
+                break
+            except UserInputError as exc:
+                last = str(exc)
+            if time.monotonic() >= deadline:
+                self._gave_up = True
+                raise UserInputError(
+                    f"{self.label}: lost the connection to the server and could not reconnect "
+                    f"within {wait:.0f} s ({last}); every answer acknowledged so far is "
+                    "stored: start the server and run the command again") from None
+            time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+            delay = min(delay * 2, 2.0)
+        self._gave_up = False
+        self.notify(f"{self.label}: reconnected; nothing acknowledged was lost")
+
+    def transact(self, work: Callable[[Any], Any]) -> Any:
+        """``work(cursor)`` in one write transaction, committed; on PostgreSQL run again whole
+        after a lost connection (at most :data:`RETRY_TRANSACTIONS` times), so ``work`` must
+        be idempotent (see the module docstring)."""
+        for attempt in range(RETRY_TRANSACTIONS + 1):
+            try:
+                with self.transaction() as cur:
+                    return work(cur)
+            except ConnectionLost:
+                if self._connect is None or attempt == RETRY_TRANSACTIONS:
+                    raise
+                self.reconnect(LOST)
+        raise AssertionError("unreachable")
 
     @property
     def in_transaction(self) -> bool:
@@ -213,11 +305,23 @@ class Database:
         self.execute("BEGIN ISOLATION LEVEL READ COMMITTED" if self.is_postgres
                      else "BEGIN IMMEDIATE")
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """One write transaction: committed when the block ends, rolled back on an error."""
+        self.begin_write()
+        try:
+            yield self.cursor()
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
+
     def commit(self) -> None:
         self.execute("COMMIT")
 
     def rollback(self) -> None:
         if self.is_postgres and self.broken:
+            self._tx = False
             return  # nothing to roll back on a lost connection: the server dropped it
         self.execute("ROLLBACK")
 
@@ -256,13 +360,16 @@ def open_postgres(url: StoreURL, timeout: float) -> Database:
     except ImportError:
         raise UserInputError(f"{url}: a PostgreSQL store needs psycopg; install it with "
                              "pip install 'rlhf-hgt[team]' (or psycopg[binary])") from None
-    try:
-        raw = psycopg.connect(url.secret, autocommit=True,
-                              connect_timeout=max(2, min(int(timeout), 30)),
-                              application_name="rlhf-hgt")
-    except psycopg.Error as exc:
-        raise UserInputError(explain_connect_error(url, exc)) from None
-    return Database(raw, POSTGRES, str(url))
+
+    def connect(wait: float = timeout) -> Any:
+        try:
+            return psycopg.connect(url.secret, autocommit=True,
+                                   connect_timeout=max(2, min(int(wait), 30)),
+                                   application_name="rlhf-hgt")
+        except psycopg.Error as exc:
+            raise UserInputError(explain_connect_error(url, exc)) from None
+
+    return Database(connect(), POSTGRES, str(url), connect=lambda: connect(5))
 
 
 def explain_connect_error(url: StoreURL, exc: Exception) -> str:

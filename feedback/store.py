@@ -188,24 +188,10 @@ class PreferenceStore:
 
     # -- transactions
 
-    class _Tx:
-        def __init__(self, conn: Database):
-            self.conn = conn
-
-        def __enter__(self) -> Any:
-            self.conn.begin_write()
-            self.cur = self.conn.cursor()
-            return self.cur
-
-        def __exit__(self, exc_type, exc, tb) -> None:
-            if exc_type is None:
-                self.conn.commit()
-            else:
-                self.conn.rollback()
-
-    def transaction(self) -> PreferenceStore._Tx:
-        """One write transaction: everything inside lands together or not at all."""
-        return PreferenceStore._Tx(self.conn)
+    def transaction(self) -> Any:
+        """One write transaction: everything inside lands together or not at all (run once;
+        :meth:`Database.transact` runs one again after a lost connection)."""
+        return self.conn.transaction()
 
     # -- settings
 
@@ -214,8 +200,8 @@ class PreferenceStore:
         return row[0] if row else default
 
     def set_setting(self, key: str, value: str) -> None:
-        with self.transaction() as cur:
-            cur.execute(f"INSERT INTO meta VALUES (?, ?) {schema.UPSERT}", (key, value))
+        self.conn.transact(lambda cur: cur.execute(
+            f"INSERT INTO meta VALUES (?, ?) {schema.UPSERT}", (key, value)))
 
     @property
     def annotators_per_query(self) -> int:
@@ -271,10 +257,7 @@ class PreferenceStore:
                                      (row[0],)).fetchone()[0])
             return ids
 
-        if cur is not None:
-            return run(cur)
-        with self.transaction() as c:
-            return run(c)
+        return run(cur) if cur is not None else self.conn.transact(run)
 
     # -- reading queries
 
@@ -359,7 +342,8 @@ class PreferenceStore:
                    kind: str | None = None) -> int | None:
         """Take a lease on the next pending query for this annotator (or None when done)."""
         excluded = set(exclude)
-        with self.transaction() as cur:
+
+        def take(cur: Any) -> int | None:  # a claim again after a lost connection is harmless
             if self.is_postgres:
                 qid = self._pg_next(cur, annotator, per_query or self.annotators_per_query,
                                     kind, excluded)
@@ -372,7 +356,9 @@ class PreferenceStore:
                     continue
                 cur.execute(_CLAIM, (qid, annotator, time.time() + lease_seconds))
                 return qid
-        return None
+            return None
+
+        return self.conn.transact(take)
 
     def _pg_next(self, cur: Any, annotator: str, need: int, kind: str | None,
                  excluded: set[int]) -> int | None:
@@ -414,16 +400,17 @@ class PreferenceStore:
     def claim(self, query_id: int, annotator: str,
               lease_seconds: float = CLAIM_SECONDS) -> None:
         """Take (or renew) a lease on one query, e.g. one shown again after an undo."""
-        with self.transaction() as cur:
-            cur.execute(_CLAIM, (query_id, annotator, time.time() + lease_seconds))
+        self.conn.transact(lambda cur: cur.execute(
+            _CLAIM, (query_id, annotator, time.time() + lease_seconds)))
 
     def release_claims(self, annotator: str, query_ids: Iterable[int] | None = None) -> None:
-        with self.transaction() as cur:
-            if query_ids is None:
-                cur.execute("DELETE FROM claims WHERE annotator = ?", (annotator,))
-            else:
-                cur.executemany("DELETE FROM claims WHERE annotator = ? AND query_id = ?",
-                                [(annotator, q) for q in query_ids])
+        if query_ids is None:
+            self.conn.transact(lambda cur: cur.execute(
+                "DELETE FROM claims WHERE annotator = ?", (annotator,)))
+            return
+        rows = [(annotator, q) for q in query_ids]
+        self.conn.transact(lambda cur: cur.executemany(
+            "DELETE FROM claims WHERE annotator = ? AND query_id = ?", rows))
 
     # -- answers
 
@@ -438,11 +425,11 @@ class PreferenceStore:
         from others, or this annotator already answered it. A repeated ``token`` returns the
         id of the answer saved the first time."""
         _check_answer(answer)
-        need = per_query or self.annotators_per_query
-        with self.transaction() as cur:
-            return self._insert_answer(cur, query_id, answer, annotator, synthetic, shown_at,
-                                       answered_at, rationale, interface,
-                                       token or uuid.uuid4().hex, need if enforce_quota else 0)
+        need = per_query or self.annotators_per_query if enforce_quota else 0
+        token = token or uuid.uuid4().hex  # chosen once: a retry finds the answer by it
+        return self.conn.transact(lambda cur: self._insert_answer(
+            cur, query_id, answer, annotator, synthetic, shown_at, answered_at, rationale,
+            interface, token, need))
 
     def record_answers(self, answers: Iterable[tuple[int, str]], annotator: str, *,
                        synthetic: bool = False, interface: str = "api/1",
@@ -461,10 +448,11 @@ class PreferenceStore:
         need = per_query or self.annotators_per_query
         now = time.time()
         shown = [now - float(t) for t in seconds] if seconds is not None else [now] * len(items)
-        with self.transaction() as cur:
-            return [self._insert_answer(cur, qid, answer, annotator, synthetic, at, now, None,
-                                        interface, uuid.uuid4().hex, need)
-                    for (qid, answer), at in zip(items, shown, strict=True)]
+        tokens = [uuid.uuid4().hex for _ in items]  # chosen once: a retry writes none twice
+        return self.conn.transact(lambda cur: [
+            self._insert_answer(cur, qid, answer, annotator, synthetic, at, now, None,
+                                interface, token, need)
+            for (qid, answer), at, token in zip(items, shown, tokens, strict=True)])
 
     def _insert_answer(self, cur: Any, query_id: int, answer: str, annotator: str,
                        synthetic: bool, shown_at: float | None, answered_at: float | None,
@@ -499,12 +487,17 @@ class PreferenceStore:
 
     def undo(self, answer_id: int, annotator: str | None = None, reason: str = "") -> None:
         """Supersede an answer with an undo event (nothing is deleted)."""
-        with self.transaction() as cur:
+        token = self._event_token(None)
+
+        def write(cur: Any) -> None:
             if cur.execute("SELECT 1 FROM answers WHERE id = ?", (answer_id,)).fetchone() is None:
                 raise StoreError(f"{self.path}: no answer with id {answer_id}")
-            cur.execute("INSERT INTO events (at, kind, annotator, answer_id, data) "
-                        "VALUES (?, 'undo', ?, ?, ?)",
-                        (time.time(), annotator, answer_id, json.dumps({"reason": reason})))
+            cur.execute("INSERT INTO events (at, kind, annotator, answer_id, token, data) "
+                        "VALUES (?, 'undo', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        (time.time(), annotator, answer_id, token,
+                         json.dumps({"reason": reason})))
+
+        self.conn.transact(write)
 
     def answers(self, include_undone: bool = False, kind: str | None = None) -> list[Answer]:
         table = "answers" if include_undone else "active_answers"
@@ -535,14 +528,19 @@ class PreferenceStore:
                   answer_id: int | None = None) -> None:
         """Append an event; ``answer_id`` ties it to one answer (e.g. the fields an imported
         line carried with that answer). A repeated ``token`` adds nothing."""
-        args = (time.time(), kind, annotator, answer_id, token, json.dumps(data or {}))
+        args = (time.time(), kind, annotator, answer_id, self._event_token(token),
+                json.dumps(data or {}))
         sql = ("INSERT INTO events (at, kind, annotator, answer_id, token, data) "
                "VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING")
         if cur is not None:
             cur.execute(sql, args)
             return
-        with self.transaction() as c:
-            c.execute(sql, args)
+        self.conn.transact(lambda c: c.execute(sql, args))
+
+    def _event_token(self, token: str | None) -> str | None:
+        """An event's token; on PostgreSQL every event gets one, so that a transaction run
+        again after a lost connection adds it once (SQLite's events stay as they were)."""
+        return token or (uuid.uuid4().hex if self.is_postgres else None)
 
     def record_reasons(self, answer_id: int, reasons: dict, annotator: str | None = None,
                        token: str | None = None) -> None:
@@ -555,11 +553,15 @@ class PreferenceStore:
         if not isinstance(reasons, dict) or not set(reasons) <= REASON_KEYS:
             raise ValueError(f"reasons must be a dict with keys among {sorted(REASON_KEYS)}, "
                              f"got {reasons!r}")
-        with self.transaction() as cur:
+        token = self._event_token(token)
+
+        def write(cur: Any) -> None:
             if cur.execute("SELECT 1 FROM answers WHERE id = ?", (answer_id,)).fetchone() is None:
                 raise StoreError(f"{self.path}: no answer with id {answer_id}")
             self.log_event("reasons", annotator, reasons, token=token, cur=cur,
                            answer_id=answer_id)
+
+        self.conn.transact(write)
 
     def reasons(self) -> dict[int, dict]:
         """The latest reasons of every active answer that has some: ``{answer_id: reasons}``."""

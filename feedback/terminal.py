@@ -17,7 +17,9 @@ Keys are read one at a time in cbreak mode (``termios``/``tty`` + ``select``, in
 :mod:`.term_io`), so a frame animation can be interrupted by a key. Ctrl-C, SIGTERM and a
 closed terminal (SIGHUP) lose nothing: every answer is committed when it is given; the
 terminal mode is restored, the claims released and a ``session_stop`` event logged on the
-way out.
+way out. A team store's server that goes away (a restart) is said on screen while the
+connection layer reconnects (up to 30 s) and the answer is saved again under its token, so
+it is stored once (:mod:`.db`); a server away longer ends the session with exit 2.
 
 Never shown: the hidden true rewards of segments, the gold answer of text pairs, and which
 policy or model produced which side.
@@ -38,7 +40,7 @@ from typing import Any
 from rich.console import Console
 
 from .annotators import default_annotator
-from .db import is_url
+from .db import DatabaseError, is_url
 from .errors import UserInputError
 from .reasons_prompt import (
     ask_features,
@@ -138,6 +140,16 @@ class _Session(GuardedSession):
         self.resized = False
         self.latencies: list[float] = []  # seconds from a key to the next pair on screen
         self.init_guard()
+        store.conn.notify = self._connection_notice
+
+    def _connection_notice(self, message: str) -> None:
+        """The connection layer lost a team store's server and reconnects, or did: say so."""
+        text = "store: " + message.removeprefix(f"{self.path}: ")
+        if self.term.saved is None or self.current is None:
+            self._print(text)
+        else:
+            with contextlib.suppress(Exception):
+                self._say(text)
 
     # -- the session
 
@@ -369,6 +381,7 @@ class _Session(GuardedSession):
     def _prefetch_job(self, exclude: set[int], size: tuple[int, int]) -> tuple[int, View] | None:
         if self._bg_store is None:
             self._bg_store = PreferenceStore(self.path, create=False)
+            self._bg_store.conn.notify = lambda message: None  # the main thread tells
         qid = self._bg_store.claim_next(self.who, self.opts.per_query, exclude=exclude)
         if qid is None:
             return None
@@ -385,7 +398,10 @@ class _Session(GuardedSession):
     def _take_prefetch(self) -> View | None:
         if self.future is None:
             return None
-        got = self.future.result()
+        try:
+            got = self.future.result()
+        except (DatabaseError, UserInputError):  # a lost server: the main thread claims
+            got = None
         self.future = None
         if got is None:
             return None

@@ -89,7 +89,10 @@ class PgServer:
         return self.url(name)
 
     def restart(self) -> None:
-        self._run([str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "restart"])
+        # -l: the restarted server logs to the file, not into this process's pipe (which
+        # would keep _run waiting for an end of output that never comes)
+        self._run([str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"),
+                   "-m", "fast", "-w", "restart"])
 
     def stop(self) -> None:
         try:
