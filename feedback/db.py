@@ -389,6 +389,10 @@ def explain_connect_error(url: StoreURL, exc: Exception) -> str:
     if "does not exist" in low and "database" in low:
         return (f"{url}: the database {url.name!r} does not exist on {where}; create it "
                 f"(createdb -h {host} -p {port} {url.name}) or fix the name in the URL")
+    if "no password supplied" in low:  # e.g. a URL read back masked from a run's record
+        return (f"{url}: the server at {where} wants a password for this user and none was "
+                "given; set PGPASSWORD or put it in ~/.pgpass (never in a URL on the command "
+                "line)")
     if "password" in low or "authentication" in low or ("role" in low and "not exist" in low):
         return (f"{url}: the server at {where} refused the login ({first}); check the user "
                 "name, and give the password in PGPASSWORD or ~/.pgpass rather than on the "

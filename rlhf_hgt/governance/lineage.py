@@ -53,6 +53,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from rlhf_hgt.feedback.db import StoreURL, is_url
 from rlhf_hgt.feedback.errors import UserInputError
 from rlhf_hgt.governance.manifest import file_sha256
 
@@ -66,7 +67,20 @@ NOT_CHECKPOINT = {LINEAGE_FILE, "metrics.json", "manifest.json", "README.md", "r
                   "report.html", "state.json", "learning_curve.png", "saliency.png"}
 NOT_CHECKPOINT_DIRS = {"report_files", "__pycache__"}
 
-StoreLike = Any  # a PreferenceStore, a path, or None
+StoreLike = Any  # a PreferenceStore, a path, a team store's URL, or None
+Location = Path | StoreURL  # where a store is: a file, or a PostgreSQL database
+
+
+def location(value: Any) -> Location:
+    """A store's place: a file path, or a team store's URL (shown with its password masked;
+    a URL read back from a record connects without it, as libpq does: PGPASSWORD or
+    ~/.pgpass)."""
+    return StoreURL(value) if is_url(str(value)) else Path(value)
+
+
+def exists(where: Location) -> bool:
+    """A store file that is there; a URL counts (reading it says what is wrong)."""
+    return isinstance(where, StoreURL) or where.is_file()
 
 
 # ----------------------------------------------------------------------------- the store
@@ -235,10 +249,10 @@ def _append(run_dir: Path, entry: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
-def _store_path(store: StoreLike) -> Path | None:
+def _store_path(store: StoreLike) -> Location | None:
     if store is None:
         return None
-    return Path(getattr(store, "path", store))
+    return location(getattr(store, "path", store))
 
 
 def stage(folder: str | os.PathLike, store: StoreLike, answer_ids: Iterable[int] | None,
@@ -253,7 +267,7 @@ def stage(folder: str | os.PathLike, store: StoreLike, answer_ids: Iterable[int]
     if path is not None:
         with _Reader(store) as reader:
             staged["chain"] = store_chain(reader)
-        staged["store"] = str(path.resolve())
+        staged["store"] = str(path if isinstance(path, StoreURL) else path.resolve())
     Path(folder).mkdir(parents=True, exist_ok=True)
     write_json_atomic(Path(folder) / STAGED, staged)
     return staged
@@ -288,10 +302,10 @@ def record_checkpoint(run_dir: str | os.PathLike, store: StoreLike, name: str,
     else:
         entry["answer_ids"] = None if answer_ids is None else [int(i) for i in answer_ids]
     entry |= extra
-    path = _store_path(store) or (Path(staged["store"]) if staged and staged.get("store")
+    path = _store_path(store) or (location(staged["store"]) if staged and staged.get("store")
                                   else None)
-    if path is not None and path.is_file():
-        entry["store"] = _rel(path, run)
+    if path is not None and exists(path):
+        entry["store"] = str(path) if isinstance(path, StoreURL) else _rel(path, run)
         lines, _ = read_lines(run)
         known = {t: {k for e in lines for k in (e.get(f"{t[:-1]}_hashes") or {})}
                  for t in ("answers", "marks")}
@@ -389,7 +403,7 @@ def inherited(reward_model: str | os.PathLike) -> dict[str, Any]:
                              "note": "the reward model has no lineage record"}}
     last = lines[-1]
     store = last.get("store")
-    if store and not Path(store).is_absolute():
+    if store and not is_url(store) and not Path(store).is_absolute():
         store = str((run / store).resolve())  # type: ignore[operator]
     return {"inherits": {"reward_model": str(Path(reward_model).resolve()), "run": str(run),
                          "checkpoint": last["checkpoint"], "files": last.get("files")},
@@ -407,9 +421,11 @@ def summary(run_dir: str | os.PathLike) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- verify
 
 
-def resolve_store(run_dir: Path, name: str | None) -> Path | None:
+def resolve_store(run_dir: Path, name: str | None) -> Location | None:
     if not name:
         return None
+    if is_url(name):
+        return StoreURL(name)
     p = Path(name)
     return p if p.is_absolute() else run_dir / p
 
@@ -428,13 +444,13 @@ def verify(run_dir: str | os.PathLike) -> tuple[list[str], list[str]]:
     notes = [f"{LINEAGE_FILE} line {n}: unreadable (cut short by a kill?), skipped"
              for n in bad]
     _verify_files(run, lines, problems, notes)
-    by_store: dict[Path, list[dict[str, Any]]] = {}
+    by_store: dict[Location, list[dict[str, Any]]] = {}
     for e in lines:
         path = resolve_store(run, e.get("store"))
         if path is not None and "chain" in e:
             by_store.setdefault(path, []).append(e)
     for path, entries in by_store.items():
-        if not path.is_file():
+        if not exists(path):
             problems.append(f"store {path}: missing (recorded by {entries[0]['checkpoint']})")
             continue
         _verify_store(path, entries, problems, notes)
@@ -474,11 +490,14 @@ def _verify_files(run: Path, lines: list[dict[str, Any]], problems: list[str],
             problems += [f"checkpoint {name}: {rel} missing" for rel in rels]
 
 
-def _verify_store(path: Path, entries: list[dict[str, Any]], problems: list[str],
+def _verify_store(path: Location, entries: list[dict[str, Any]], problems: list[str],
                   notes: list[str]) -> None:
     try:
         reader = _Reader(path)
     except UserInputError as exc:
+        if isinstance(path, StoreURL):  # nothing checked: the user must fix the access (exit 2)
+            raise UserInputError(f"{exc} (lineage --verify reads the run's team store)") \
+                from None
         problems.append(f"store {path}: cannot be read ({exc})")
         return
     with reader:
@@ -502,7 +521,7 @@ def _verify_store(path: Path, entries: list[dict[str, Any]], problems: list[str]
         _verify_rows(reader, path, entries, problems, notes)
 
 
-def _verify_rows(reader: _Reader, path: Path, entries: list[dict[str, Any]],
+def _verify_rows(reader: _Reader, path: Location, entries: list[dict[str, Any]],
                  problems: list[str], notes: list[str]) -> None:
     current_cols = {t: entries[-1]["chain"]["columns"].get(t) for t in ("answers", "marks")}
     named: set[str] = set()

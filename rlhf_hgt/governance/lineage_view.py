@@ -24,8 +24,10 @@ from typing import Any
 from rlhf_hgt.feedback.errors import UserInputError
 from rlhf_hgt.governance.lineage import (
     LINEAGE_FILE,
+    Location,
     _Reader,
     canonical,
+    exists,
     read_lines,
     resolve_store,
 )
@@ -119,7 +121,7 @@ def read_lineage(run_dir: str | os.PathLike, checkpoint: str | None = None) -> d
     chosen = _match(run, entries, checkpoint) if checkpoint else next(
         (e for e in reversed(entries) if str(e["checkpoint"]) not in rejected), entries[-1])
     store = resolve_store(run, chosen.get("store"))
-    if chosen.get("store") and (store is None or not store.is_file()):
+    if chosen.get("store") and (store is None or not exists(store)):
         raise UserInputError(f"{store}: the store {chosen['checkpoint']} learned from is "
                              f"missing; put it back to read its answers")
     manifest = _json(run / "manifest.json")
@@ -172,7 +174,7 @@ def _kind(run: Path, config: dict[str, Any]) -> str:
     return detect_kind(_json(run / "metrics.json") or _json(run / "state.json"), config)
 
 
-def _answers_from_store(out: dict[str, Any], store: Path, chosen: dict[str, Any],
+def _answers_from_store(out: dict[str, Any], store: Location, chosen: dict[str, Any],
                         weighted: bool) -> None:
     ids = [int(i) for i in chosen.get("answer_ids") or []]
     mark_ids = [int(i) for i in chosen.get("mark_ids") or []]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhf_hgt.feedback.db import StoreURL, is_url
 from rlhf_hgt.feedback.errors import UserInputError
 
 RUN_KINDS = ("control", "lm reward", "lm dpo", "lm ppo", "lm online", "attention", "unknown")
@@ -34,7 +35,7 @@ class RunInfo:
     manifest: dict[str, Any]
     state: dict[str, Any]
     config: dict[str, Any]
-    store: Path | None = None
+    store: Path | StoreURL | None = None  # a file, or a team store's URL (masked)
     store_note: str | None = None  # why no store was read, or that it may be shared
     stats: dict[str, Any] | None = None  # compute_stats of the store
     durations: dict[str, list[float]] = field(default_factory=dict)  # annotator -> seconds
@@ -169,24 +170,31 @@ def store_candidates(info: RunInfo) -> list[Path]:
     return out
 
 
+def team_store(info: RunInfo) -> StoreURL | None:
+    """The run's PostgreSQL team store, when its config or manifest names one."""
+    cfg, data = info.config, info.manifest.get("data") or {}
+    names = [cfg.get("store"), (data.get("preference_store") or {}).get("path")]
+    return next((StoreURL(n) for n in names if is_url(n)), None)
+
+
 def _read_store(info: RunInfo, given: Any) -> None:
     from rlhf_hgt.feedback.store import PreferenceStore
 
-    url = info.config.get("store")
-    if isinstance(url, str) and "://" in url and given is None:
-        info.store_note = f"a team store ({url.split('@')[-1]}): not read by this report"
-        return
+    url = team_store(info) if given is None else None
+    if url is not None:  # masked in the manifest: the password from PGPASSWORD or ~/.pgpass
+        given = url
     if isinstance(given, PreferenceStore):
         _from_store(info, given)
         _oversight_elsewhere(info)
         return
-    paths = [Path(given)] if given is not None else store_candidates(info)
+    paths = [given if is_url(given) else Path(given)] if given is not None \
+        else store_candidates(info)
     if not paths:
         info.store_note = "no preference store was recorded with this run"
         return
     try:
         store = PreferenceStore(paths[0], create=False)
-    except UserInputError as exc:
+    except UserInputError as exc:  # one line; a missing password says where to give it
         info.store_note = f"the store could not be read: {exc}"
         return
     try:
@@ -199,7 +207,7 @@ def _read_store(info: RunInfo, given: Any) -> None:
 def _from_store(info: RunInfo, store: Any) -> None:
     from rlhf_hgt.feedback.stats import compute_stats
 
-    info.store = Path(store.path)
+    info.store = store.path if is_url(store.path) else Path(store.path)
     info.stats = compute_stats(store)
     for a in store.answers():
         if a.shown_at is None:
@@ -217,6 +225,10 @@ def _from_store(info: RunInfo, store: Any) -> None:
         info.teachers[name] = info.teachers.get(name, 0) + int(
             (event["data"] or {}).get("answered") or 0)
     info.oversight += [e for e in store.events("oversight") if _about(e, info.path)]
+    if isinstance(info.store, StoreURL):
+        info.store_note = (f"the team store {info.store} may be shared with other runs: its "
+                           f"counts cover every answer in it")
+        return
     try:
         inside = info.store.resolve().is_relative_to(info.path.resolve())
     except OSError:
@@ -229,7 +241,8 @@ def _from_store(info: RunInfo, store: Any) -> None:
 def _oversight_elsewhere(info: RunInfo) -> None:
     """Oversight acts written to RUN_DIR/feedback.db when the labels live elsewhere."""
     own = info.path / STORE_NAME
-    if not own.is_file() or (info.store is not None and own.resolve() == info.store.resolve()):
+    if not own.is_file() or (isinstance(info.store, Path)
+                             and own.resolve() == info.store.resolve()):
         return
     from rlhf_hgt.feedback.store import PreferenceStore
 
