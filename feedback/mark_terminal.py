@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .annotators import default_annotator
+from .db import is_url
 from .errors import UserInputError
 from .marks import (
     cell_edges,
@@ -479,11 +480,11 @@ def run_marking(store_path: str | os.PathLike, images: np.ndarray, dataset_id: s
             raise UserInputError(
                 f"the marking prompt reads single keys and draws on a terminal, but {name} is "
                 "not one (a pipe or a file); run it in an interactive terminal")
-    path = Path(store_path)
-    store = PreferenceStore(path)
+    store = PreferenceStore(store_path if is_url(store_path) else Path(store_path))
     try:
         term = Terminal(sys.stdin.fileno(), sys.stdout)
-        return _Marker(store, path, pics, dataset_id, opts, grid, term).run()
+        # store.path: the file, or a team store's URL (password masked; .name the database)
+        return _Marker(store, store.path, pics, dataset_id, opts, grid, term).run()
     finally:
         store.close()
 

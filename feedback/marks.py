@@ -184,10 +184,13 @@ def record_mark(store: StoreLike, dataset_id: str, index: int, grid: int | tuple
     """Save one mark (or, with ``skipped=True`` and no cells, a skip) durably; returns its id.
 
     It supersedes this annotator's earlier mark of the same image. A repeated ``token``
-    returns the id saved the first time (a retry after a crash adds nothing)."""
-    with _opened(store, create=True) as st, st.transaction() as cur:
-        return _insert(cur, st, dataset_id, index, grid, cells, annotator, shown_at,
-                       answered_at, synthetic, skipped, interface, image_hash, token)
+    returns the id saved the first time (a retry after a crash adds nothing); so does the
+    transaction run again after a team store's lost connection (:mod:`.db`)."""
+    token = token or uuid.uuid4().hex  # chosen once, before any retry
+    with _opened(store, create=True) as st:
+        return st.conn.transact(lambda cur: _insert(
+            cur, st, dataset_id, index, grid, cells, annotator, shown_at, answered_at,
+            synthetic, skipped, interface, image_hash, token))
 
 
 def _insert(cur: Any, st: PreferenceStore, dataset_id: str, index: int,
@@ -224,19 +227,29 @@ def undo_mark(store: StoreLike, mark_id: int, annotator: str | None = None,
               interface: str = API_INTERFACE) -> int:
     """Take a mark (or skip) back with an ``undo`` row; returns the undo row's id. The
     annotator's previous mark of that image, if any, counts again."""
-    with _opened(store) as st, st.transaction() as cur:
-        row = cur.execute("SELECT dataset, image, grid_rows, grid_cols, kind, annotator FROM "
-                          "marks WHERE id = ?", (mark_id,)).fetchone()
-        if row is None or row[4] == "undo":
-            raise StoreError(f"{st.path}: no mark with id {mark_id}")
-        if cur.execute("SELECT 1 FROM marks WHERE undoes = ?", (mark_id,)).fetchone():
-            raise StoreError(f"{st.path}: mark {mark_id} is already undone")
-        now = time.time()
-        cur.execute(
-            "INSERT INTO marks (dataset, image, grid_rows, grid_cols, kind, undoes, annotator, "
-            "shown_at, answered_at, interface, token) VALUES (?,?,?,?,'undo',?,?,?,?,?,?)",
-            (*row[:4], mark_id, annotator or row[5], None, now, interface, uuid.uuid4().hex))
-        return cur.lastrowid
+    token = uuid.uuid4().hex  # chosen once: a retry after a lost connection finds its row
+    with _opened(store) as st:
+        return st.conn.transact(lambda cur: _undo(cur, st, mark_id, annotator, interface,
+                                                  token))
+
+
+def _undo(cur: Any, st: PreferenceStore, mark_id: int, annotator: str | None,
+          interface: str, token: str) -> int:
+    done = cur.execute("SELECT id FROM marks WHERE token = ?", (token,)).fetchone()
+    if done:
+        return done[0]
+    row = cur.execute("SELECT dataset, image, grid_rows, grid_cols, kind, annotator FROM "
+                      "marks WHERE id = ?", (mark_id,)).fetchone()
+    if row is None or row[4] == "undo":
+        raise StoreError(f"{st.path}: no mark with id {mark_id}")
+    if cur.execute("SELECT 1 FROM marks WHERE undoes = ?", (mark_id,)).fetchone():
+        raise StoreError(f"{st.path}: mark {mark_id} is already undone")
+    now = time.time()
+    cur.execute(
+        "INSERT INTO marks (dataset, image, grid_rows, grid_cols, kind, undoes, annotator, "
+        "shown_at, answered_at, interface, token) VALUES (?,?,?,?,'undo',?,?,?,?,?,?)",
+        (*row[:4], mark_id, annotator or row[5], None, now, interface, token))
+    return cur.lastrowid
 
 
 # ----------------------------------------------------------------------------- reading

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_hgt.cli.flags import Section, add_sections, add_switch, build, sections
+from rlhf_hgt.feedback.db import StoreURL, is_url
 from rlhf_hgt.feedback.errors import UserInputError
 from rlhf_hgt.governance.oversight import Overseer, announce
 
@@ -123,6 +124,8 @@ def _pair_source(args: argparse.Namespace) -> tuple[str, Path]:
         raise UserInputError("give exactly one source of pairs: --data FILE.jsonl or "
                              "--store STORE" + (", not both" if args.data else ""))
     kind, path = ("data", args.data) if args.data is not None else ("store", args.store)
+    if kind == "store" and is_url(path):  # a team store: reading it says what is wrong
+        return kind, StoreURL(path)  # type: ignore[return-value]
     if not Path(path).exists():
         raise UserInputError(f"--{kind} {path}: no such file; check the path")
     return kind, Path(path)
