@@ -64,7 +64,7 @@ UNICODE_ROWS = [
 # ----------------------------------------------------------------------------- import semantics
 
 
-def test_import_records_answers_with_provenance(tmp_path):
+def test_import_records_answers_with_provenance(tmp_path, store_at):  # both back ends
     f = write_jsonl(tmp_path / "prefs.jsonl", [
         {"prompt": "p1", "chosen": "good", "rejected": "bad", "annotator": "ana",
          "rationale": "clearer"},
@@ -74,13 +74,13 @@ def test_import_records_answers_with_provenance(tmp_path):
         {"prompt": "p1", "chosen": "bad", "rejected": "good", "annotator": "bo",
          "extra_column": 1},
     ])
-    summary = import_jsonl(tmp_path / "s.db", f)
+    summary = import_jsonl(store_at, f)
     assert (summary.labelled_added, summary.pending_added, summary.duplicates_skipped) == \
         (3, 1, 0)
     assert summary.kept_fields == ["extra_column"]
     assert "kept other fields as metadata" in summary.describe()
     assert "3 labelled" in summary.describe() and "1 pending" in summary.describe()
-    with PreferenceStore(tmp_path / "s.db") as s:
+    with PreferenceStore(store_at) as s:
         assert s.count_queries() == 3
         got = {(q.prompt, a.annotator): (q, a) for q, a in s.labelled(kind="text")}
         q, a = got[("p1", "ana")]
@@ -333,7 +333,7 @@ def test_label_studio_tasks(tmp_path):
     assert import_jsonl(tmp_path / "s.db", f).duplicates_skipped == 6  # the same file again
 
 
-def test_reimport_and_duplicates_add_nothing(tmp_path):
+def test_reimport_and_duplicates_add_nothing(tmp_path, store_at):  # both back ends
     rows = [{"prompt": "p", "chosen": "a", "rejected": "b", "annotator": "x"},
             {"prompt": "p", "chosen": "b", "rejected": "a", "annotator": "x"},  # same pair
             {"prompt": "p", "chosen": "b", "rejected": "a", "annotator": "y"},
@@ -341,18 +341,18 @@ def test_reimport_and_duplicates_add_nothing(tmp_path):
             {"prompt": "new", "a": "a", "b": "b", "gold": "a"},
             {"prompt": "new", "a": "b", "b": "a", "gold": "a"}]  # conflicting gold: noted
     f = write_jsonl(tmp_path / "f.jsonl", rows)
-    first = import_jsonl(tmp_path / "s.db", f)
+    first = import_jsonl(store_at, f)
     assert (first.labelled_added, first.pending_added, first.duplicates_skipped) == (2, 1, 3)
     assert any("gold" in note for note in first.notes)
-    state = store_state(tmp_path / "s.db")
-    again = import_jsonl(tmp_path / "s.db", f)
+    state = store_state(store_at)
+    again = import_jsonl(store_at, f)
     assert (again.labelled_added, again.pending_added, again.duplicates_skipped) == (0, 0, 6)
-    assert store_state(tmp_path / "s.db") == state
+    assert store_state(store_at) == state
     # an undone answer stays undone on re-import (the token is still there)
-    with PreferenceStore(tmp_path / "s.db") as s:
+    with PreferenceStore(store_at) as s:
         s.undo(s.answers()[0].id, "x")
-    import_jsonl(tmp_path / "s.db", f)
-    with PreferenceStore(tmp_path / "s.db") as s:
+    import_jsonl(store_at, f)
+    with PreferenceStore(store_at) as s:
         assert len(s.answers()) == 1
 
 

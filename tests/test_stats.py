@@ -125,8 +125,8 @@ def _known_store(path: Path) -> list[int]:
     return ids
 
 
-def test_stats_of_a_known_store(tmp_path):
-    path = tmp_path / "prefs.db"
+def test_stats_of_a_known_store(store_at):  # on SQLite and on PostgreSQL
+    path = store_at
     _known_store(path)
     s = compute_stats(path)
     json.loads(json.dumps(s, allow_nan=False))  # strict JSON
@@ -171,8 +171,8 @@ def test_stats_of_a_known_store(tmp_path):
     assert s["gold"]["queries_answered"] == 5
 
 
-def test_three_annotators_use_krippendorff_alpha(tmp_path):
-    path = tmp_path / "prefs.db"
+def test_three_annotators_use_krippendorff_alpha(store_at):  # on SQLite and on PostgreSQL
+    path = store_at
     rows = {  # query -> answers of r1, r2, r3 (None: not answered)
         0: ("left", "left", "left"),
         1: ("right", "right", "right"),
