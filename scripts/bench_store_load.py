@@ -9,6 +9,7 @@ answer must be in the store exactly once, and no query may hold more answers tha
 
     python scripts/bench_store_load.py --duration 60            # both back ends
     python scripts/bench_store_load.py --backend postgresql --url postgresql://u@h/db
+    python scripts/bench_store_load.py --backend postgresql --restarts 3   # the fault
 
 Without --url a throw-away PostgreSQL 15 server is started (tests/helpers/pg_server.py,
 fsync on, as a real server runs) and stopped at the end.
@@ -64,7 +65,7 @@ def annotator(location: str, name: str, start: float, deadline: float, out: str)
                                       per_query=1, interface="bench/1")
             commits.append(time.perf_counter() - t1)
             if aid is not None:
-                acks.append([aid, qid, token])
+                acks.append([aid, qid, token, time.time()])
     Path(out).write_text(json.dumps({"waits": waits, "commits": commits, "acks": acks,
                                      "empty": empty}))
 
@@ -90,7 +91,8 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) > 1 else float("nan")
 
 
-def run(location: str, label: str, args: argparse.Namespace, tmp: Path) -> dict:
+def run(location: str, label: str, args: argparse.Namespace, tmp: Path,
+        server: object | None = None) -> dict:
     from rlhf_hgt.feedback.store import PreferenceStore
 
     with PreferenceStore(location) as store:
@@ -106,10 +108,19 @@ def run(location: str, label: str, args: argparse.Namespace, tmp: Path) -> dict:
                                                   args.batch, args.initial, str(wout))))
     for p in procs:
         p.start()
+    restarts = []  # the fault: the server restarted while people label (--restarts N)
+    for k in range(1, (args.restarts if server is not None else 0) + 1):
+        time.sleep(max(0.0, start + k * args.duration / (args.restarts + 1) - time.time()))
+        t0 = time.time()
+        server.restart()  # type: ignore[attr-defined]
+        restarts.append(round(time.time() - t0, 2))
     for p in procs:
         p.join()
     waits, commits, acks, empty = [], [], [], 0
+    crashed = sum(p.exitcode != 0 for p in procs)
     for o in outs:
+        if not o.exists():
+            continue
         r = json.loads(o.read_text())
         waits += r["waits"]
         commits += r["commits"]
@@ -119,7 +130,9 @@ def run(location: str, label: str, args: argparse.Namespace, tmp: Path) -> dict:
         rows = store.conn.execute("SELECT id, query_id, token FROM answers").fetchall()
         queries = store.count_queries()
     stored = {t: (a, q) for a, q, t in rows}
-    lost = sum(1 for a, q, t in acks if stored.get(t) != (a, q))
+    lost = sum(1 for a, q, t, _ in acks if stored.get(t) != (a, q))
+    times = sorted(at for *_, at in acks)
+    longest = max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
     per_query: dict[int, int] = {}
     for _, q, _ in rows:
         per_query[q] = per_query.get(q, 0) + 1
@@ -135,6 +148,8 @@ def run(location: str, label: str, args: argparse.Namespace, tmp: Path) -> dict:
         "queries_total": queries, "nothing_pending_polls": empty,
         "lost": lost, "duplicated": duplicated,
         "unacknowledged_in_store": len(rows) - len(acks),
+        "server_restarts_s": restarts, "longest_pause_between_answers_s": round(longest, 2),
+        "processes_failed": crashed,
     }
 
 
@@ -148,6 +163,9 @@ def main() -> int:
     ap.add_argument("--write-rate", type=float, default=100.0,
                     help="new queries per second written during the run")
     ap.add_argument("--batch", type=int, default=10, help="queries per write")
+    ap.add_argument("--restarts", type=int, default=0,
+                    help="restart the throw-away PostgreSQL server this many times during "
+                         "the run, evenly spaced (the fault: answers must go on, none lost)")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
     results = []
@@ -161,7 +179,7 @@ def main() -> int:
             server = PgServer(fsync=True)
             url = server.new_database()
         try:
-            results.append(run(url, "postgresql", args, tmp))
+            results.append(run(url, "postgresql", args, tmp, server))
         finally:
             if server is not None:
                 server.stop()
@@ -171,7 +189,8 @@ def main() -> int:
         print(json.dumps(r))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
-    return 0 if all(r["lost"] == 0 and r["duplicated"] == 0 for r in results) else 1
+    return 0 if all(r["lost"] == 0 and r["duplicated"] == 0 and not r["processes_failed"]
+                    for r in results) else 1
 
 
 if __name__ == "__main__":
