@@ -215,6 +215,7 @@ def test_online_stop_during_ppo_cuts_the_round_short(tmp_path):
     def hear(event, info):
         if event == "ppo_step" and info["round"] == 1:
             _act(run, "stop", "enough")
+            time.sleep(0.6)  # past the gate's half-second between looks: the next update asks
 
     cfg = _small(tmp_path, rounds=3)
     cfg.ppo.steps = 8
