@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.procs import peek_stderr
 
 from rlhf_hgt.feedback.store import PreferenceStore
 from rlhf_hgt.governance.oversight import Overseer, record_act
@@ -142,7 +143,10 @@ def test_a_pause_from_another_process_holds_training_until_resume(tmp_path):
     proc = _start(out, rounds=30, timesteps=30 * 1024)
     _wait_round(out, 0, proc)
     assert _cli("oversee", str(out), "pause", "--reason", "lunch").returncode == 0
-    time.sleep(1.5)  # the gate looks twice a second; a round already saving may finish
+    deadline = time.time() + 60  # until the loop says it holds (a round may finish first)
+    while "paused by" not in peek_stderr(proc) and time.time() < deadline:
+        assert proc.poll() is None
+        time.sleep(0.1)
     held = _state(out)["round"]
     time.sleep(4.0)
     assert _state(out)["round"] == held, "training went on while paused"
@@ -150,7 +154,7 @@ def test_a_pause_from_another_process_holds_training_until_resume(tmp_path):
     assert _cli("oversee", str(out), "resume", "--reason", "back").returncode == 0
     _wait_round(out, held + 1, proc, limit=120)
     assert _cli("oversee", str(out), "stop", "--reason", "done").returncode == 0
-    _, err = proc.communicate(timeout=120)
+    err = peek_stderr(proc) + proc.communicate(timeout=120)[1]
     assert proc.returncode == 0, err
     assert "paused" in err and "resumed" in err
     acts = [a["act"] for a in json.loads((out / "metrics.json").read_text())["oversight"]["acts"]]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.procs import peek_stderr
 
 from rlhf_hgt.governance.oversight import Overseer, kept_rounds, parse_round, record_act
 
@@ -168,7 +169,7 @@ def test_lm_ppo_cli_paused_then_stopped_from_another_process(tmp_path):
         _wait_for(run.is_dir, proc)
         time.sleep(1.0)
         _act(run, "pause", "a look")
-        _wait_for(lambda: "paused by ana" in _peek(proc), proc, limit=30)
+        _wait_for(lambda: "paused by ana" in peek_stderr(proc), proc, limit=30)
         _act(run, "rollback" if kept_rounds(run) else "reject", "not this one")
         time.sleep(2.0)
         assert proc.poll() is None  # still paused: a refused reject does not end the pause
@@ -405,7 +406,7 @@ def test_attention_cli_pause_holds_then_stop_from_another_process(tmp_path):
         _wait_for(lambda: run.is_dir(), proc)
         time.sleep(1.0)
         _act(run, "pause", "a look")
-        _wait_for(lambda: "paused by ana" in _peek(proc), proc, limit=30)
+        _wait_for(lambda: "paused by ana" in peek_stderr(proc), proc, limit=30)
         _act(run, "stop", "enough")
         _, err = proc.communicate(timeout=120)
     finally:
@@ -414,17 +415,3 @@ def test_attention_cli_pause_holds_then_stop_from_another_process(tmp_path):
     assert proc.returncode == 0, err[-3000:]
     m = _metrics(run)
     assert m["status"] == "stopped by ana: enough" and m["epochs_trained"] < 100000
-
-
-def _peek(proc: subprocess.Popen) -> str:
-    """What the process wrote on stderr so far (non-blocking)."""
-    import select
-
-    out = getattr(proc, "_seen", "")
-    while select.select([proc.stderr], [], [], 0)[0]:
-        chunk = os.read(proc.stderr.fileno(), 65536).decode(errors="replace")
-        if not chunk:
-            break
-        out += chunk
-    proc._seen = out
-    return out
