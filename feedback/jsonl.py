@@ -107,7 +107,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .db import DatabaseError
+from .db import DatabaseError, is_url, mask_url
 from .errors import UserInputError
 from .files import write_bytes_atomic
 from .highlights import highlight_reasons, oriented
@@ -181,6 +181,10 @@ def import_jsonl(store_path: str | os.PathLike, file_path: str | os.PathLike,
     ``import:<file name>``)."""
     if default_annotator is not None and not default_annotator.strip():
         raise UserInputError("--annotator: is empty; give an annotator id or leave it out")
+    if is_url(file_path):  # the two arguments swapped: name the URL with its password masked
+        raise UserInputError(f"{mask_url(str(file_path))}: a store URL where the JSONL file "
+                             "goes; the store comes first: `rlhf-hgt feedback import STORE "
+                             "FILE.jsonl`")
     parsed = read_jsonl(file_path)  # every line checked before the store is touched
     default = default_annotator or f"import:{parsed.path.name}"
     store = PreferenceStore(store_path)

@@ -721,6 +721,19 @@ def test_missing_file_and_folder_are_refused(tmp_path, seeded_store):
     assert store_state(seeded_store) == state
 
 
+def test_swapped_arguments_name_the_url_without_its_password(tmp_path):
+    """`feedback import FILE.jsonl URL` (the store second): one line saying the order, the
+    password masked (it was printed, and the URL mangled to 'postgresql:/...')."""
+    good = write_jsonl(tmp_path / "good.jsonl", UNICODE_ROWS)
+    url = "postgresql://alice:S3cretPw99@127.0.0.1:1/rlhf"
+    result = run_cli("feedback", "import", good, url)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "S3cretPw99" not in result.stderr + result.stdout
+    assert "postgresql://alice:***@127.0.0.1:1/rlhf" in result.stderr
+    assert "feedback import STORE FILE.jsonl" in result.stderr
+    assert not good.with_suffix("").exists()
+
+
 def test_bad_store_is_refused_untouched(tmp_path):
     good = write_jsonl(tmp_path / "good.jsonl", UNICODE_ROWS)
     not_store = tmp_path / "notes.txt"
