@@ -82,6 +82,26 @@ def test_acts_are_written_with_who_when_why_and_bad_ones_exit_2(tmp_path):
         assert len(store.events("oversight")) == 1  # nothing half written by the bad ones
 
 
+def test_round_numbers_from_1_and_from_0_are_told_apart(tmp_path):
+    """A control run prints 'round 1/N' for rounds/round-000: `--to 1` after seeing it is
+    refused with the number to give, and a rollback names the folder it continues from."""
+    import io
+
+    from rich.console import Console
+
+    from rlhf_hgt.cli.control import _progress
+
+    run = tmp_path / "run"
+    (run / "rounds" / "round-000").mkdir(parents=True)
+    (run / "rounds" / "round-000" / "state.json").write_text("{}")
+    bad = _cli("oversee", str(run), "rollback", "--to", "1", "--reason", "x")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "kept: 0;" in bad.stderr and "'round 1/N' is --to 0" in bad.stderr
+    buf = io.StringIO()
+    _progress(Console(file=buf, width=200), 4)("rolled_back", {"round": 0, "act": "rollback"})
+    assert buf.getvalue().strip() == "continuing from round 1's checkpoint (rounds/round-000)"
+
+
 def test_a_pause_holds_the_gate_until_resume_and_old_acts_are_history(tmp_path):
     record_act(tmp_path, "stop", "an earlier run's stop", "bo")  # before the loop started
     overseer = Overseer(tmp_path, poll_seconds=0.05)

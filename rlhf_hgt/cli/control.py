@@ -99,7 +99,10 @@ def _progress(console: Any, rounds: int) -> Any:
                           + (" (`rlhf-hgt oversee RUN_DIR resume --reason ...` continues)"
                              if event == "paused" else ""))
         elif event == "rolled_back":
-            console.print(f"continuing from round {info['round'] + 1}'s checkpoint"
+            # both numbers: the progress lines count rounds from 1, `--to` and the folders
+            # (rounds/round-NNN) from 0
+            console.print(f"continuing from round {info['round'] + 1}'s checkpoint "
+                          f"(rounds/round-{info['round']:03d})"
                           if info["round"] >= 0 else "starting again from a fresh policy")
         elif event == "rejected":
             console.print("the last checkpoint was rejected: resuming from an earlier one")

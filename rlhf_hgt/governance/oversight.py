@@ -112,8 +112,11 @@ def record_act(run_dir: str | os.PathLike, act: str, reason: str, by: str,
         rnd = parse_round(to)
         kept = kept_rounds(run)
         if rnd not in kept:
+            # a control run prints 'round 1/N' for rounds/round-000: say which number --to takes
+            hint = ("; --to counts from 0 as the folders rounds/round-NNN do: the progress "
+                    "line 'round 1/N' is --to 0") if (run / "rounds").is_dir() else ""
             raise UserInputError(f"--to {to}: {run} keeps no checkpoint of round {rnd} "
-                                 f"(kept: {', '.join(map(str, kept)) or 'none'})")
+                                 f"(kept: {', '.join(map(str, kept)) or 'none'}{hint})")
         data["to"] = round_name(rnd)
     elif to is not None:
         raise UserInputError(f"--to is for rollback only, not {act}")
