@@ -136,6 +136,22 @@ def test_a_data_file_run_lists_its_lines_and_the_file_hash(tmp_path, capsys):
     assert code == 1 and "pairs.jsonl: changed" in out
 
 
+def test_a_reject_line_names_the_checkpoint_it_rejected(tmp_path, capsys):
+    from rlhf_hgt.governance.oversight import record_act
+
+    run = tmp_path / "run"
+    run.mkdir()
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
+    (run / "adapter_model.safetensors").write_bytes(b"w")
+    lineage.record_checkpoint(run, None, "final", [run], None, data=lineage.jsonl_lines(data))
+    (run / "state.json").write_text(json.dumps({"round": 2}))
+    record_act(run, "reject", "unsafe", "bob")
+    capsys.readouterr()
+    assert cli_main(["lineage", str(run)]) == 0
+    assert "reject of round-002 by bob: unsafe" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("case", ["missing", "file", "not-a-run", "no-lineage", "no-store"])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case):
     target = tmp_path / "run"

@@ -289,8 +289,10 @@ def render(obj: dict[str, Any], console: Any) -> None:
                       "REJECTED" if c["rejected"] else "")
     console.print(table)
     for o in obj["oversight"]:
-        console.print(f"  oversight {o['at']}: {o['act']} by {o['by']}"
-                      + (f" to {o['to']}" if o.get("to") else "") + f": {o['reason']}")
+        console.print(f"  oversight {o['at']}: {o['act']}"
+                      + (f" of {o['checkpoint']}" if o.get("checkpoint") else "")
+                      + f" by {o['by']}" + (f" to {o['to']}" if o.get("to") else "")
+                      + f": {o['reason']}")
     for note in obj["notes"]:
         console.print(f"  note: {note}")
     console.print(f"every answer: `rlhf-hgt lineage {obj['run']} --json`; check against the "
