@@ -469,6 +469,12 @@ def test_known_limits_from_the_record():
     stopped = known_limits(_info(oversight=[{"at": T0, "annotator": "eve", "data": {
         "act": "stop", "reason": "reward hacking seen", "by": "eve"}}]))
     assert _has(stopped, "`stop` by eve") and _has(stopped, "reward hacking seen")
+    reject = {"at": T0, "annotator": "bob", "data": {
+        "act": "reject", "reason": "unsafe", "by": "bob", "checkpoint": "round-002"}}
+    assert _has(known_limits(_info(oversight=[reject])), "`reject` (round-002) by bob")
+    from rlhf_hgt.governance.sections import oversight_blocks
+    (table,) = oversight_blocks(_info(oversight=[reject]))  # the rejected one is named
+    assert table.rows[0][-1] == "round-002" and table.header[-1] == "checkpoint"
     shared = known_limits(_info(people={"a": True}, store_note="the store x lies outside the "
                                 "run folder and may be shared with other runs"))
     assert _has(shared, "may be shared")

@@ -90,7 +90,9 @@ def known_limits(info: RunInfo) -> list[str]:
     for e in info.oversight:
         d = e.get("data") or {}
         if d.get("act") in ("stop", "reject", "rollback"):
-            out.append(f"Oversight: `{d.get('act')}` by {d.get('by') or e.get('annotator')} "
+            what = d.get("to") or d.get("checkpoint")  # a rollback's target, a reject's
+            out.append(f"Oversight: `{d.get('act')}`" + (f" ({what})" if what else "")
+                       + f" by {d.get('by') or e.get('annotator')} "
                        f"on {S.when(e.get('at'))}: {d.get('reason') or 'no reason given'}.")
     return out
 

@@ -229,7 +229,8 @@ def teacher_lines(info: RunInfo) -> list[str]:
 # ----------------------------------------------------------------------------- oversight
 
 
-OVERSIGHT_HEADER = ["when", "act", "by", "reason", "to"]
+#: checkpoint: a rollback's target, or the one a reject rejected
+OVERSIGHT_HEADER = ["when", "act", "by", "reason", "checkpoint"]
 
 
 def oversight_blocks(info: RunInfo) -> list[Block]:
@@ -240,7 +241,7 @@ def oversight_blocks(info: RunInfo) -> list[Block]:
     for e in info.oversight:
         d = e.get("data") or {}
         rows.append([when(e.get("at")), d.get("act") or "?", d.get("by") or e.get("annotator"),
-                     d.get("reason") or "–", d.get("to")])
+                     d.get("reason") or "–", d.get("to") or d.get("checkpoint")])
     return [Table(OVERSIGHT_HEADER, rows)]
 
 
