@@ -266,6 +266,22 @@ def test_bad_input_exits_2_naming_the_path(tmp_path, capsys, case):
     assert not (target.is_dir() and (target / "report.html").exists())
 
 
+def test_a_store_that_cannot_be_read_is_said_on_stderr(runs, tmp_path, capsys):
+    """A team store refusing the login (here: a store file that is no store) still gives a
+    report, but the command says so: it printed only 'wrote ...' and exited 0. Here the
+    store is one a newer rlhf_hgt wrote: it cannot be read either."""
+    run = shutil.copytree(runs["control"], tmp_path / "run")
+    with PreferenceStore(run / "feedback.db") as store:
+        store.set_setting("schema_version", "99")
+    assert main(["report", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("rlhf-hgt: warning: the store could not be read")
+    assert "leaves out the run's labels and lineage" in err and "Traceback" not in err
+    shutil.copy(runs["control"] / "feedback.db", run / "feedback.db")
+    assert main(["report", str(run)]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_the_report_command_imports_no_torch(runs, tmp_path):
     run = shutil.copytree(runs["control"], tmp_path / "run")
     code = (f"import sys\nfrom rlhf_hgt.cli import main\nassert main(['report', {str(run)!r}]) "

@@ -14,6 +14,7 @@ Light: no torch, transformers or SB3 (the report draws with matplotlib).
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
 
 from rlhf_hgt.feedback.errors import UserInputError
@@ -44,6 +45,9 @@ def _run_report(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UserInputError(f"{args.run_dir}: cannot write the report ({exc})") from None
     print(f"wrote {report.markdown} and {report.html} ({report.figures} plots)")
+    if report.store_problem:  # said in the report too, but a person should not miss it
+        print(f"rlhf-hgt: warning: {report.store_problem}; the report leaves out the run's "
+              "labels and lineage", file=sys.stderr)
     if args.open and not open_in_browser(report.html):
         print(f"no web browser found; open {report.html.resolve().as_uri()}")
     return 0

@@ -67,6 +67,8 @@ class Report:
     markdown: Path
     html: Path
     figures: int
+    #: why the run's store could not be read (the report then lacks its labels and lineage)
+    store_problem: str | None = None
 
 
 # ----------------------------------------------------------------------------- parts
@@ -298,7 +300,9 @@ def write_report(run_dir: str | Path) -> Report:
     md_path = write_bytes_atomic(info.path / "report.md", md.encode("utf-8"))
     page = to_html(title, blocks, nav=NAV, footer=footer)
     html_path = write_bytes_atomic(info.path / "report.html", page.encode("utf-8"))
-    return Report(md_path, html_path, len(figures))
+    note = info.store_note or ""
+    problem = note if note.startswith("the store could not be read") else None
+    return Report(md_path, html_path, len(figures), problem)
 
 
 def open_in_browser(path: Path) -> bool:
