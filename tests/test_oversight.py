@@ -78,6 +78,12 @@ def test_acts_are_written_with_who_when_why_and_bad_ones_exit_2(tmp_path):
         assert message in bad.stderr and "Traceback" not in bad.stderr
     missing = _cli("oversee", str(tmp_path / "nope"), "stop", "--reason", "x")
     assert missing.returncode == 2 and "no such run folder" in missing.stderr
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cat.jpg").write_bytes(b"x")  # a folder with files, none of a run's
+    refused = _cli("oversee", str(other), "pause", "--reason", "x")
+    assert refused.returncode == 2 and "not a run folder" in refused.stderr
+    assert not (other / "feedback.db").exists()
     with PreferenceStore(run / "feedback.db", create=False) as store:
         assert len(store.events("oversight")) == 1  # nothing half written by the bad ones
 
@@ -234,6 +240,12 @@ def test_a_rejected_checkpoint_is_neither_resumed_nor_the_result(tmp_path):
     with PreferenceStore(out / "feedback.db", create=False) as store:
         (event,) = store.events("oversight")
     assert event["data"]["checkpoint"] == "round-001"
+    # the rejected checkpoint's own cards say so; the round trained in its place does not
+    for card in (out / "rounds" / "round-001" / "checkpoints").rglob("README.md"):
+        assert "**Rejected** (round-001)" in card.read_text() and "by ana: unsafe clips" in \
+            card.read_text()
+    again = (out / "rounds" / "round-001.1" / "checkpoints" / "README.md").read_text()
+    assert "**Rejected**" not in again
     # lineage marks the rejected checkpoint, not the round trained again in its place
     shown = _cli("lineage", str(out), "--json")
     assert shown.returncode == 0, shown.stderr
@@ -271,3 +283,18 @@ def test_pause_resume_and_stop_keys_at_the_runs_own_terminal(tmp_path):
     acts = json.loads((out / "metrics.json").read_text())["oversight"]["acts"]
     assert [a["act"] for a in acts] == ["pause", "resume", "stop"]
     assert acts[0]["reason"] == "key 'p' at the run's terminal"
+
+
+def test_a_reject_after_the_run_marks_the_final_models_cards(tmp_path):
+    from safetensors.numpy import save_file
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")
+    save_file({"w": __import__("numpy").zeros(2, "float32")}, str(run / "adapter.safetensors"))
+    (run / "README.md").write_text("---\nlibrary_name: peft\n---\n\n# Reward model: x\n\nbody\n")
+    data = record_act(run, "reject", "biased answers", "ana")
+    assert data["checkpoint"] == "final"
+    text = (run / "README.md").read_text()
+    assert text.startswith("---\nlibrary_name: peft\n---\n\n# Reward model: x\n\n> **Rejected**")
+    assert "by ana: biased answers" in text and text.count("**Rejected**") == 1

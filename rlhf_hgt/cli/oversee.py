@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
                       args.to)
     target = f" to {data['to']}" if "to" in data else (
         f" ({data['checkpoint']})" if "checkpoint" in data else "")
+    cards = "; the checkpoint's cards now say it is rejected" if args.act == "reject" else ""
     print(f"{args.act}{target} recorded for {args.run_dir} by {data['by']}: {data['reason']}; "
-          f"a running loop obeys it at its next safe point")
+          f"a running loop obeys it at its next safe point (on a finished run it is kept in "
+          f"the record{cards})")
     return 0

@@ -41,6 +41,8 @@ from rlhf_hgt.feedback.errors import UserInputError
 ACTS = ("pause", "resume", "stop", "reject", "rollback")
 KIND = "oversight"
 STORE_NAME = "feedback.db"
+#: what a run folder holds (one of them, or nothing yet: a run that has just started)
+RUN_FILES = ("state.json", "metrics.json", "manifest.json", "lineage.jsonl", STORE_NAME)
 #: how often a loop's safe point looks at the store (seconds): acts take effect this fast
 POLL_SECONDS = 0.5
 
@@ -99,6 +101,9 @@ def record_act(run_dir: str | os.PathLike, act: str, reason: str, by: str,
     run = Path(run_dir)
     if not run.is_dir():
         raise UserInputError(f"{run}: no such run folder (give the --out of a run)")
+    if any(run.iterdir()) and not any((run / name).exists() for name in RUN_FILES):
+        raise UserInputError(f"{run}: not a run folder (none of {', '.join(RUN_FILES)} in "
+                             "it); give the --out of a run")
     if act not in ACTS:
         raise UserInputError(f"act {act!r}: choose one of {', '.join(ACTS)}")
     if not reason.strip():
@@ -124,7 +129,37 @@ def record_act(run_dir: str | os.PathLike, act: str, reason: str, by: str,
         data["checkpoint"] = current_checkpoint(run) or "final"
     with PreferenceStore(run_store(run)) as store:
         store.log_event(KIND, annotator=by, data=data)
+    if act == "reject":
+        mark_rejected_cards(run, data)
     return data
+
+
+def mark_rejected_cards(run: Path, data: dict[str, Any]) -> list[Path]:
+    """Say on the rejected checkpoint's own model cards that it was rejected (by whom, when,
+    why), so that someone who picks up its files sees it: a line under each card's title.
+    Other cards are rewritten by the loops and list every act already."""
+    name = str(data.get("checkpoint") or "final")
+    if name == "final":
+        from rlhf_hgt.governance.card import model_folders
+
+        folders = model_folders(run)
+    else:
+        folders = [d for d in (run / "rounds" / name, run / "checkpoints" / name) if d.is_dir()]
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    notice = (f"> **Rejected** ({name}) on {when} by {data.get('by')}: {data.get('reason')}. "
+              "Not to be used as a result or resumed from (`rlhf-hgt oversee ... reject`).")
+    marked = []
+    for card in sorted({c for d in folders for c in d.rglob("README.md")}):
+        lines = card.read_text(encoding="utf-8").splitlines()
+        title = next((i for i, line in enumerate(lines) if line.startswith("# ")), None)
+        if title is None or notice in lines:
+            continue
+        lines[title + 1:title + 1] = ["", notice]
+        from rlhf_hgt.feedback.files import write_bytes_atomic
+
+        write_bytes_atomic(card, ("\n".join(lines) + "\n").encode("utf-8"))
+        marked.append(card)
+    return marked
 
 
 @dataclass
