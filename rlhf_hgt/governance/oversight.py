@@ -42,7 +42,8 @@ ACTS = ("pause", "resume", "stop", "reject", "rollback")
 KIND = "oversight"
 STORE_NAME = "feedback.db"
 #: what a run folder holds (one of them, or nothing yet: a run that has just started)
-RUN_FILES = ("state.json", "metrics.json", "manifest.json", "lineage.jsonl", STORE_NAME)
+RUN_FILES = ("state.json", "metrics.json", "manifest.json", "lineage.jsonl", STORE_NAME,
+             "checkpoints", "rounds")
 #: how often a loop's safe point looks at the store (seconds): acts take effect this fast
 POLL_SECONDS = 0.5
 
