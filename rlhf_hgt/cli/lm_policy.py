@@ -121,6 +121,9 @@ def run_ppo(args: argparse.Namespace) -> int:
         prompts = read_prompts(args.prompts_file, args.prompt_store, args.max_prompts)
     config = build(args, ppo_sections())
     out = check_out(args.out)
+    # a person's pause / stop: acts written from now on count, also while the model loads
+    # (into a RUN_DIR that exists already; a new one is made once the model has loaded)
+    overseer = Overseer(out, _oversight_lines(console))
     with console.status("loading the language-model stack…"):
         from rlhf_hgt.lm.models import load_causal_lm
         from rlhf_hgt.lm.ppo import LMPPOTrainer
@@ -135,7 +138,6 @@ def run_ppo(args: argparse.Namespace) -> int:
     console.print(f"PPO on {args.model} ({trainer.device}, {trainer.world} process(es)): "
                   f"{len(prompts)} prompts, reward {reward_name}, {config.steps} updates")
     out.mkdir(parents=True, exist_ok=True)  # `rlhf-hgt oversee RUN_DIR` writes there
-    overseer = Overseer(out, _oversight_lines(console))  # a person's pause / stop
     from rlhf_hgt.cli.run_keys import oversight_keys
 
     with oversight_keys(out, console, enabled=main):  # p, r, s at this terminal
