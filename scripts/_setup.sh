@@ -51,7 +51,7 @@ fi
 # A real browser for the report's tests (tests/test_report.py): Debian's chromium from apt,
 # driven by playwright (a dev extra) through executable_path=/usr/bin/chromium; playwright's
 # own browser download cannot work offline. Installed once, only when missing; without apt
-# (or the rights to use it) the browser tests are skipped and say why.
+# (or the rights to use it) the browser tests fail and say why (they never skip).
 # apt-get update once per set-up, however many packages are missing
 APT_UPDATED=""
 apt_update_once() {
@@ -61,7 +61,7 @@ ensure_chromium() {
   if [[ -x /usr/bin/chromium ]]; then return 0; fi
   if ! command -v apt-get >/dev/null 2>&1; then
     echo "[setup] no apt-get here: install Chromium as /usr/bin/chromium to run the report's" \
-      "browser tests (they are skipped without it)" >&2
+      "browser tests (they fail without it)" >&2
     return 0
   fi
   local sudo=""
@@ -69,7 +69,7 @@ ensure_chromium() {
     if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
       echo "[setup] chromium is missing and apt-get needs root: run" \
         "'sudo apt-get install -y chromium' to run the report's browser tests" \
-        "(they are skipped without it)" >&2
+        "(they fail without it)" >&2
       return 0
     fi
   fi
@@ -79,7 +79,7 @@ ensure_chromium() {
   if ! { apt_update_once $sudo && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q \
       chromium; } >"$log" 2>&1; then
     echo "[setup] apt-get could not install chromium (last lines below); the report's browser" \
-      "tests will be skipped" >&2
+      "tests will fail" >&2
     tail -n 5 "$log" >&2
   fi
   rm -f "$log"
