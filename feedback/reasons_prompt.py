@@ -281,7 +281,8 @@ class HighlightEditor:
             else:
                 self._change()
                 self.picked[self.side] |= self.open_span(self.side)
-                self.message = f"span highlighted: {len(self.open_span(self.side))} words"
+                n = len(self.open_span(self.side))
+                self.message = f"span highlighted: {n} word{'' if n == 1 else 's'}"
                 self.anchor = None
         elif key in ("u", "\x7f", "\x08"):
             if self.anchor is not None:

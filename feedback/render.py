@@ -383,9 +383,9 @@ def text_header(query: Any, width: int, color: bool = True,
         lines += render_lines(console, Text("Prompt", style="bold"), width, color)
         lines += render_lines(console, Text(prompt, overflow="fold"), width, color)
         lines.append("")
-    titles = [_side_title(i + 1, s, f"{len(sanitize(t).split())} words{note}")
-              for i, (s, t, note) in enumerate(zip(("left", "right"), (query.left, query.right),
-                                                   notes, strict=True))]
+    words = [len(sanitize(t).split()) for t in (query.left, query.right)]
+    titles = [_side_title(i + 1, s, f"{n} word{'' if n == 1 else 's'}{note}")
+              for i, (s, n, note) in enumerate(zip(("left", "right"), words, notes, strict=True))]
     return lines + _heading(console, titles, width, color)
 
 

@@ -588,3 +588,13 @@ def test_highlight_keys_save_word_spans_with_the_answer(tmp_path: Path) -> None:
     assert reasons == {answers[0].id: {"highlights": {"left": [[great, great + 5]],
                                                       "right": [[0, dull]]}}}
     assert right[0:dull] == "dull 电影"
+
+
+def test_the_text_titles_count_words_in_the_singular_and_the_plural():
+    from types import SimpleNamespace
+
+    from rlhf_hgt.feedback.render import text_header
+
+    query = SimpleNamespace(prompt="Say it", left="Yes", right="Yes indeed")
+    shown = "\n".join(text_header(query, 100, color=False))
+    assert "1 word" in shown and "1 words" not in shown and "2 words" in shown
