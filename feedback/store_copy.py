@@ -133,9 +133,10 @@ def _claims_and_meta(cur: Any, rows: dict[str, list[tuple]], summary: CopySummar
     summary.copied["claims"] = len(claims)
     conflict = (" ON CONFLICT (key) DO UPDATE SET value = excluded.value" if replace
                 else " ON CONFLICT DO NOTHING")
+    there = set() if replace else {k for (k,) in cur.execute("SELECT key FROM meta").fetchall()}
     if rows["meta"]:
         cur.executemany(_insert_sql("meta", ("key", "value"), conflict), rows["meta"])
-    summary.copied["settings"] = len(rows["meta"])
+    summary.copied["settings"] = sum(k not in there for k, _ in rows["meta"])  # merge: new only
 
 
 def _merge(cur: Any, rows: dict[str, list[tuple]], summary: CopySummary) -> None:

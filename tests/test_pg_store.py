@@ -97,7 +97,8 @@ def test_merge_adds_only_what_is_missing_and_remaps_ids(tmp_path, pg_url):
         assert [(a.annotator, a.query_id) for a in every] == [("ann", 1), ("bob", 1)]
         assert [e["answer_id"] for e in st.events("undo")] == [every[1].id]
         assert st.count_queries() == 2
-    assert copy_store(two, pg_url, merge=True).copied["answers"] == 0  # again: nothing new
+    again = copy_store(two, pg_url, merge=True)
+    assert again.copied["answers"] == 0 and again.copied["settings"] == 0  # nothing new
 
 
 def test_connection_errors_exit_2_with_one_line_and_no_password(pg_server, tmp_path):
