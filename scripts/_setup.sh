@@ -57,59 +57,40 @@ APT_UPDATED=""
 apt_update_once() {
   if [[ -z "$APT_UPDATED" ]]; then "$@" apt-get update -q && APT_UPDATED=1; fi
 }
-ensure_chromium() {
-  if [[ -x /usr/bin/chromium ]]; then return 0; fi
+# apt_install PACKAGE WHAT [apt-get options]: Debian's PACKAGE with apt-get (as root, or
+# through passwordless sudo), quietly; WHAT names the tests that need it (they fail without
+# it, never skip), for the messages when it cannot be installed.
+apt_install() {
+  local package="$1" what="$2" sudo="" log
+  shift 2
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "[setup] no apt-get here: install Chromium as /usr/bin/chromium to run the report's" \
-      "browser tests (they fail without it)" >&2
+    echo "[setup] no apt-get here: install $package for $what (they fail without it)" >&2
     return 0
   fi
-  local sudo=""
   if [[ "$(id -u)" -ne 0 ]]; then
     if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
-      echo "[setup] chromium is missing and apt-get needs root: run" \
-        "'sudo apt-get install -y chromium' to run the report's browser tests" \
-        "(they fail without it)" >&2
+      echo "[setup] $package is missing and apt-get needs root: run" \
+        "'sudo apt-get install -y $package' for $what (they fail without it)" >&2
       return 0
     fi
   fi
-  echo "[setup] installing Debian's chromium with apt-get (for the report's browser tests)"
-  local log
+  echo "[setup] installing Debian's $package with apt-get (for $what)"
   log="$(mktemp)"
   if ! { apt_update_once $sudo && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q \
-      chromium; } >"$log" 2>&1; then
-    echo "[setup] apt-get could not install chromium (last lines below); the report's browser" \
-      "tests will fail" >&2
+      "$@" "$package"; } >"$log" 2>&1; then
+    echo "[setup] apt-get could not install $package (last lines below); $what will fail" >&2
     tail -n 5 "$log" >&2
   fi
   rm -f "$log"
+}
+ensure_chromium() {
+  if [[ -x /usr/bin/chromium ]]; then return 0; fi
+  apt_install chromium "the report's browser tests"
 }
 # A real PostgreSQL 15 server for the team store's tests (tests/helpers/pg_server.py starts
 # one per test process on 127.0.0.1): Debian's postgresql-15 from apt, only when missing.
 # Without it those tests fail (they never skip), and the message says how to install it.
 ensure_postgresql() {
   if [[ -x /usr/lib/postgresql/15/bin/initdb ]]; then return 0; fi
-  local sudo=""
-  if ! command -v apt-get >/dev/null 2>&1; then
-    echo "[setup] no apt-get here: install PostgreSQL 15 (/usr/lib/postgresql/15/bin) for the" \
-      "team store's tests, or set RLHF_HGT_PG_BIN to its bin folder" >&2
-    return 0
-  fi
-  if [[ "$(id -u)" -ne 0 ]]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
-      echo "[setup] postgresql-15 is missing and apt-get needs root: run" \
-        "'sudo apt-get install -y postgresql-15' (the team store's tests need it)" >&2
-      return 0
-    fi
-  fi
-  echo "[setup] installing Debian's postgresql-15 with apt-get (for the team store's tests)"
-  local log
-  log="$(mktemp)"
-  if ! { apt_update_once $sudo && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q \
-      --no-install-recommends postgresql-15; } >"$log" 2>&1; then
-    echo "[setup] apt-get could not install postgresql-15 (last lines below); the team" \
-      "store's tests will fail" >&2
-    tail -n 5 "$log" >&2
-  fi
-  rm -f "$log"
+  apt_install postgresql-15 "the team store's tests" --no-install-recommends
 }
