@@ -54,3 +54,20 @@ class DictObsEnv(gym.Env):
 
 if "DictObs-v0" not in gym.registry:
     gym.register(id="DictObs-v0", entry_point=DictObsEnv, max_episode_steps=20)
+
+
+class SparseCorridor(CustomCorridor):
+    """A long corridor, from its start: a random walk almost never reaches the end in an
+    episode, so every clip of a fresh policy has the same return (a sparse-reward task)."""
+
+    def __init__(self, length: int = 15) -> None:
+        super().__init__(length)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        obs, info = super().reset(seed=seed, options=options)
+        self._pos = 0
+        return np.zeros(1, dtype=np.float32), info
+
+
+if "SparseCorridor-v0" not in gym.registry:
+    gym.register(id="SparseCorridor-v0", entry_point=SparseCorridor, max_episode_steps=40)

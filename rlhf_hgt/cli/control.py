@@ -89,6 +89,9 @@ def _progress(console: Any, rounds: int) -> Any:
                           f"{info['true_return']:.1f}{acc_s}  ({info['seconds']:.0f}s)")
         elif event == "resume":
             console.print(f"resuming at round {info['round'] + 1}")
+        elif event == "explore":
+            console.print(f"exploring for {info['steps']} steps (a state-entropy reward) "
+                          "before the first questions")
         elif event == "steps_rounded":
             console.print(f"note: {info['asked']} timesteps rounded up to {info['steps']}: each "
                           f"of the {info['rounds']} rounds trains on whole PPO rollouts "

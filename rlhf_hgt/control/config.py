@@ -299,6 +299,12 @@ class ControlConfig:
                 "ensemble only, the others ask random pairs)"})
     initial_label_fraction: float = field(default=0.25, metadata={
         "help": "share of the labels asked for before any policy training"})
+    explore_fraction: float = field(default=0.1, metadata={
+        "help": "share of --timesteps the agent first trains to visit new states (a "
+                "state-entropy reward, PEBBLE's unsupervised pre-training) before the first "
+                "questions, so that on sparse-reward tasks the first clips differ and the "
+                "answers are not all ties; it keeps exploring while every answer so far is a "
+                "tie; 0 turns both off (--algo ppo)"})
     eval_episodes: int = field(default=10, metadata={"help": "episodes for the true return"})
     store: str | None = field(default=None, metadata={
         "help": "preference store (default RUN_DIR/feedback.db)"})
@@ -376,6 +382,9 @@ class ControlConfig:
         if not 0 < self.initial_label_fraction < 1:
             raise ValueError(f"--initial-label-fraction must lie strictly between 0 and 1 "
                              f"(0.25 is usual), got {self.initial_label_fraction}")
+        if not 0 <= self.explore_fraction < 1:
+            raise UserInputError(f"--explore-fraction must lie in [0, 1) (0 turns exploration "
+                                 f"off), got {self.explore_fraction}")
         if self.lora_r < 0:
             raise ValueError(f"--lora-r must be 0 (off) or a rank >= 1, got {self.lora_r}")
         if self.init_policy is not None and not Path(self.init_policy).is_file():

@@ -78,6 +78,8 @@ class PreferenceLearner(ABC):
 
     #: True when the policy may train on the last fit while people label the next pairs
     trains_while_people_label: bool = False
+    #: True when :meth:`explore` trains the policy (``--explore-fraction``); else it is skipped
+    explores: bool = False
     agent: BaseAlgorithm
     #: the keep mask (F,) of the task's --feature-marks, for a learner that uses marks
     marks: np.ndarray | None = None
@@ -117,6 +119,11 @@ class PreferenceLearner(ABC):
     @abstractmethod
     def train(self, steps: int) -> None:
         """The policy's training for one round, ``steps`` env steps at most."""
+
+    def explore(self, steps: int) -> None:
+        """Before the first questions: train the policy for ``steps`` env steps to visit new
+        states (learners with :attr:`explores`; the others have nothing to do here)."""
+        return None
 
     def training_callback(self, callback: Any = None) -> Any:
         """``callback`` (an SB3 callback or None) with :attr:`gate` asked at every env step

@@ -136,7 +136,10 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
     start_return, _ = evaluate_true_return(learner.agent, env_fn,
                                            max(3, cfg.eval_episodes // 2), seed=123_456)
     labels_per_round = query_schedule(cfg.labels, cfg.rounds, cfg.initial_label_fraction)
-    steps_per_round = learner.steps_per_round(cfg.timesteps, cfg.rounds)
+    explore_steps = int(cfg.explore_fraction * cfg.timesteps) if learner.explores else 0
+    if explore_steps:  # in whole PPO rollouts, taken from the budget (total steps unchanged)
+        explore_steps = min(learner.steps_per_round(explore_steps, 1)[0], cfg.timesteps // 2)
+    steps_per_round = learner.steps_per_round(cfg.timesteps - explore_steps, cfg.rounds)
     if sum(steps_per_round) > cfg.timesteps:
         progress("steps_rounded", {"asked": cfg.timesteps, "steps": sum(steps_per_round),
                                    "rounds": cfg.rounds, "per_round": steps_per_round[0]})
@@ -146,6 +149,9 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
     history: list[dict[str, Any]] = state.get("history", [])
     generation = int(state.get("generation", 0))  # rounds trained again after a rollback
     rnd = state.get("round", -1) + 1
+    if rnd == 0 and explore_steps and not learner.timesteps:  # a fresh start
+        progress("explore", {"steps": explore_steps})
+        learner.explore(explore_steps)
 
     while rnd < cfg.rounds:
         if not overseer.gate(force=True):  # between rounds: a pause holds here
@@ -228,6 +234,8 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
                                               last_fit.get("reward_holdout_pref_accuracy")),
         "random_return_mean": random_return(env_fn, cfg.eval_episodes, seed=123_456),
         "start_return_mean": start_return,
+        "explore_steps": explore_steps,
+        "tie_share": float(np.mean(labels.targets == 0.5)) if len(labels) else None,
         "history": history,
     }
     metrics |= labels.summary or {}  # time weighting, pairs marked at the prompt

@@ -113,10 +113,11 @@ def query_schedule(total_labels: int, n_rounds: int,
     """Labels to ask for in each round: ints summing exactly to ``total_labels``,
     non-increasing, front-loaded.
 
-    Round 0 gets about ``initial_fraction`` of the budget; the rest is shared over rounds
-    1..n-1 in proportion to 1/(r+1) on top of one label each (so every round gets at least
-    one when ``total_labels >= n_rounds``; otherwise the first ``total_labels`` rounds get
-    one each). Rounding keeps the exact total (largest remainders)."""
+    Round 0 gets about ``initial_fraction`` of the budget, and never less than round 1;
+    the rest is shared over rounds 1..n-1 in proportion to 1/(r+1) on top of one label each
+    (so every round gets at least one when ``total_labels >= n_rounds``; otherwise the first
+    ``total_labels`` rounds get one each). Rounding keeps the exact total (largest
+    remainders)."""
     total = _check_int("total_labels", total_labels, 1)
     rounds = _check_int("n_rounds", n_rounds, 1)
     if isinstance(initial_fraction, bool) or not 0 < float(initial_fraction) <= 1:
@@ -126,8 +127,12 @@ def query_schedule(total_labels: int, n_rounds: int,
         return [total]
     if total < rounds:
         return [1] * total + [0] * (rounds - total)
-    first = min(max(float(initial_fraction) * total, 1.0), float(total - rounds + 1))
     weights = 1.0 / np.arange(2, rounds + 1)
+    # round 0 gets at least what round 1 would get from the rest (front-loaded even when
+    # initial_fraction is small for few rounds): solve first = 1 + (rest - first) * share
+    share = weights[0] / weights.sum()
+    level = (1.0 + (total - rounds + 1) * share) / (1.0 + share)
+    first = min(max(float(initial_fraction) * total, level, 1.0), float(total - rounds + 1))
     rest = total - first - (rounds - 1)  # >= 0: what is left after one label per later round
     want = np.concatenate([[first], 1.0 + rest * weights / weights.sum()])
     counts = np.floor(want).astype(int)
@@ -135,7 +140,7 @@ def query_schedule(total_labels: int, n_rounds: int,
     if short > 0:
         order = np.argsort(-(want - counts), kind="stable")
         counts[order[:short]] += 1
-    out = sorted((int(c) for c in counts), reverse=True)
+    out = [int(c) for c in counts]
     if sum(out) != total or out[-1] < 1:  # pragma: no cover - guarded by the arithmetic above
         raise RuntimeError(f"query_schedule({total}, {rounds}) went wrong: {out}")
     return out

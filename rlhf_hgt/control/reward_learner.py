@@ -20,6 +20,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from rlhf_hgt.control.agents import agent_steps_per_round, relabel_replay_buffer
 from rlhf_hgt.control.config import ControlConfig, parse_feature_marks
+from rlhf_hgt.control.explore import StateEntropyReward, features_of
 from rlhf_hgt.control.learner import PreferenceLearner, build_agent
 from rlhf_hgt.control.reward_model import RewardEnsemble
 from rlhf_hgt.control.rollouts import BatchedRewardCallback
@@ -32,6 +33,7 @@ class RewardModelLearner(PreferenceLearner):
     """Reward-model ensemble + RL agent on the learned reward."""
 
     trains_while_people_label = True
+    explores = True
 
     def __init__(self, cfg: ControlConfig, envs: VecEnv) -> None:
         self.cfg = cfg
@@ -43,16 +45,46 @@ class RewardModelLearner(PreferenceLearner):
                                               cfg.agent.normalize_reward) if on_policy else None
         self.agent = build_agent(cfg, self.train_env)
         self.marks = feature_keep(cfg, envs.observation_space)
+        self._explorer: StateEntropyReward | None = None  # the reward while exploring
 
     @classmethod
     def check(cls, cfg: ControlConfig, env: gym.Env) -> None:
         RewardEnsemble(env.observation_space, env.action_space, config=cfg.reward, seed=0)
+        if cfg.explore_fraction > 0:
+            features_of(env.observation_space)
         feature_keep(cfg, env.observation_space)
         super().check(cfg, env)
 
     def reward(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """The learned per-step reward the agent trains on."""
+        """The per-step reward the agent trains on: the ensemble's (the state-entropy one
+        while exploring)."""
+        if self._explorer is not None:
+            return self._explorer(obs, actions)
         return self.ensemble.predict(obs, actions)
+
+    def explore(self, steps: int) -> None:
+        """PEBBLE's unsupervised pre-training: ``steps`` env steps on a state-entropy reward
+        (:mod:`rlhf_hgt.control.explore`), kept up while the answers are all ties (see
+        :meth:`fit`). SAC's replay buffer keeps these steps and is relabelled with the
+        learned reward once answers say something; PPO's reward scaling then starts afresh,
+        so the exploration reward's scale does not carry over."""
+        self._start_exploring()
+        self.train(steps)
+
+    def _start_exploring(self) -> None:
+        if self._explorer is None:
+            self._explorer = StateEntropyReward(self.train_env.observation_space,
+                                                seed=self.cfg.seed)
+
+    def _stop_exploring(self) -> None:
+        from stable_baselines3.common.running_mean_std import RunningMeanStd
+
+        if self._explorer is None:
+            return
+        self._explorer = None
+        if self.callback is not None:
+            self.callback.return_rms = RunningMeanStd(shape=())
+            self.callback._returns = None
 
     def steps_per_round(self, total: int, rounds: int) -> list[int]:
         return agent_steps_per_round(self.cfg.agent, self.train_env, total, rounds)
@@ -66,6 +98,13 @@ class RewardModelLearner(PreferenceLearner):
             marks: np.ndarray | None = None, mark_weight: float = 0.0) -> dict[str, Any]:
         metrics = self.ensemble.fit(left, right, targets, rng=rng, weights=weights,
                                     marks=marks, mark_weight=mark_weight)
+        if self.cfg.explore_fraction > 0 and not np.any(np.abs(np.asarray(targets) - 0.5)
+                                                        > 1e-6):
+            # every answer so far is a tie (a sparse task: the clips all score alike): the
+            # learned reward knows nothing yet, so the agent keeps exploring instead
+            self._start_exploring()
+            return metrics | {"exploring": 1}
+        self._stop_exploring()
         # Unit spread of the learned reward on recent policy steps. Where clips ran past an
         # episode's end, "episode over" is already worth exactly 0 to the reward model, so
         # the reward is not centred: living on is worth what the person's answers say, and

@@ -1,0 +1,215 @@
+"""The control loop on tasks its defaults were not tuned on (issue #16).
+
+Each task runs at one step budget that fits this machine, with the agent the loop picks
+for it (PPO for discrete actions, SAC for continuous ones). For every task and seed:
+
+- ``true``: the same agent on the env's own reward with the same steps (the anchor),
+- ``ours``: the preference loop with a synthetic oracle at each label budget, once per
+  *arm*: ``default`` (the loop as it ships) or an arm that turns one change off, so the
+  change's effect can be read as a before/after at equal labels and steps.
+
+Score: normalised return (ours - random) / (anchor - random) per seed, random and anchor
+from the same run's evaluation seeds.
+
+    python scripts/bench_suite.py run --tasks Acrobot-v1 Hopper-v5 --labels 200 500 \
+        --seeds 0 1 [--arms default no-explore] [--only-true]
+    PYTHONPATH=.peers/imitation python scripts/bench_suite.py peer --tasks Acrobot-v1 \
+        --labels 200 500 --seeds 0 1
+    python scripts/bench_suite.py report
+
+Results: benchmarks/control_suite.json (resumable: finished entries are skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+RESULTS = Path("benchmarks/control_suite.json")
+RUNS = Path("runs/suite")
+
+#: steps per task: SAC runs at ~80 steps/s on one core here, PPO at ~1000
+SUITE: dict[str, int] = {
+    "Acrobot-v1": 60_000,
+    "MountainCar-v0": 100_000,
+    "MountainCarContinuous-v0": 20_000,
+    "Reacher-v5": 20_000,
+    "InvertedDoublePendulum-v5": 20_000,
+    "Hopper-v5": 20_000,
+    "Walker2d-v5": 20_000,
+    "Swimmer-v5": 20_000,
+}
+
+#: arm name -> ControlConfig overrides that turn one change off (``default``: none)
+ARMS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "no-explore": {"explore_fraction": 0.0},
+    "explore-0.1": {"explore_fraction": 0.1},
+    "explore-0.25": {"explore_fraction": 0.25},
+}
+
+
+def load() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+
+
+def save_one(key: str, value: dict) -> None:
+    from rlhf_hgt.feedback.files import write_bytes_atomic
+
+    results = load()
+    results[key] = value
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(RESULTS, json.dumps(results, indent=1, sort_keys=True).encode())
+
+
+def run_one(kind: str, task: str, seed: int, labels: int, arm: str, steps: int) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    t0 = time.time()
+    from rlhf_hgt.control.agents import AgentConfig
+
+    if kind == "true":
+        from rlhf_hgt.control.baseline import train_on_true_reward
+
+        res = train_on_true_reward(task, steps, seed, AgentConfig())
+        from rlhf_hgt.control.agents import random_return
+        from rlhf_hgt.envs import make_env
+
+        res["random_return_mean"] = random_return(lambda: make_env(task), 10, seed=123_456)
+    else:
+        from rlhf_hgt.control.loop import ControlConfig, run_control
+
+        out = RUNS / f"{task.replace('/', '_')}-{arm}-l{labels}-s{seed}"
+        cfg = ControlConfig(env_id=task, out=str(out), labels=labels, timesteps=steps,
+                            seed=seed, **ARMS[arm])
+        m = run_control(cfg)
+        res = {k: m.get(k) for k in ("true_return_mean", "true_return_std", "labels",
+                                     "timesteps", "reward_model_accuracy",
+                                     "random_return_mean", "tie_share")}
+        res["curve"] = [(h["timesteps"], h["true_return"]) for h in m["history"]]
+    res["seconds"] = time.time() - t0
+    return res
+
+
+def key_of(kind: str, task: str, seed: int, labels: int = 0, arm: str = "") -> str:
+    return "|".join([kind, task, str(seed), str(labels), arm])
+
+
+def run(args: argparse.Namespace) -> None:
+    jobs = []
+    for task in args.tasks:
+        steps = args.timesteps or SUITE.get(task, 20_000)
+        for seed in args.seeds:
+            jobs.append(("true", task, seed, 0, "", steps))
+            if args.only_true:
+                continue
+            for labels in args.labels:
+                for arm in args.arms:
+                    jobs.append(("ours", task, seed, labels, arm, steps))
+    done = load()
+    todo = [j for j in jobs if key_of(*j[:5]) not in done]
+    print(f"{len(jobs) - len(todo)} done already, {len(todo)} to run", flush=True)
+    for job in todo:
+        res = run_one(*job)
+        save_one(key_of(*job[:5]), res)
+        print(f"{job[0]:4s} {job[1]:26s} seed {job[2]} labels {job[3]:4d} {job[4]:10s}: "
+              f"return {res['true_return_mean']:9.1f} ({res['seconds']:.0f}s)", flush=True)
+
+
+def peer(args: argparse.Namespace) -> None:
+    """imitation's PreferenceComparisons on a suite task at the same labels and steps (its
+    own settings, scripts/bench_imitation.py; needs PYTHONPATH=.peers/imitation)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_imitation import run_peer
+
+    for task in args.tasks:
+        steps = args.timesteps or SUITE.get(task, 20_000)
+        for seed in args.seeds:
+            for labels in args.labels:
+                key = key_of("imitation", task, seed, labels, "imitation")
+                if key in load():
+                    continue
+                res = run_peer(task, labels, steps, seed)
+                save_one(key, res)
+                print(f"imitation {task} seed {seed} labels {labels}: "
+                      f"{res['true_return_mean']:.1f} ({res['seconds']:.0f}s)", flush=True)
+
+
+def score(res: dict, anchor: dict) -> float | None:
+    rand = anchor["random_return_mean"]
+    span = anchor["true_return_mean"] - rand
+    if span <= 1e-6 * max(1.0, abs(rand)):
+        return None  # the anchor did not beat random: no scale to score on
+    return (res["true_return_mean"] - rand) / span
+
+
+def report(args: argparse.Namespace) -> None:
+    results = load()
+    rows: dict[tuple[str, str, int], list[tuple[float | None, dict, dict]]] = {}
+    anchors: dict[str, list[float]] = {}
+    for key, res in results.items():
+        kind, task, seed, labels, arm = key.split("|")
+        if kind == "true":
+            anchors.setdefault(task, []).append(res["true_return_mean"])
+            continue
+        anchor = results.get(key_of("true", task, int(seed)))
+        if anchor is None:
+            continue
+        rows.setdefault((task, arm, int(labels)), []).append((score(res, anchor), res, anchor))
+    lines = ["| task | arm | labels | seeds | ours (mean) | anchor (mean) | random | "
+             "normalised (per seed) | reward acc |", "|" + "---|" * 9]
+    medians: dict[tuple[str, int], list[float]] = {}
+    for (task, arm, labels), runs in sorted(rows.items()):
+        scores = [s for s, _, _ in runs]
+        shown = ", ".join("n/a" if s is None else f"{s:.2f}" for s in scores)
+        acc = [r["reward_model_accuracy"] for _, r, _ in runs if r.get("reward_model_accuracy")]
+        valid = [s for s in scores if s is not None]
+        if valid:
+            medians.setdefault((arm, labels), []).append(statistics.mean(valid))
+        lines.append(
+            f"| {task} | {arm} | {labels} | {len(runs)} | "
+            f"{statistics.mean(r['true_return_mean'] for _, r, _ in runs):.1f} | "
+            f"{statistics.mean(a['true_return_mean'] for _, _, a in runs):.1f} | "
+            f"{runs[0][2]['random_return_mean']:.1f} | {shown} | "
+            f"{statistics.mean(acc) if acc else float('nan'):.2f} |")
+    lines += ["", "| arm | labels | tasks scored | median normalised | lowest task |",
+              "|---|---|---|---|---|"]
+    for (arm, labels), vals in sorted(medians.items()):
+        lines.append(f"| {arm} | {labels} | {len(vals)} | {statistics.median(vals):.2f} | "
+                     f"{min(vals):.2f} |")
+    print("\n".join(lines))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("run")
+    p.add_argument("--tasks", nargs="+", default=list(SUITE))
+    p.add_argument("--labels", nargs="+", type=int, default=[200, 500])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--arms", nargs="+", default=["default"], choices=list(ARMS))
+    p.add_argument("--timesteps", type=int, default=None, help="override every task's budget")
+    p.add_argument("--only-true", action="store_true", help="only the true-reward anchors")
+    p = sub.add_parser("peer", help="imitation's preference comparisons on suite tasks")
+    p.add_argument("--tasks", nargs="+", default=["Acrobot-v1"])
+    p.add_argument("--labels", nargs="+", type=int, default=[200])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--timesteps", type=int, default=None)
+    sub.add_parser("report")
+    args = parser.parse_args()
+    {"run": run, "peer": peer, "report": report}[args.what](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
