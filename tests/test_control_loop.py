@@ -26,7 +26,8 @@ ENV = {**{k: v for k, v in os.environ.items()
 TINY = ["--n-envs", "2", "--segment-length", "10", "--eval-episodes", "3"]
 METRICS_KEYS = {"env_id", "algo", "teacher", "seed", "true_return_mean", "true_return_std",
                 "eval_episodes", "labels", "timesteps", "reward_model_accuracy",
-                "random_return_mean", "start_return_mean", "history"}
+                "random_return_mean", "start_return_mean", "explore_steps", "tie_share",
+                "history"}
 
 
 def _control(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

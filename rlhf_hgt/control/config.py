@@ -304,7 +304,8 @@ class ControlConfig:
                 "state-entropy reward, PEBBLE's unsupervised pre-training) before the first "
                 "questions, so that on sparse-reward tasks the first clips differ and the "
                 "answers are not all ties; it keeps exploring while every answer so far is a "
-                "tie; 0 turns both off (--algo ppo)"})
+                "tie; 0 turns both off (--algo ppo; in whole PPO rollouts, none when one "
+                "rollout is more than twice the share)"})
     eval_episodes: int = field(default=10, metadata={"help": "episodes for the true return"})
     store: str | None = field(default=None, metadata={
         "help": "preference store (default RUN_DIR/feedback.db)"})

@@ -138,7 +138,8 @@ def run_control(cfg: ControlConfig, progress: Progress = _quiet,
     labels_per_round = query_schedule(cfg.labels, cfg.rounds, cfg.initial_label_fraction)
     explore_steps = int(cfg.explore_fraction * cfg.timesteps) if learner.explores else 0
     if explore_steps:  # in whole PPO rollouts, taken from the budget (total steps unchanged)
-        explore_steps = min(learner.steps_per_round(explore_steps, 1)[0], cfg.timesteps // 2)
+        whole = learner.steps_per_round(explore_steps, 1)[0]
+        explore_steps = whole if whole <= 2 * explore_steps else 0  # too small a budget
     steps_per_round = learner.steps_per_round(cfg.timesteps - explore_steps, cfg.rounds)
     if sum(steps_per_round) > cfg.timesteps:
         progress("steps_rounded", {"asked": cfg.timesteps, "steps": sum(steps_per_round),
