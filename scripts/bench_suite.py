@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> None:
     for task in args.tasks:
         steps = args.timesteps or SUITE.get(task, 20_000)
         for seed in args.seeds:
-            jobs.append(("true", task, seed, 0, "", steps))
+            if not args.skip_true:
+                jobs.append(("true", task, seed, 0, "", steps))
             if args.only_true:
                 continue
             for labels in args.labels:
@@ -142,6 +143,17 @@ def peer(args: argparse.Namespace) -> None:
                 save_one(key, res)
                 print(f"imitation {task} seed {seed} labels {labels}: "
                       f"{res['true_return_mean']:.1f} ({res['seconds']:.0f}s)", flush=True)
+
+
+def merge(args: argparse.Namespace) -> None:
+    """Entries of other results files (runs on other machines or cores) added to ours; an
+    entry both have keeps ours."""
+    for path in args.files:
+        theirs = json.loads(path.read_text())
+        for key, value in theirs.items():
+            if key not in load():
+                save_one(key, value)
+        print(f"{path}: {len(theirs)} entries", flush=True)
 
 
 def score(res: dict, anchor: dict) -> float | None:
@@ -200,14 +212,19 @@ def main() -> int:
     p.add_argument("--arms", nargs="+", default=["default"], choices=list(ARMS))
     p.add_argument("--timesteps", type=int, default=None, help="override every task's budget")
     p.add_argument("--only-true", action="store_true", help="only the true-reward anchors")
+    p.add_argument("--skip-true", action="store_true",
+                   help="no anchors (another process runs them into its own results file: "
+                        "merge with `merge FILE`)")
     p = sub.add_parser("peer", help="imitation's preference comparisons on suite tasks")
     p.add_argument("--tasks", nargs="+", default=["Acrobot-v1"])
     p.add_argument("--labels", nargs="+", type=int, default=[200])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--timesteps", type=int, default=None)
     sub.add_parser("report")
+    p = sub.add_parser("merge", help="add the entries of other results files to this one")
+    p.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args()
-    {"run": run, "peer": peer, "report": report}[args.what](args)
+    {"run": run, "peer": peer, "report": report, "merge": merge}[args.what](args)
     return 0
 
 

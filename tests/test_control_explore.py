@@ -115,13 +115,14 @@ def test_exploring_first_makes_the_first_comparisons_of_a_sparse_task_informativ
     """A corridor with -1 per step until its far end: clips of a fresh policy all score
     -length (ties); after exploring on the state-entropy reward the policy reaches the end
     and its clips differ. Same labels, seed and steps; only --explore-fraction differs."""
-    import tests.custom_envs_for_tests  # noqa: F401 - registers the corridor
+    import custom_envs_for_tests  # noqa: F401 - registers the corridor
+
     from rlhf_hgt.control.config import AgentConfig, ControlConfig
     from rlhf_hgt.control.loop import run_control
 
     shares = {}
     for fraction in (0.0, 0.5):
-        cfg = ControlConfig(env_id="tests.custom_envs_for_tests:SparseCorridor-v0",
+        cfg = ControlConfig(env_id="custom_envs_for_tests:SparseCorridor-v0",
                             out=str(tmp_path / f"f{fraction}"), labels=40, rounds=1,
                             timesteps=8192, seed=0, segment_length=20, eval_episodes=2,
                             explore_fraction=fraction, agent=AgentConfig(n_steps=256))
@@ -163,3 +164,20 @@ def test_the_agent_keeps_exploring_while_every_answer_is_a_tie():
     off = learner(0.0)  # --explore-fraction 0: the ensemble's reward, ties or not
     assert "exploring" not in off.fit(segs[:4], segs[4:], ties, episodes, rng)
     np.testing.assert_allclose(off.reward(obs, acts), off.ensemble.predict(obs, acts))
+
+
+def test_the_command_says_it_explores_and_records_it(tmp_path, capsys):
+    import json
+
+    from rlhf_hgt.cli import main
+
+    out = tmp_path / "run"
+    code = main(["control", "custom_envs_for_tests:SparseCorridor-v0", "--labels", "4",
+                 "--rounds", "1", "--timesteps", "2048", "--explore-fraction", "0.5",
+                 "--segment-length", "10", "--eval-episodes", "1", "--out", str(out)])
+    assert code == 0
+    assert "exploring for 1024 steps" in capsys.readouterr().err  # progress: stderr
+    assert json.loads((out / "metrics.json").read_text())["explore_steps"] == 1024
+    assert main(["control", "CartPole-v1", "--explore-fraction", "1", "--out",
+                 str(tmp_path / "bad")]) == 2
+    assert "--explore-fraction must lie in [0, 1)" in capsys.readouterr().err

@@ -84,6 +84,8 @@ def _progress(console: Any, rounds: int) -> Any:
         if event == "round":
             acc = info.get("reward_holdout_accuracy")
             acc_s = f"  reward acc {acc:.2f}" if acc is not None else ""
+            if info.get("reward_exploring"):
+                acc_s += "  (every answer a tie so far: the agent keeps exploring)"
             console.print(f"[bold]round {info['round'] + 1}/{rounds}[/]  labels "
                           f"{info['labels']}  steps {info['timesteps']}  true return "
                           f"{info['true_return']:.1f}{acc_s}  ({info['seconds']:.0f}s)")
