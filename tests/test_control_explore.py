@@ -181,3 +181,34 @@ def test_the_command_says_it_explores_and_records_it(tmp_path, capsys):
     assert main(["control", "CartPole-v1", "--explore-fraction", "1", "--out",
                  str(tmp_path / "bad")]) == 2
     assert "--explore-fraction must lie in [0, 1)" in capsys.readouterr().err
+
+
+def test_every_round_relabels_sacs_whole_replay_buffer(tmp_path, monkeypatch):
+    """After each fit, every stored SAC step carries the new reward model's reward."""
+    from rlhf_hgt.control import reward_learner
+    from rlhf_hgt.control.config import AgentConfig, ControlConfig
+    from rlhf_hgt.control.loop import run_control
+
+    relabelled: list[tuple[int, bool]] = []
+    real = reward_learner.relabel_replay_buffer
+
+    def check(model, reward_fn):
+        n = real(model, reward_fn)
+        buf = model.replay_buffer
+        if buf.pos == 0:
+            relabelled.append((n, True))
+            return n
+        obs = buf.observations[:buf.pos].reshape(buf.pos, -1)
+        acts = buf.actions[:buf.pos].reshape(buf.pos, -1)
+        same = np.allclose(buf.rewards[:buf.pos, 0], reward_fn(obs, acts), atol=1e-5)
+        relabelled.append((n, same))
+        return n
+
+    monkeypatch.setattr(reward_learner, "relabel_replay_buffer", check)
+    cfg = ControlConfig(env_id="Pendulum-v1", out=str(tmp_path / "r"), labels=9, rounds=3,
+                        timesteps=600, segment_length=10, eval_episodes=1, seed=0,
+                        explore_fraction=0.0, reward={"epochs": 1, "min_updates": 5},
+                        agent=AgentConfig(learning_starts=50, batch_size=32))
+    run_control(cfg)
+    assert [n for n, _ in relabelled] == [0, 200, 400]  # rounds 1-3: all stored steps
+    assert all(same for _, same in relabelled)
