@@ -325,6 +325,8 @@ def test_query_schedule_is_front_loaded_and_checks_input():
     sched = query_schedule(500, 10, 0.25)
     assert sched[0] == 125 and sched[1] < sched[0] and sched[-1] < sched[1] / 3
     assert query_schedule(7, 1) == [7]
+    assert query_schedule(8, 2, 0.25) == [4, 4]  # round 0 never gets less than round 1
+    assert query_schedule(1045, 35, 0.01)[:2] == [140, 139]  # rounding kept non-increasing
     assert query_schedule(3, 5) == [1, 1, 1, 0, 0]
     for bad in ((0, 3), (10, 0), (10, 2.5), (True, 2)):
         with pytest.raises(ValueError, match="must be an integer >= 1"):

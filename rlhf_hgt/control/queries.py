@@ -140,7 +140,8 @@ def query_schedule(total_labels: int, n_rounds: int,
     if short > 0:
         order = np.argsort(-(want - counts), kind="stable")
         counts[order[:short]] += 1
-    out = [int(c) for c in counts]
+    # ``want`` does not increase; rounding may leave a later round one above an earlier one
+    out = sorted((int(c) for c in counts), reverse=True)
     if sum(out) != total or out[-1] < 1:  # pragma: no cover - guarded by the arithmetic above
         raise RuntimeError(f"query_schedule({total}, {rounds}) went wrong: {out}")
     return out
