@@ -26,7 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ is not a pa
 from bench_control import load_results, record_result  # noqa: E402 - light at import
 
 
-def run_peer(env_id: str, labels: int, timesteps: int, seed: int, episodes: int = 10) -> dict:
+def run_peer(env_id: str, labels: int, timesteps: int, seed: int, episodes: int = 10,
+             variable_horizon: bool = False) -> dict:
+    """One run; ``variable_horizon`` lets imitation take a task whose episodes end early
+    (it refuses them by default: their ends leak information about the reward)."""
     import numpy as np
     import torch
     from imitation.algorithms import preference_comparisons as pc
@@ -56,7 +59,8 @@ def run_peer(env_id: str, labels: int, timesteps: int, seed: int, episodes: int 
         fragmenter=pc.RandomFragmenter(warning_threshold=0, rng=rng),
         preference_gatherer=pc.SyntheticGatherer(rng=rng), reward_trainer=trainer,
         fragment_length=100, transition_oversampling=1, initial_comparison_frac=0.1,
-        allow_variable_horizon=False, initial_epoch_multiplier=4, query_schedule="hyperbolic")
+        allow_variable_horizon=variable_horizon, initial_epoch_multiplier=4,
+        query_schedule="hyperbolic")
     t0 = time.time()
     loop.train(total_timesteps=timesteps, total_comparisons=labels)
     seconds = time.time() - t0
