@@ -361,6 +361,8 @@ def test_online_cli_rollback_from_another_process_continues_from_that_round(tmp_
     assert [a["act"] for a in m["oversight"]["acts"]] == ["rollback", "stop"]
     assert m["status"] == "stopped by fay: seen enough"
     assert [h["round"] for h in m["history"]] == list(range(m["rounds"]))
+    # --quiet hides progress, not a person's acts
+    assert "--quiet" in SMALL and "rollback by fay: drifted" in err, err[-2000:]
 
 
 # ----------------------------------------------------------------------------- attention

@@ -123,7 +123,8 @@ def run_ppo(args: argparse.Namespace) -> int:
     out = check_out(args.out)
     # a person's pause / stop: acts written from now on count, also while the model loads
     # (into a RUN_DIR that exists already; a new one is made once the model has loaded)
-    overseer = Overseer(out, _oversight_lines(console))
+    lines = _OversightLines()
+    overseer = Overseer(out, lines)
     with console.status("loading the language-model stack…"):
         from rlhf_hgt.lm.models import load_causal_lm
         from rlhf_hgt.lm.ppo import LMPPOTrainer
@@ -134,7 +135,7 @@ def run_ppo(args: argparse.Namespace) -> int:
         trainer = LMPPOTrainer(model, tok, reward, config)
     main = trainer.is_main_process
     if not main:
-        console.quiet = True
+        console.quiet = lines.console.quiet = True
     console.print(f"PPO on {args.model} ({trainer.device}, {trainer.world} process(es)): "
                   f"{len(prompts)} prompts, reward {reward_name}, {config.steps} updates")
     out.mkdir(parents=True, exist_ok=True)  # `rlhf-hgt oversee RUN_DIR` writes there
@@ -173,16 +174,22 @@ def run_ppo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _oversight_lines(console: Any) -> Any:
-    """Progress for the Overseer: its events as lines on the console."""
-    from rlhf_hgt.governance.oversight import say
+class _OversightLines:
+    """Progress for the Overseer: its events as lines on stderr. They record a person's act,
+    so --quiet (no progress) keeps them; only a process other than the main one of a
+    multi-process run is silent (``console.quiet``)."""
 
-    def hear(event: str, info: dict[str, Any]) -> None:
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True, soft_wrap=True)
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        from rlhf_hgt.governance.oversight import say
+
         line = say(event, info)
         if line is not None:
-            console.print(f"[bold]oversight[/]: {line}", highlight=False)
-
-    return hear
+            self.console.print(f"[bold]oversight[/]: {line}", highlight=False)
 
 
 def _record_lineage(out: Any, args: argparse.Namespace) -> None:
@@ -316,7 +323,7 @@ def run_online(args: argparse.Namespace) -> int:
     from rlhf_hgt.cli.lm_online_report import Reporter
     from rlhf_hgt.lm.online import run_online as loop
 
-    reporter, lines = Reporter(console), _oversight_lines(console)
+    reporter, lines = Reporter(console), _OversightLines()
 
     def progress(event: str, info: dict[str, Any]) -> None:
         reporter(event, info)
