@@ -305,7 +305,10 @@ class ControlConfig:
                 "questions, so that on sparse-reward tasks the first clips differ and the "
                 "answers are not all ties; it keeps exploring while every answer so far is a "
                 "tie; 0 turns both off (--algo ppo; in whole PPO rollouts, none when one "
-                "rollout is more than twice the share)"})
+                "rollout is more than twice the share). Acrobot-v1, 200 labels, 4 seeds: "
+                "0.98-1.03 of the true-reward agent with 0.1 (0.97-1.04 with 0.25), 2 seeds "
+                "of 4 stuck at -500 with 0; no cost seen on Reacher-v5 or "
+                "MountainCarContinuous-v0 (BENCHMARKS.md)"})
     eval_episodes: int = field(default=10, metadata={"help": "episodes for the true return"})
     store: str | None = field(default=None, metadata={
         "help": "preference store (default RUN_DIR/feedback.db)"})
