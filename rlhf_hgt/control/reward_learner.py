@@ -77,14 +77,11 @@ class RewardModelLearner(PreferenceLearner):
                                                 seed=self.cfg.seed)
 
     def _stop_exploring(self) -> None:
-        from stable_baselines3.common.running_mean_std import RunningMeanStd
-
         if self._explorer is None:
             return
         self._explorer = None
         if self.callback is not None:
-            self.callback.return_rms = RunningMeanStd(shape=())
-            self.callback._returns = None
+            self.callback.reset_scaling()
 
     def steps_per_round(self, total: int, rounds: int) -> list[int]:
         return agent_steps_per_round(self.cfg.agent, self.train_env, total, rounds)

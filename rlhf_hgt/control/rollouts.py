@@ -122,6 +122,11 @@ class BatchedRewardCallback(BaseCallback):
     def _on_step(self) -> bool:
         return True
 
+    def reset_scaling(self) -> None:
+        """Forget the running return statistics (the reward being scaled has changed)."""
+        self.return_rms = RunningMeanStd(shape=())
+        self._returns = None
+
     def _actions(self, acts: np.ndarray) -> np.ndarray:
         space = self.action_space
         if isinstance(space, gym.spaces.Discrete):
