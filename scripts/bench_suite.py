@@ -54,6 +54,9 @@ ARMS: dict[str, dict[str, Any]] = {
     "no-explore": {"explore_fraction": 0.0},
     "explore-0.1": {"explore_fraction": 0.1},
     "explore-0.25": {"explore_fraction": 0.25},
+    # the learned reward's scale measured once, at the first fit, instead of every round
+    "fixed-scale": {"reward": {"rescale_each_fit": False}},
+    "segment-25": {"segment_length": 25},
 }
 
 

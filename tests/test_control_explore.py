@@ -212,3 +212,35 @@ def test_every_round_relabels_sacs_whole_replay_buffer(tmp_path, monkeypatch):
     run_control(cfg)
     assert [n for n, _ in relabelled] == [0, 200, 400]  # rounds 1-3: all stored steps
     assert all(same for _, same in relabelled)
+
+
+def test_the_learned_rewards_scale_is_measured_every_fit_or_only_at_the_first():
+    from rlhf_hgt.control.agents import make_vec_env
+    from rlhf_hgt.control.config import AgentConfig, ControlConfig
+    from rlhf_hgt.control.reward_learner import RewardModelLearner
+    from rlhf_hgt.envs import HiddenRewardWrapper, make_env
+
+    venv = make_vec_env(lambda: HiddenRewardWrapper(make_env("CartPole-v1")), 1, seed=0)
+    rng = np.random.default_rng(1)
+    segs = [{"obs": rng.normal(size=(5, 4)).astype(np.float32),
+             "actions": rng.integers(0, 2, size=5), "true_rewards": np.ones(5, np.float32)}
+            for _ in range(8)]
+    episodes = [{"obs": np.concatenate([s["obs"] for s in segs]),
+                 "actions": np.concatenate([s["actions"] for s in segs])}]
+    obs, acts = episodes[0]["obs"], episodes[0]["actions"]
+    scales = {}
+    for each_fit in (True, False):
+        cfg = ControlConfig(env_id="CartPole-v1", out="unused", explore_fraction=0.0,
+                            reward={"epochs": 1, "min_updates": 20,
+                                    "rescale_each_fit": each_fit},
+                            agent=AgentConfig(n_envs=1, n_steps=64))
+        ours = RewardModelLearner(cfg, venv)
+        ours.fit(segs[:4], segs[4:], np.array([1.0, 0.0, 1.0, 0.0]), episodes, rng)
+        first = float(ours.ensemble.norm_scale)
+        assert np.std(ours.reward(obs, acts)) == pytest.approx(1.0, rel=1e-3)
+        ours.fit(segs[:4], segs[4:], np.array([0.0, 1.0, 0.0, 1.0]), episodes, rng)
+        scales[each_fit] = (first, float(ours.ensemble.norm_scale))
+        if each_fit:  # re-measured: unit spread again on the same steps
+            assert np.std(ours.reward(obs, acts)) == pytest.approx(1.0, rel=1e-3)
+    assert scales[True][1] != pytest.approx(scales[True][0], rel=1e-3)
+    assert scales[False][1] == scales[False][0]  # the first fit's scale is kept

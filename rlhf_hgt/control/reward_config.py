@@ -49,6 +49,11 @@ class RewardModelConfig:
                 "when no training segment ran past a terminal state (otherwise the reward "
                 "is already anchored at 'episode over' = 0, and a shift would pay the agent "
                 "to end or to drag out its episodes)"})
+    rescale_each_fit: bool = field(default=True, metadata={
+        "help": "after every fit, re-measure the learned reward's spread on recent policy "
+                "steps so the agent's reward has std 1 (True), or only after the first fit "
+                "and keep that scale from then on (False); BENCHMARKS.md (issue #16) has "
+                "the before/after"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N, mps or auto"})
 
     def __post_init__(self) -> None:

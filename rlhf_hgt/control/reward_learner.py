@@ -106,8 +106,10 @@ class RewardModelLearner(PreferenceLearner):
         # episode's end, "episode over" is already worth exactly 0 to the reward model, so
         # the reward is not centred: living on is worth what the person's answers say, and
         # the agent is neither paid to end episodes early nor to drag them out.
-        self.ensemble.fit_normalization(np.concatenate([e["obs"] for e in episodes]),
-                                        np.concatenate([e["actions"] for e in episodes]))
+        # (with rescale_each_fit off, only the first fit sets the scale: a fixed scale)
+        if self.cfg.reward.rescale_each_fit or not self.ensemble.normalized:
+            self.ensemble.fit_normalization(np.concatenate([e["obs"] for e in episodes]),
+                                            np.concatenate([e["actions"] for e in episodes]))
         relabel_replay_buffer(self.agent, self.reward)
         return metrics
 
