@@ -183,8 +183,9 @@ def report(args: argparse.Namespace) -> None:
             continue
         rows.setdefault((task, arm, int(labels)), []).append((score(res, anchor), res, anchor))
     lines = ["| task | arm | labels | seeds | ours (mean) | anchor (mean) | random | "
-             "normalised (per seed) | reward acc |", "|" + "---|" * 9]
+             "normalised (per seed) | pooled | reward acc |", "|" + "---|" * 10]
     medians: dict[tuple[str, int], list[float]] = {}
+    pooled_medians: dict[tuple[str, int], list[float]] = {}
     for (task, arm, labels), runs in sorted(rows.items()):
         scores = [s for s, _, _ in runs]
         shown = ", ".join("n/a" if s is None else f"{s:.2f}" for s in scores)
@@ -192,17 +193,29 @@ def report(args: argparse.Namespace) -> None:
         valid = [s for s in scores if s is not None]
         if valid:
             medians.setdefault((arm, labels), []).append(statistics.mean(valid))
+        # pooled: the seeds' mean return against the anchors' mean return (one anchor run
+        # that fails by chance does not make a seed unscoreable)
+        mean_ours = statistics.mean(r["true_return_mean"] for _, r, _ in runs)
+        mean_anchor = {"true_return_mean": statistics.mean(a["true_return_mean"]
+                                                           for _, _, a in runs),
+                       "random_return_mean": runs[0][2]["random_return_mean"]}
+        pooled = score({"true_return_mean": mean_ours}, mean_anchor)
+        if pooled is not None:
+            pooled_medians.setdefault((arm, labels), []).append(pooled)
         lines.append(
-            f"| {task} | {arm} | {labels} | {len(runs)} | "
-            f"{statistics.mean(r['true_return_mean'] for _, r, _ in runs):.1f} | "
-            f"{statistics.mean(a['true_return_mean'] for _, _, a in runs):.1f} | "
+            f"| {task} | {arm} | {labels} | {len(runs)} | {mean_ours:.1f} | "
+            f"{mean_anchor['true_return_mean']:.1f} | "
             f"{runs[0][2]['random_return_mean']:.1f} | {shown} | "
+            f"{'n/a' if pooled is None else f'{pooled:.2f}'} | "
             f"{statistics.mean(acc) if acc else float('nan'):.2f} |")
-    lines += ["", "| arm | labels | tasks scored | median normalised | lowest task |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| arm | labels | tasks scored | median normalised (mean of seeds) | "
+              "lowest task | median pooled | lowest pooled |", "|---|---|---|---|---|---|---|"]
     for (arm, labels), vals in sorted(medians.items()):
+        pooled_vals = pooled_medians.get((arm, labels), [])
         lines.append(f"| {arm} | {labels} | {len(vals)} | {statistics.median(vals):.2f} | "
-                     f"{min(vals):.2f} |")
+                     f"{min(vals):.2f} | "
+                     + (f"{statistics.median(pooled_vals):.2f} | {min(pooled_vals):.2f} |"
+                        if pooled_vals else "n/a | n/a |"))
     print("\n".join(lines))
 
 
