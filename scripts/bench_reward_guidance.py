@@ -101,6 +101,12 @@ def control(key: str, **settings: Any) -> dict[str, Any]:
     return row
 
 
+def _explore(args: argparse.Namespace) -> dict[str, float]:
+    """--explore-fraction when given (0 compares with rows measured before the loop explored
+    by default); the row's settings record it."""
+    return {} if args.explore_fraction is None else {"explore_fraction": args.explore_fraction}
+
+
 def marks(args: argparse.Namespace) -> None:
     env_id = args.env
     steps = args.timesteps or TIMESTEPS.get(env_id, 50_000)
@@ -111,7 +117,7 @@ def marks(args: argparse.Namespace) -> None:
         for seed in args.seeds:
             baseline(env_id, distractors, seed, steps)
             common = {"env_id": env_id, "teacher": "oracle", "timesteps": steps, "seed": seed,
-                      "distractors": distractors}
+                      "distractors": distractors, **_explore(args)}
             for labels in args.labels:
                 control(f"plain|{env_id}|{distractors}|{seed}|{labels}", labels=labels,
                         feature_marks=own, mark_weight=0.0, **common)
@@ -128,7 +134,8 @@ def time_weighting(args: argparse.Namespace) -> None:
     for seed in args.seeds:
         baseline(env_id, "", seed, steps)
         for labels in args.labels:
-            common = {"env_id": env_id, "timesteps": steps, "seed": seed, "labels": labels}
+            common = {"env_id": env_id, "timesteps": steps, "seed": seed, "labels": labels,
+                      **_explore(args)}
             control(f"ddm|{env_id}||{seed}|{labels}", teacher="ddm", **common)
             control(f"ddm-weighted|{env_id}||{seed}|{labels}", teacher="ddm",
                     time_weighting=True, **common)
@@ -214,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--labels", type=int, nargs="+", default=[40])
         p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
         p.add_argument("--timesteps", type=int, default=None)
+        p.add_argument("--explore-fraction", type=float, default=None,
+                       help="the loop's --explore-fraction (default: the loop's own); 0 for "
+                            "rows comparable with those measured before exploration")
         if name == "marks":
             p.add_argument("--distractors", nargs="+", default=["noise:2", "time:2"])
             p.add_argument("--wrong-at", type=int, default=None,
