@@ -156,10 +156,13 @@ def test_the_agent_keeps_exploring_while_every_answer_is_a_tie():
     obs, acts = episodes[0]["obs"][:6], episodes[0]["actions"][:6]
     ties, said = np.full(4, 0.5), np.array([1.0, 0.5, 0.0, 1.0])
     ours = learner(0.1)
+    assert ours.agent.ent_coef == 0.0  # the agent's own (AgentConfig's default)
     assert ours.fit(segs[:4], segs[4:], ties, episodes, rng)["exploring"] == 1
     novelty = ours.reward(obs, acts)  # the state-entropy reward, not the ensemble's
     assert not np.allclose(novelty, ours.ensemble.predict(obs, acts))
+    assert ours.agent.ent_coef == 0.01  # PPO keeps an entropy bonus while exploring
     assert "exploring" not in ours.fit(segs[:4], segs[4:], said, episodes, rng)
+    assert ours.agent.ent_coef == 0.0  # and gives it up when the answers say something
     np.testing.assert_allclose(ours.reward(obs, acts), ours.ensemble.predict(obs, acts))
     off = learner(0.0)  # --explore-fraction 0: the ensemble's reward, ties or not
     assert "exploring" not in off.fit(segs[:4], segs[4:], ties, episodes, rng)

@@ -75,6 +75,8 @@ class RewardModelLearner(PreferenceLearner):
         if self._explorer is None:
             self._explorer = StateEntropyReward(self.train_env.observation_space,
                                                 seed=self.cfg.seed)
+            if self.callback is not None:  # PPO: an entropy bonus while exploring
+                self.agent.ent_coef = max(self.cfg.agent.ent_coef, self.cfg.explore_ent_coef)
 
     def _stop_exploring(self) -> None:
         if self._explorer is None:
@@ -82,6 +84,7 @@ class RewardModelLearner(PreferenceLearner):
         self._explorer = None
         if self.callback is not None:
             self.callback.reset_scaling()
+            self.agent.ent_coef = self.cfg.agent.ent_coef
 
     def steps_per_round(self, total: int, rounds: int) -> list[int]:
         return agent_steps_per_round(self.cfg.agent, self.train_env, total, rounds)
