@@ -7,6 +7,7 @@ Random-policy clips are not the loop's clips (those come from a learning policy)
 answers only whether a setting learns the same data better.
 
     python scripts/bench_reward_settings.py --tasks Reacher-v5 Hopper-v5 --pairs 200
+    python scripts/bench_reward_settings.py --tasks Reacher-v5 --pairs 1000 --only default long
 
 Prints a Markdown table (rows: tasks, columns: settings) and the mean per setting.
 """
@@ -26,6 +27,8 @@ SETTINGS: dict[str, dict] = {
     "wide256": {"hidden_sizes": (256, 256)},
     "noise0": {"label_noise": 0.0},
     "nobootstrap": {"bootstrap": False},
+    # no early stopping and 15x the updates: is the default fit too short?
+    "long": {"patience": 0, "epochs": 100, "min_updates": 3000},
 }
 
 
@@ -74,7 +77,11 @@ def main() -> int:
         "Reacher-v5", "Hopper-v5", "Walker2d-v5", "Swimmer-v5", "InvertedDoublePendulum-v5",
         "MountainCarContinuous-v0"])
     parser.add_argument("--pairs", type=int, default=200)
+    parser.add_argument("--only", nargs="+", choices=list(SETTINGS), default=None,
+                        help="these settings only")
     args = parser.parse_args()
+    for name in set(SETTINGS) - set(args.only or SETTINGS):
+        del SETTINGS[name]
     rows = {task: accuracy(task, args.pairs) for task in args.tasks}
     names = list(SETTINGS)
     print("| task | " + " | ".join(names) + " |")
