@@ -224,6 +224,7 @@ def report(args: argparse.Namespace) -> None:
 
 
 def main() -> int:
+    global RESULTS
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -245,7 +246,12 @@ def main() -> int:
     sub.add_parser("report")
     p = sub.add_parser("merge", help="add the entries of other results files to this one")
     p.add_argument("files", nargs="+", type=Path)
+    for sp in sub.choices.values():
+        sp.add_argument("--results", type=Path, default=RESULTS,
+                        help=f"results file (default {RESULTS}); another file keeps runs at "
+                             "other step budgets apart")
     args = parser.parse_args()
+    RESULTS = args.results
     {"run": run, "peer": peer, "report": report, "merge": merge}[args.what](args)
     return 0
 
