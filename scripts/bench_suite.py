@@ -59,6 +59,8 @@ ARMS: dict[str, dict[str, Any]] = {
     # the learned reward's scale measured once, at the first fit, instead of every round
     "fixed-scale": {"reward": {"rescale_each_fit": False}},
     "segment-25": {"segment_length": 25},
+    # SAC: two gradient steps per env step instead of one
+    "gradient-steps-2": {"agent": {"gradient_steps": 2}},
     # PPO explores without an entropy bonus (the agent's own ent_coef, 0)
     "explore-ent-0": {"explore_ent_coef": 0.0},
 }

@@ -33,6 +33,7 @@ def _fails_naming(words: list[str], flag: str, capsys) -> str:
     (["--agent-gae-lambda", "1.5"], "--agent-gae-lambda"),
     (["--agent-ent-coef=-0.1"], "--agent-ent-coef"),
     (["--agent-learning-starts=-1"], "--agent-learning-starts"),
+    (["--agent-gradient-steps", "0"], "--agent-gradient-steps"),
     (["--agent-algo", "ppo", "--agent-n-steps", "1", "--n-envs", "1"], "--agent-n-steps"),
     # algo auto: PPO for CartPole's discrete actions, refused when the env is checked
     (["--agent-n-steps", "1", "--n-envs", "1"], "--agent-n-steps"),
@@ -49,11 +50,26 @@ def test_agent_config_checks_in_python():
 
     for bad in ({"n_steps": 0}, {"n_epochs": 0}, {"learning_rate": 0.0}, {"net_arch": (64, 0)},
                 {"gae_lambda": -0.1}, {"ent_coef": -1.0}, {"learning_starts": -5},
+                {"gradient_steps": 0},
                 {"n_steps": 1, "n_envs": 1, "algo": "ppo"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             AgentConfig(**bad)
     AgentConfig(algo="sac", n_steps=1, n_envs=1)  # SAC has no rollout batch
     assert AgentConfig(net_arch=[32]).net_arch == (32,)
+
+
+def test_sac_takes_the_configured_gradient_steps():
+    from rlhf_hgt.control.agents import make_agent, make_vec_env
+    from rlhf_hgt.control.config import AgentConfig
+    from rlhf_hgt.envs import make_env
+
+    venv = make_vec_env(lambda: make_env("Pendulum-v1"), 1, seed=0)
+    assert make_agent(AgentConfig(), venv, seed=0, device="cpu").gradient_steps == 1
+    agent = make_agent(AgentConfig(gradient_steps=2, learning_starts=10, batch_size=16), venv,
+                       seed=0, device="cpu")
+    assert agent.gradient_steps == 2
+    agent.learn(20)
+    assert agent._n_updates == 2 * (20 - 10)  # two updates per env step once learning
 
 
 def _no_device(name: str) -> bool:

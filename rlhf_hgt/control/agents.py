@@ -42,7 +42,8 @@ def make_agent(config: AgentConfig, venv: VecEnv, seed: int, device: str = "auto
                    verbose=0)
     return SAC("MlpPolicy", venv, learning_rate=config.learning_rate, gamma=config.gamma,
                batch_size=max(config.batch_size, 256), learning_starts=config.learning_starts,
-               seed=seed, policy_kwargs={"net_arch": [256, 256]}, device=device, verbose=0)
+               gradient_steps=config.gradient_steps, seed=seed,
+               policy_kwargs={"net_arch": [256, 256]}, device=device, verbose=0)
 
 
 def agent_steps_per_round(config: AgentConfig, venv: VecEnv, total: int, rounds: int) -> list[int]:

@@ -150,6 +150,9 @@ class AgentConfig:
     ent_coef: float = field(default=0.0, metadata={"help": "PPO: entropy bonus"})
     learning_starts: int = field(default=1000, metadata={
         "help": "SAC: random steps before learning starts"})
+    gradient_steps: int = field(default=1, metadata={
+        "help": "SAC: gradient steps per env step (SB3's default 1; BENCHMARKS.md, issue "
+                "#16, has 2 on Reacher-v5)"})
     normalize_reward: bool = field(default=True, metadata={
         "help": "PPO: scale the learned reward by a running std of discounted returns "
                 "(SB3 VecNormalize), so value targets stay O(1) whatever the reward's scale"})
@@ -185,6 +188,8 @@ class AgentConfig:
                              f"{self.ent_coef}")
         if self.learning_starts < 0:
             raise ValueError(f"learning_starts must be >= 0, got {self.learning_starts}")
+        if self.gradient_steps < 1:
+            raise ValueError(f"gradient_steps must be >= 1, got {self.gradient_steps}")
 
     def _check_ppo_batch(self) -> None:
         """PPO normalises advantages over a rollout of n_steps × n_envs steps: two at least."""
